@@ -1,0 +1,5 @@
+"""Backbones; importing this package registers every builder with :mod:`satseg.nn.registry`."""
+
+from satseg.nn.backbones.unet import UNet
+
+__all__ = ["UNet"]

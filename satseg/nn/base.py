@@ -1,0 +1,65 @@
+"""The interface every satseg backbone implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from satseg.errors import ConfigError
+from satseg.nn.gates import SkipGate
+
+__all__ = ["SegmentationNet"]
+
+
+class SegmentationNet(nn.Module):
+    """Base class of the backbones: an encoder–decoder whose long skips pass through :class:`SkipGate` s.
+
+    ``forward`` maps ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``. Each side
+    of the input must be divisible by :attr:`input_divisor`. A backbone with deep supervision returns,
+    in training mode with :attr:`deep_supervision` set, a list ``[main, aux1, …]`` of full-size logits.
+
+    Attributes:
+        config: the arguments that rebuild this model with :func:`satseg.nn.build_model`.
+    """
+
+    input_divisor: int = 1
+    deep_supervision: bool = False
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, skip: str) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ConfigError(f"`spatial_dims` must be 2 or 3, got {spatial_dims}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value < 1:
+                raise ConfigError(f"`{name}` must be at least 1, got {value}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.skip = skip
+        self.config: dict[str, Any] = {}
+
+    def skip_gates(self) -> list[tuple[str, SkipGate]]:
+        """Every skip gate with its qualified name, encoder order (long skips, then any inner ones)."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, SkipGate)]
+
+    def keep_attention(self, keep: bool = True) -> None:
+        """Make every attending gate keep its last attention map (see :attr:`SkipGate.last_attention`)."""
+        for _, gate in self.skip_gates():
+            gate.keep_attention = keep
+            if not keep:
+                gate.last_attention = None
+
+    def check_input_shape(self, x: Tensor) -> None:
+        """Raise ConfigError when ``x`` is not ``(B, in_channels, *spatial)`` with sides divisible."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ConfigError(
+                f"expected input (B, {self.in_channels}, {', '.join('S' * self.spatial_dims)}), got {tuple(x.shape)}"
+            )
+        sides = tuple(x.shape[2:])
+        if any(s % self.input_divisor for s in sides):
+            padded = tuple(-(-s // self.input_divisor) * self.input_divisor for s in sides)
+            raise ConfigError(
+                f"input sides {sides} must be divisible by {self.input_divisor}",
+                hint=f"pad the input to {padded}",
+            )

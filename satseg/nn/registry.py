@@ -1,0 +1,73 @@
+"""Model registry: one builder per backbone and dimension, looked up by name.
+
+Example::
+
+    >>> from satseg.nn import build_model
+    >>> model = build_model("unet3d", skip="sat", in_channels=1, out_channels=3)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from satseg.errors import look_up_option
+from satseg.nn.base import SegmentationNet
+from satseg.nn.gates import list_gates
+from satseg.nn.layers import init_glorot_uniform
+
+__all__ = ["register_model", "list_models", "build_model"]
+
+ModelBuilder = Callable[..., SegmentationNet]
+_MODELS: dict[str, tuple[ModelBuilder, type[SegmentationNet]]] = {}
+
+
+def register_model(name: str, model_class: type[SegmentationNet]) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder of ``model_class`` under ``name``; refuses a name registered twice.
+
+    The class's ``__init__`` signature tells :func:`build_model` which options are valid.
+    """
+
+    def decorator(fn: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(f"a model named `{name}` is already registered")
+        _MODELS[name] = (fn, model_class)
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, e.g. ``unet2d``, ``unet3d``, ``vnet3d``, …"""
+    import satseg.nn.backbones  # noqa: F401  (registers the builders)
+
+    return sorted(_MODELS)
+
+
+def build_model(
+    net: str, skip: str = "sat", in_channels: int = 1, out_channels: int = 2, **options: Any
+) -> SegmentationNet:
+    """Build a registered backbone with the given skip gate, Glorot-uniform initialised.
+
+    Args:
+        net: one of :func:`list_models`.
+        skip: ``org``, ``st``, ``at`` or ``sat``.
+        in_channels: image channels.
+        out_channels: classes, background included.
+        **options: backbone options (e.g. ``features`` widths); unknown ones raise ConfigError.
+
+    Raises:
+        ConfigError: for an unknown net, skip or option.
+    """
+    net = look_up_option(net, list_models(), "net")
+    skip = look_up_option(skip, list_gates(), "skip")
+    builder, model_class = _MODELS[net]
+    fixed = {"self", "spatial_dims", "skip", "in_channels", "out_channels"}
+    accepted = set(inspect.signature(model_class.__init__).parameters) - fixed
+    for key in options:
+        look_up_option(key, accepted, f"option of `{net}`")
+    model = builder(skip=skip, in_channels=in_channels, out_channels=out_channels, **options)
+    init_glorot_uniform(model)
+    model.config = {"net": net, "skip": skip, "in_channels": in_channels, "out_channels": out_channels, **options}
+    return model
