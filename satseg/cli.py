@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
+from satseg.engine.config import TrainConfig
+from satseg.engine.trainer import train as run_training
 from satseg.errors import SatsegError
 
 __all__ = ["app", "main"]
@@ -25,10 +28,10 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
 class _SatsegGroup(TyperGroup):
     """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (Exit, Abort, TyperException):
             raise
         except SatsegError as error:
             if (ctx.obj or {}).get("debug"):
@@ -75,6 +78,18 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``) into a tuple of positive ints."""
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{text}`")
+    return values
+
+
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout (for ``--json``)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -83,3 +98,74 @@ def print_json(data: Any) -> None:
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="satseg")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).")],
+    net: Annotated[
+        str, typer.Option(help="Backbone: unet2d unet3d vnet2d vnet3d tiramisu2d tiramisu3d di2in2d di2in3d.")
+    ] = "unet3d",
+    skip: Annotated[str, typer.Option(help="Skip gate: org, st, at, sat.")] = "sat",
+    fold: Annotated[int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].")] = None,
+    patch: Annotated[
+        str | None, typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's].")
+    ] = None,
+    batch: Annotated[int | None, typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].")] = None,
+    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.")] = "adadelta",
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].")
+    ] = None,
+    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.")] = "dice+ce",
+    features: Annotated[
+        str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    val_every: Annotated[int | None, typer.Option(help="Validate every N epochs \\[default: 1].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes \\[default: 0].")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this budget.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    options = dict(
+        epochs=epochs,
+        iters_per_epoch=iters,
+        batch=batch,
+        lr=lr,
+        device=device,
+        val_every=val_every,
+        workers=workers,
+        max_minutes=max_minutes,
+        patch=parse_sizes(patch) if patch else None,
+    )
+    config = TrainConfig.from_options(
+        net=net,
+        skip=skip,
+        fold=fold,
+        optimizer=optimizer,
+        loss=loss,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        compile=compile,
+        seed=seed,
+        deterministic=deterministic,
+        model_options={"features": list(parse_sizes(features))} if features else {},
+        **options,
+    )
+    result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
+    summary = result.summary()
+    if json_output:
+        print_json(summary)
+    elif result.is_main:
+        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")

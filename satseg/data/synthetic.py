@@ -1,0 +1,123 @@
+"""Synthetic segmentation data: the demo's dataset and the tests' training tasks.
+
+Each case holds two structures of varied shape (an ellipsoid of random size and orientation, and a
+smaller blob touching it) with their own intensities, over a smooth background, multiplied by a
+smooth intensity inhomogeneity (bias field) and with Gaussian noise: a small, realistic-looking
+task that a segmentation network must learn and thresholding alone does not solve.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["synthetic_case", "write_synthetic_msd"]
+
+LABELS = {"background": 0, "core": 1, "rim": 2}
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def synthetic_case(
+    rng: np.random.Generator, shape: Sequence[int], noise: float = 0.35, two_structures: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic image and label map.
+
+    Args:
+        rng: the random generator (one case per call).
+        shape: spatial shape, 2D or 3D, in array order.
+        noise: standard deviation of the additive noise, relative to the structure contrast.
+        two_structures: add the second structure (label 2); else a binary task.
+
+    Returns:
+        ``image`` float32 ``(*shape)`` and ``label`` uint8 ``(*shape)`` with values in ``LABELS``.
+    """
+    shape = tuple(int(s) for s in shape)
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    centre = [rng.uniform(0.35, 0.65) * s for s in shape]
+    radii = [rng.uniform(0.14, 0.26) * min(shape) for _ in shape]
+    rotation, _ = np.linalg.qr(rng.standard_normal((len(shape), len(shape))))
+    offsets = np.stack([g - c for g, c in zip(grids, centre, strict=True)], axis=-1) @ rotation
+    # A wobbly ellipsoid: the radius varies smoothly over the surface, so shapes differ from case to case.
+    wobble = 1 + 0.15 * _smooth_field(rng, shape, sigma=max(shape) / 6)
+    core = (sum((offsets[..., i] / r) ** 2 for i, r in enumerate(radii)) <= wobble**2).astype(bool)
+    label = core.astype(np.uint8)
+    if two_structures:
+        # Centred just inside the core's surface along its first axis: a cap sticking out of it.
+        direction = rotation[:, 0] * radii[0] * 1.1
+        blob_centre = [c + d for c, d in zip(centre, direction, strict=True)]
+        blob_radius = rng.uniform(0.7, 0.9) * float(np.mean(radii))
+        blob = sum((g - c) ** 2 for g, c in zip(grids, blob_centre, strict=True)) <= blob_radius**2
+        label[blob & ~core] = 2
+    background = 0.5 + 0.15 * _smooth_field(rng, shape, sigma=max(shape) / 8)
+    image = background + 1.0 * (label == 1) + 0.55 * (label == 2)
+    bias = np.exp(0.25 * _smooth_field(rng, shape, sigma=max(shape) / 3))
+    image = image * bias + noise * rng.standard_normal(shape)
+    return (100 * image).astype(np.float32), label
+
+
+def write_synthetic_msd(
+    folder: str | Path,
+    num_cases: int,
+    shape: Sequence[int] = (40, 48, 44),
+    spacing: Sequence[float] = (1.2, 0.9, 1.1),
+    seed: int = 0,
+    oblique: bool = True,
+) -> Path:
+    """Write a Medical-Segmentation-Decathlon-style dataset of synthetic MRI-like NIfTI volumes.
+
+    Args:
+        folder: dataset root (``imagesTr/``, ``labelsTr/``, ``dataset.json`` are written).
+        num_cases: number of labelled cases.
+        shape: array shape ``(z, y, x)`` (2D shapes write 2D NIfTI).
+        spacing: voxel spacing in mm per array axis.
+        seed: random seed.
+        oblique: use a rotated direction matrix and a non-zero origin (a non-trivial grid).
+
+    Returns:
+        The dataset folder.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    dims = len(shape)
+    if oblique and dims == 3:
+        angle = np.deg2rad(12.0)
+        c, s = np.cos(angle), np.sin(angle)
+        direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+    else:
+        direction = tuple(np.eye(dims).flatten())
+    origin = tuple(rng.uniform(-80, 80, dims)) if oblique else (0.0,) * dims
+    training = []
+    for i in range(num_cases):
+        image, label = synthetic_case(rng, shape)
+        name = f"synth_{i:03d}.nii.gz"
+        for array, sub in ((image, "imagesTr"), (label, "labelsTr")):
+            itk = sitk.GetImageFromArray(array)
+            itk.SetSpacing(tuple(float(v) for v in reversed(spacing)))
+            itk.SetOrigin(origin)
+            itk.SetDirection(direction)
+            sitk.WriteImage(itk, str(folder / sub / name))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "SatsegSynthetic",
+        "description": "Synthetic MRI-like volumes made by satseg (no real data)",
+        "modality": {"0": "MRI"},
+        "labels": {str(v): k for k, v in LABELS.items()},
+        "numTraining": num_cases,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return folder

@@ -1,0 +1,117 @@
+"""Training settings as one frozen dataclass, saved with every run so it can be rebuilt."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from satseg.errors import ConfigError, look_up_option
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "LOSSES", "SCHEDULERS"]
+
+OPTIMIZERS = ("adadelta", "adam", "sgd")
+LOSSES = ("dice+ce", "dice", "ce")
+SCHEDULERS = ("poly", "constant")
+# Paper defaults for Adadelta (lr 1.0, rho 0.95, eps 1e-8); common defaults for the others.
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "sgd": 1e-2}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run, besides the data folder.
+
+    Args:
+        net: backbone name (see :func:`satseg.nn.list_models`).
+        skip: skip gate, ``org``, ``st``, ``at`` or ``sat``.
+        fold: which fold of ``splits.json`` to validate on (``-1``: train on all cases, no validation).
+        epochs: number of epochs.
+        iters_per_epoch: training batches per epoch.
+        patch: patch size per array axis; ``None`` takes the plan's.
+        batch: patches per batch; ``None`` picks 2 for 3D and 12 for 2D.
+        optimizer: ``adadelta`` (paper), ``adam`` or ``sgd`` (Nesterov momentum 0.99).
+        lr: learning rate; ``None`` takes the optimizer's default (Adadelta 1.0, Adam 1e-3, SGD 1e-2).
+        scheduler: ``poly`` (lr × (1 − epoch/epochs)^0.9) or ``constant``.
+        loss: ``dice+ce``, ``dice`` or ``ce``.
+        weight_decay: L2 weight decay.
+        foreground_fraction: share of patches centred on a foreground voxel.
+        augment: on-the-fly augmentation (flips, 90° rotations, scaling, intensity, noise).
+        amp: mixed precision on CUDA.
+        amp_dtype: ``bf16`` or ``fp16``.
+        channels_last: channels-last memory format on CUDA.
+        compile: ``torch.compile`` the model.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+        seed: seed of every random choice; with ``deterministic`` a run is exactly repeatable on CPU.
+        deterministic: ask PyTorch for deterministic algorithms.
+        val_every: validate every this many epochs (and at the last epoch).
+        workers: data-loading worker processes (0: in the main process).
+        max_minutes: stop after the epoch that passes this wall-time budget (``None``: no budget).
+        model_options: extra backbone options, e.g. ``{"features": [16, 32, 64]}``.
+    """
+
+    net: str = "unet3d"
+    skip: str = "sat"
+    fold: int = 0
+    epochs: int = 50
+    iters_per_epoch: int = 100
+    patch: tuple[int, ...] | None = None
+    batch: int | None = None
+    optimizer: str = "adadelta"
+    lr: float | None = None
+    scheduler: str = "poly"
+    loss: str = "dice+ce"
+    weight_decay: float = 0.0
+    foreground_fraction: float = 0.33
+    augment: bool = True
+    amp: bool = True
+    amp_dtype: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 1
+    workers: int = 0
+    max_minutes: float | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
+        look_up_option(self.loss, LOSSES, "loss")
+        look_up_option(self.scheduler, SCHEDULERS, "scheduler")
+        look_up_option(self.amp_dtype, ("bf16", "fp16"), "amp dtype")
+        for name in ("epochs", "iters_per_epoch", "val_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"`batch` must be at least 1, got {self.batch}")
+        if self.workers < 0:
+            raise ConfigError(f"`workers` must be 0 or more, got {self.workers}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ConfigError(f"`foreground_fraction` must be in [0, 1], got {self.foreground_fraction}")
+        if self.patch is not None:
+            object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in force: ``lr`` or the optimizer's default."""
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["patch"] = None if self.patch is None else list(self.patch)
+        return data
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TrainConfig:
+        """Build from keyword options, leaving out the ``None`` ones (the CLI's "not given")."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output, refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            look_up_option(key, known, "training setting")
+        return cls(**data)

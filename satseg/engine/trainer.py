@@ -1,0 +1,387 @@
+"""The training loop behind ``satseg train``: patches, augmentation, validation, checkpoints, resume, DDP.
+
+Reproducibility: every random choice of an epoch (patch sampling, augmentation, dropout) is seeded
+from ``(seed, epoch, rank)``, so resuming at epoch ``e`` replays exactly what an uninterrupted run
+would have done; with ``deterministic`` on the CPU a resumed run ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from satseg import __version__
+from satseg.atomic import atomic_write_json, atomic_write_text
+from satseg.data.preprocess import load_case, load_plan, load_splits
+from satseg.engine.augment import augment_batch
+from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_checkpoint, save_checkpoint
+from satseg.engine.config import TrainConfig
+from satseg.engine.distributed import DistContext, init_distributed
+from satseg.engine.losses import deep_supervision_loss
+from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case
+from satseg.engine.progress import TrainProgress
+from satseg.engine.validation import validate
+from satseg.errors import CheckpointError, ConfigError
+from satseg.nn import SegmentationNet, build_model
+
+__all__ = ["train", "TrainResult", "EpochCallback", "RESUMABLE_OVERRIDES"]
+
+logger = logging.getLogger("satseg.train")
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+"""Called after each epoch's checkpoint is written, with the epoch number and its metrics row."""
+
+# Settings a resumed run may change; everything else must match the interrupted run.
+RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "workers", "device", "val_every", "compile")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or budget-stopped) run reached."""
+
+    run_dir: Path
+    epochs_done: int
+    best_dice: float | None
+    best_epoch: int | None
+    last_dice: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    is_main: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-JSON summary for ``--json``."""
+        return {
+            "run_dir": str(self.run_dir),
+            "epochs_done": self.epochs_done,
+            "best_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "last_dice": self.last_dice,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _default_batch(spatial_dims: int) -> int:
+    return 2 if spatial_dims == 3 else 12
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    torch.manual_seed(int(np.random.default_rng([seed, epoch, rank, 99]).integers(2**62)))
+
+
+def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    lr, wd = config.learning_rate, config.weight_decay
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=0.95, eps=1e-8, weight_decay=wd)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
+
+
+def _lr_at(config: TrainConfig, epoch: int) -> float:
+    if config.scheduler == "constant":
+        return config.learning_rate
+    return config.learning_rate * (1 - epoch / config.epochs) ** 0.9
+
+
+def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    """Rows of an earlier ``metrics.csv`` for epochs already checkpointed (later rows were lost work)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [row for row in csv.DictReader(fh) if int(row["epoch"]) < before_epoch]
+
+
+def _write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _load_cases(data_dir: Path, ids: Sequence[str], patch: Sequence[int] | None) -> list:
+    cases = []
+    for case_id in ids:
+        image, label, _ = load_case(data_dir, case_id)
+        if label is None:
+            raise ConfigError(f"case `{case_id}` in `{data_dir}` has no label and cannot be used for training")
+        cases.append(make_training_case(case_id, image, label, patch) if patch else (case_id, image, label))
+    return cases
+
+
+def _prepare_run(data_dir: Path, out_dir: Path, config: TrainConfig, resume: bool, overrides: dict[str, Any]):
+    """Resolve the configuration (the checkpoint's on resume) and check the run folder."""
+    last = out_dir / LAST
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"`{out_dir}`: nothing to resume (no {LAST})", hint="start the run without --resume")
+        payload = load_checkpoint(last)
+        saved = TrainConfig.from_dict(payload["config"]["train"])
+        config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None})
+        return config, payload
+    if last.is_file():
+        raise CheckpointError(
+            f"`{out_dir}` already holds a run", hint="continue it with --resume, or pick another --out folder"
+        )
+    return config, None
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    resume_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+) -> TrainResult:
+    """Train a model on a preprocessed dataset (see ``satseg preprocess``) into a run folder.
+
+    Args:
+        data_dir: folder written by :func:`satseg.data.preprocess.preprocess_dataset`.
+        out_dir: run folder: ``config.json``, ``checkpoint_last.pt``, ``checkpoint_best.pt``,
+            ``metrics.csv``, ``train.log``.
+        config: training settings (ignored on resume, except :data:`RESUMABLE_OVERRIDES`).
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        resume_overrides: settings to change when resuming (e.g. more ``epochs``).
+        progress: show a progress bar on stderr (rank 0 only).
+        callbacks: called after each epoch.
+
+    Raises:
+        DataError: the preprocessed folder is missing or incomplete.
+        CheckpointError: resuming without a checkpoint, or starting over an existing run.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    plan = load_plan(data_dir)
+    config, payload = _prepare_run(data_dir, out_dir, config, resume, resume_overrides or {})
+    ctx = init_distributed(config.device)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+    spatial_dims = int(plan["spatial_dims"])
+    patch = tuple(config.patch or plan["patch_size"])
+    if len(patch) != spatial_dims:
+        raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
+    config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
+    labels: dict[str, int] = plan["labels"]
+    model_cfg = {
+        "net": config.net,
+        "skip": config.skip,
+        "in_channels": int(plan["num_channels"]),
+        "out_channels": len(labels),
+        **config.model_options,
+    }
+    torch.manual_seed(config.seed)  # the initial weights, too, follow from the seed
+    model = build_model(**model_cfg)
+    if int(model.spatial_dims) != spatial_dims:
+        raise ConfigError(f"`--net {config.net}` is {model.spatial_dims}D but the dataset is {spatial_dims}D")
+    if any(p % model.input_divisor for p in patch):
+        raise ConfigError(
+            f"patch {patch} must be divisible by {model.input_divisor} for `{config.net}`",
+            hint=f"use --patch {' '.join(str(-(-p // model.input_divisor) * model.input_divisor) for p in patch)}",
+        )
+    run_config = {
+        "satseg_version": __version__,
+        "model": model_cfg,
+        "train": config.to_dict(),
+        "plan": plan,
+        "data_dir": str(data_dir.resolve()),
+    }
+
+    splits = load_splits(data_dir)
+    if config.fold == -1:
+        train_ids, val_ids = sorted({c for s in splits[:1] for c in s["train"] + s["val"]}), []
+    elif 0 <= config.fold < len(splits):
+        train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
+    else:
+        raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / RUN_CONFIG, run_config)
+    log_handler = _attach_log(out_dir / "train.log") if ctx.is_main else None
+    try:
+        return _run(
+            model,
+            run_config,
+            config,
+            ctx,
+            data_dir,
+            out_dir,
+            train_ids,
+            val_ids,
+            labels,
+            payload,
+            progress and ctx.is_main,
+            callbacks,
+        )
+    finally:
+        if log_handler is not None:
+            logging.getLogger("satseg").removeHandler(log_handler)
+            log_handler.close()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("satseg")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def _run(
+    model: SegmentationNet,
+    run_config: dict[str, Any],
+    config: TrainConfig,
+    ctx: DistContext,
+    data_dir: Path,
+    out_dir: Path,
+    train_ids: Sequence[str],
+    val_ids: Sequence[str],
+    labels: dict[str, int],
+    payload: dict[str, Any] | None,
+    show_progress: bool,
+    callbacks: Sequence[EpochCallback],
+) -> TrainResult:
+    device = ctx.device
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cuda and config.channels_last:
+        model.to(memory_format=torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d)
+    optimizer = _make_optimizer(config, model.parameters())
+    amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
+    use_amp = cuda and config.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    start_epoch, best_dice, best_epoch = 0, None, None
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        start_epoch, best_dice, best_epoch = payload["epoch"], payload.get("best_dice"), payload.get("best_epoch")
+        logger.info("resuming %s at epoch %d", out_dir, start_epoch)
+    history = _read_history(out_dir / "metrics.csv", start_epoch) if ctx.is_main else []
+
+    train_cases: list[TrainingCase] = _load_cases(data_dir, train_ids, config.patch)
+    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
+    logger.info("training %s/%s on %d cases, validating on %d", config.net, config.skip, len(train_cases), len(val_ids))
+
+    step_model: torch.nn.Module = model
+    if ctx.distributed:
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if config.compile:
+        step_model = torch.compile(step_model)
+    batches_per_rank = math.ceil(config.iters_per_epoch / ctx.world_size)
+    aug_gen = torch.Generator(device=device)
+    started = time.perf_counter()
+    progress = TrainProgress(config.epochs, batches_per_rank, start_epoch, enabled=show_progress)
+    last_dice: dict[str, float] = {}
+    epoch = start_epoch
+    with progress:
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            lr = _lr_at(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            _seed_epoch(config.seed, epoch, ctx.rank)
+            aug_gen.manual_seed(int(np.random.default_rng([config.seed, epoch, ctx.rank, 7]).integers(2**62)))
+            indices = None
+            if ctx.distributed:
+                sampler = DistributedSampler(range(len(train_cases)), shuffle=True, seed=config.seed)
+                sampler.set_epoch(epoch)
+                indices = list(sampler)
+            batches = PatchBatches(
+                train_cases,
+                config.patch,
+                config.batch,
+                batches_per_rank,
+                config.foreground_fraction,
+                config.seed,
+                epoch,
+                ctx.rank,
+                indices,
+            )
+            loader = DataLoader(batches, batch_size=None, num_workers=config.workers, pin_memory=cuda)
+            model.train()
+            losses = []
+            progress.start_epoch(epoch)
+            for image, label in loader:
+                image = image.to(device, non_blocking=True)
+                label = label.to(device, non_blocking=True)
+                if config.augment:
+                    image, label = augment_batch(image, label, aug_gen)
+                if cuda and config.channels_last:
+                    fmt = torch.channels_last if image.ndim == 4 else torch.channels_last_3d
+                    image = image.contiguous(memory_format=fmt)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    outputs = step_model(image)
+                loss = deep_supervision_loss(outputs, label, config.loss)
+                if not torch.isfinite(loss):
+                    raise ConfigError(
+                        f"training diverged at epoch {epoch} (loss {loss.item()})",
+                        hint="lower --lr, or try --optimizer adam; the last good checkpoint is kept",
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+                progress.step(losses[-1])
+
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses))}
+            validate_now = val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            if ctx.is_main and validate_now:
+                last_dice = validate(model, val_cases, labels, config.patch, device, use_amp, amp_dtype)
+                row.update({f"dice_{name}": d for name, d in last_dice.items()})
+                row["dice_mean"] = float(np.mean(list(last_dice.values())))
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            if ctx.is_main:
+                improved = "dice_mean" in row and (best_dice is None or row["dice_mean"] > best_dice)
+                if improved:
+                    best_dice, best_epoch = row["dice_mean"], epoch
+                state = {
+                    "epoch": epoch + 1,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best_dice": best_dice,
+                    "best_epoch": best_epoch,
+                }
+                save_checkpoint(out_dir / LAST, model=model, run_config=run_config, **state)
+                if improved:
+                    save_checkpoint(out_dir / BEST, model=model, run_config=run_config, **state)
+                history.append(row)
+                _write_history(out_dir / "metrics.csv", history)
+                logger.info("epoch %d: %s", epoch, {k: row[k] for k in row if k != "epoch"})
+                progress.end_epoch(row)
+            ctx.barrier()
+            for callback in callbacks:
+                callback(epoch, row)
+            if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
+                logger.info("stopping after epoch %d: the %.1f-minute budget is spent", epoch, config.max_minutes)
+                epoch += 1
+                break
+        else:
+            epoch = config.epochs
+    return TrainResult(
+        out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main
+    )
