@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+
+try:  # typer < 0.2x runs on click; newer typer vendors it as `typer._click`
+    from click import ClickException, Context
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from typer._click import ClickException, Context
 
 from satseg import __version__
 from satseg.engine.evaluate import evaluate_folders, parse_labels
@@ -28,10 +32,10 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
 class _SatsegGroup(TyperGroup):
     """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, ClickException):
             raise
         except SatsegError as error:
             if (ctx.obj or {}).get("debug"):
@@ -95,13 +99,18 @@ def evaluate(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", file_okay=False, help="Folder for per_case.csv and summary.json [default: PRED]."
+            "--output",
+            "-o",
+            file_okay=False,
+            help="Folder for per_case.csv and summary.json (default: the --pred folder).",
         ),
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
     labels: Annotated[
         str | None,
-        typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` [default: all found]."),
+        typer.Option(
+            "--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (default: every non-zero label found)."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")] = False,
