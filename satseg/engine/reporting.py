@@ -16,8 +16,8 @@ TABLE_METRICS: dict[str, str] = {
     "iou": "IoU",
     "fpr": "FPR",
     "fnr": "FNR",
-    "hd95": "HD95 (mm)",
-    "assd": "ASSD (mm)",
+    "hd95": "HD95 mm",
+    "assd": "ASSD mm",
     "nsd": "NSD",
 }
 
@@ -30,7 +30,7 @@ def format_mean_std(entry: Mapping[str, Any], num_cases: int | None = None) -> s
     mean, std, n = entry["mean"], entry["std"], entry["n"]
     if n == 0 or mean is None or not math.isfinite(mean):
         return "–"
-    text = f"{mean:.4g} ± {std:.2g}"
+    text = f"{mean:.3g} ± {std:.2g}"
     return text if num_cases is None or n >= num_cases else f"{text} (n={n})"
 
 
@@ -47,7 +47,7 @@ def summary_table(summary: Mapping[str, Any], metrics: Mapping[str, str] = TABLE
     if tolerance is not None:
         caption += f"; NSD at {tolerance:g} mm"
     table = Table(title="Evaluation", caption=caption)
-    table.add_column("class")
+    table.add_column("class", no_wrap=True)
     table.add_column("label", justify="right")
     for title in metrics.values():
         table.add_column(title, justify="right")
