@@ -262,3 +262,25 @@ def test_cli_evaluate_defaults_output_to_pred_folder_and_reports_errors(folders)
     assert result.exit_code == 0 and (pred_dir / "summary.json").is_file()
     bad = CliRunner().invoke(app, ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--labels", "liver"])
     assert bad.exit_code == 1 and "error:" in bad.output and "--labels" in bad.output
+
+
+def test_a_reader_returning_channel_first_images_is_accepted(folders):
+    """The ``satseg.data.io.Image`` contract: ``array`` (1, *S), spacing per array axis, origin, direction."""
+
+    class FakeImage:
+        def __init__(self, array, spacing):
+            self.array, self.spacing = array[None], spacing
+            self.origin, self.direction = (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    arrays = {
+        f"{case}{suffix}": pair[i]
+        for case, pair in _cases().items()
+        for i, suffix in ((0, ".nii.gz"), (1, "_seg.nrrd"))
+    }
+    spacing = (1.0, 2.0, 3.0)
+    report = evaluate_folders(*folders, labels=LABELS, reader=lambda path: FakeImage(arrays[path.name], spacing))
+    pred, ref = _cases()["case_b"]
+    np.testing.assert_equal(
+        report.rows[2],
+        {"case": "case_b", "class": "liver", "label": 1, **case_metrics(pred, ref, LABELS, spacing)["liver"]},
+    )
