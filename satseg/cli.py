@@ -15,6 +15,8 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
 from satseg.engine.config import TrainConfig
+from satseg.engine.evaluate import evaluate_folders, parse_labels
+from satseg.engine.reporting import summary_table
 from satseg.engine.trainer import train as run_training
 from satseg.errors import SatsegError
 
@@ -169,3 +171,45 @@ def train(
         print_json(summary)
     elif result.is_main:
         out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", exists=True, file_okay=False, help="Folder of predicted labels.")],
+    gt: Annotated[Path, typer.Option("--gt", exists=True, file_okay=False, help="Folder of reference labels.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            file_okay=False,
+            help="Folder for per_case.csv and summary.json (default: the --pred folder).",
+        ),
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (default: every non-zero label found)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")] = False,
+) -> None:
+    """Score predicted label images against references: Dice, IoU, FPR, FNR, HD95, ASSD, surface Dice.
+
+    Files are matched by case name (`case.nii.gz` ↔ `case_seg.nii.gz`); distances use the images' spacing.
+    """
+    report = evaluate_folders(
+        pred,
+        gt,
+        output or pred,
+        labels=parse_labels(labels) if labels else None,
+        tolerance_mm=tolerance,
+        workers=workers,
+    )
+    if as_json:
+        print_json(report.summary)
+        return
+    out.print(summary_table(report.summary))
+    err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)

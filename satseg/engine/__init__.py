@@ -1,0 +1,1 @@
+"""Training, inference, evaluation and export: the jobs the CLI runs."""

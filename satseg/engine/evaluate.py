@@ -1,0 +1,471 @@
+"""Score folders of predicted label images against reference ones; summarise; report the skip gates.
+
+Files are matched by case name: the file name without its image extension (``.nii.gz``, ``.nii``,
+``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``) and
+without one trailing ``_seg``, ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or
+``_prediction``; so ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction
+needs a reference; references without a prediction are listed in the report and skipped. Metric
+definitions and the empty-mask conventions are in :mod:`satseg.engine.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from satseg.atomic import atomic_write_text
+from satseg.engine.metrics import COUNTS, METRICS, absent_class_metrics, case_metrics
+from satseg.errors import ConfigError, DataError
+
+__all__ = [
+    "ROW_FIELDS",
+    "LabelVolume",
+    "EvaluationReport",
+    "case_name",
+    "match_cases",
+    "parse_labels",
+    "evaluate_case",
+    "evaluate_folders",
+    "summarise",
+    "gate_report",
+]
+
+logger = logging.getLogger(__name__)
+
+_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_CASE_SUFFIXES = ("_segmentation", "_seg", "_labels", "_label", "_gt", "_mask", "_prediction", "_pred")
+# Geometry tolerances: spacing (relative), origin (mm), direction cosines (absolute).
+_SPACING_RTOL, _ORIGIN_ATOL_MM, _DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
+
+#: Columns of ``per_case.csv``: one row per case and class.
+ROW_FIELDS: tuple[str, ...] = ("case", "class", "label", *METRICS, *COUNTS)
+
+
+class LabelVolume(NamedTuple):
+    """A label image: ``array`` ``(*spatial)`` in contract axis order and its geometry.
+
+    ``spacing`` is in mm per array axis; ``origin`` and ``direction`` are as SimpleITK gives them.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+Reader = Callable[[Path], Any]
+
+
+@dataclass
+class EvaluationReport:
+    """The result of :func:`evaluate_folders`.
+
+    Attributes:
+        rows: one dict per case and class with the keys of ``ROW_FIELDS``.
+        summary: what :func:`summarise` gives, plus the run's settings; written as ``summary.json``.
+        labels: class name → label value that was scored.
+        missing_predictions: reference cases that had no prediction (not scored).
+        per_case_csv: path of ``per_case.csv``, or None when nothing was written.
+        summary_json: path of ``summary.json``, or None when nothing was written.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    labels: dict[str, int]
+    missing_predictions: list[str] = field(default_factory=list)
+    per_case_csv: Path | None = None
+    summary_json: Path | None = None
+
+
+def case_name(path: str | Path) -> str | None:
+    """The case a label file belongs to, or None if the file is not a supported image.
+
+    Args:
+        path: a file name or path, e.g. ``"case_001_seg.nii.gz"``.
+
+    Returns:
+        The case name, e.g. ``"case_001"``.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    extension = next((ext for ext in _EXTENSIONS if lower.endswith(ext)), None)
+    if extension is None or name.startswith("."):
+        return None
+    stem = name[: -len(extension)]
+    for suffix in _CASE_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _cases_in(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"the {what} folder `{folder}` does not exist or is not a folder")
+    cases: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = case_name(path) if path.is_file() else None
+        if name is None:
+            continue
+        if name in cases:
+            raise DataError(
+                f"`{cases[name]}` and `{path}` in the {what} folder are both case `{name}`",
+                hint="keep one file per case",
+            )
+        cases[name] = path
+    return cases
+
+
+def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair prediction and reference files by case name.
+
+    Args:
+        pred_dir: folder of predicted label images.
+        gt_dir: folder of reference label images.
+
+    Returns:
+        ``([(case, pred_path, gt_path), …] sorted by case, [reference cases without a prediction])``.
+
+    Raises:
+        DataError: if a folder is missing, has no label images, holds two files of one case, or a
+            prediction has no reference.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    preds, refs = _cases_in(pred_dir, "prediction"), _cases_in(gt_dir, "reference")
+    for what, folder, found in (("prediction", pred_dir, preds), ("reference", gt_dir, refs)):
+        if not found:
+            raise DataError(
+                f"no label images in the {what} folder `{folder}`",
+                hint=f"supported: {', '.join(_EXTENSIONS)}",
+            )
+    orphans = sorted(set(preds) - set(refs))
+    if orphans:
+        shown = ", ".join(f"`{preds[c].name}`" for c in orphans[:5]) + (" …" if len(orphans) > 5 else "")
+        raise DataError(
+            f"{len(orphans)} prediction(s) in `{pred_dir}` have no reference in `{gt_dir}`: {shown}",
+            hint="name files by case (`case.nii.gz` or `case_seg.nii.gz`) in both folders",
+        )
+    matched = [(case, preds[case], refs[case]) for case in sorted(preds)]
+    return matched, sorted(set(refs) - set(preds))
+
+
+def parse_labels(text: str) -> dict[str, int]:
+    """Parse ``"liver=1,tumour=2"`` into ``{"liver": 1, "tumour": 2}``.
+
+    Raises:
+        ConfigError: naming the malformed pair.
+    """
+    labels: dict[str, int] = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = pair.partition("=")
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if not sep or not name.strip() or number < 0:
+            raise ConfigError(f"bad `--labels` entry `{pair}`: expected name=value with value ≥ 0, e.g. `liver=1`")
+        if name.strip() in labels:
+            raise ConfigError(f"`--labels` names class `{name.strip()}` twice")
+        labels[name.strip()] = number
+    if not labels:
+        raise ConfigError("`--labels` is empty; give name=value pairs, e.g. `liver=1,tumour=2`")
+    return labels
+
+
+def _read_label(path: Path) -> LabelVolume:
+    """Read a label image with SimpleITK, or with Pillow for 2D picture formats (0/255 masks become 0/1)."""
+    import SimpleITK as sitk
+    from PIL import Image as PILImage
+
+    try:
+        if path.name.lower().endswith(_PILLOW_EXTENSIONS):
+            with PILImage.open(path) as picture:
+                array = np.asarray(picture)
+            if array.ndim == 3:
+                if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, min(3, array.shape[-1]))):
+                    raise DataError(f"`{path}` is a colour image, not a label image", hint="save labels as greyscale")
+                array = array[..., 0]
+            array = array.astype(np.uint8) if array.dtype == bool else array
+            if np.isin(array, (0, 255)).all():
+                array = (array == 255).astype(np.uint8)
+            return LabelVolume(array, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+        image = sitk.ReadImage(str(path))
+    except (RuntimeError, OSError) as error:
+        raise DataError(f"cannot read `{path}`: {str(error).strip().splitlines()[-1]}") from error
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"`{path}` has {image.GetNumberOfComponentsPerPixel()} components; a label image has one")
+    return LabelVolume(
+        sitk.GetArrayFromImage(image),
+        tuple(reversed(image.GetSpacing())),
+        tuple(image.GetOrigin()),
+        tuple(image.GetDirection()),
+    )
+
+
+def _as_volume(image: Any, path: Path) -> LabelVolume:
+    """Accept a :class:`LabelVolume`/tuple or a ``satseg.data.io.Image`` (``(1, *S)`` array); check labels."""
+    if hasattr(image, "array"):
+        image = LabelVolume(image.array, tuple(image.spacing), tuple(image.origin), tuple(image.direction))
+    array, spacing, origin, direction = image
+    array = np.asarray(array)
+    if array.ndim == len(spacing) + 1 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != len(spacing):
+        raise DataError(f"`{path}` has shape {array.shape}; a label image has one channel")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise DataError(f"`{path}` holds non-integer values; it looks like a probability map, not labels")
+        array = array.astype(np.int64)
+    return LabelVolume(array, tuple(float(s) for s in spacing), tuple(origin), tuple(direction))
+
+
+def _check_geometry(pred: LabelVolume, ref: LabelVolume, pred_path: Path, gt_path: Path) -> None:
+    problems = []
+    if pred.array.shape != ref.array.shape:
+        problems.append(f"shape {pred.array.shape} vs {ref.array.shape}")
+    elif not np.allclose(pred.spacing, ref.spacing, rtol=_SPACING_RTOL, atol=0):
+        problems.append(f"spacing {pred.spacing} vs {ref.spacing}")
+    elif len(pred.origin) != len(ref.origin) or not np.allclose(pred.origin, ref.origin, atol=_ORIGIN_ATOL_MM):
+        problems.append(f"origin {pred.origin} vs {ref.origin}")
+    elif len(pred.direction) != len(ref.direction) or not np.allclose(
+        pred.direction, ref.direction, atol=_DIRECTION_ATOL
+    ):
+        problems.append(f"direction {pred.direction} vs {ref.direction}")
+    if problems:
+        raise DataError(
+            f"`{pred_path}` and `{gt_path}` are not on the same grid: {problems[0]}",
+            hint="a prediction must have its reference's shape, spacing, origin and direction",
+        )
+
+
+def evaluate_case(
+    case: str,
+    pred_path: Path,
+    gt_path: Path,
+    labels: Mapping[str, int] | None = None,
+    tolerance_mm: float = 1.0,
+    reader: Reader | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Read one prediction/reference pair, check their geometry and score every class.
+
+    Args:
+        case: the case name written in the rows.
+        pred_path: predicted label image.
+        gt_path: reference label image.
+        labels: class name → label value; None scores every non-zero value present in either image
+            (named ``label_<value>``).
+        tolerance_mm: surface Dice tolerance in mm.
+        reader: ``path -> LabelVolume`` (or an object with ``array``, ``spacing``, ``origin``, ``direction``).
+
+    Returns:
+        ``(rows, number of voxels)``; rows as in :attr:`EvaluationReport.rows`.
+
+    Raises:
+        DataError: if a file cannot be read or the two are not on the same grid.
+    """
+    read = reader or _read_label
+    pred, ref = _as_volume(read(pred_path), pred_path), _as_volume(read(gt_path), gt_path)
+    _check_geometry(pred, ref, pred_path, gt_path)
+    if labels is None:
+        present = np.union1d(np.unique(pred.array), np.unique(ref.array))
+        labels = {f"label_{int(v)}": int(v) for v in present if v != 0}
+    scores = case_metrics(pred.array, ref.array, labels, ref.spacing, tolerance_mm)
+    rows = [{"case": case, "class": name, "label": int(labels[name]), **values} for name, values in scores.items()]
+    logger.debug("scored %s (%d classes)", case, len(rows))
+    return rows, int(ref.array.size)
+
+
+def _run_case(item: tuple[str, Path, Path], **options: Any) -> tuple[list[dict[str, Any]], int]:
+    return evaluate_case(*item, **options)
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_dir: str | Path | None = None,
+    labels: Mapping[str, int] | None = None,
+    tolerance_mm: float = 1.0,
+    workers: int = 1,
+    reader: Reader | None = None,
+) -> EvaluationReport:
+    """Score every prediction in ``pred_dir`` against its reference in ``gt_dir``.
+
+    Args:
+        pred_dir: folder of predicted label images (any supported format).
+        gt_dir: folder of reference label images, matched by case name (see the module doc).
+        out_dir: where to write ``per_case.csv`` and ``summary.json`` (atomically); None writes nothing.
+        labels: class name → label value (value 0, background, is not scored); None scores every non-zero
+            value found in any case, named ``label_<value>``, a class absent from a case counting as
+            correctly absent there.
+        tolerance_mm: surface Dice tolerance in mm.
+        workers: cases scored in parallel processes (1: in this process).
+        reader: ``path -> LabelVolume``-like reader; defaults to SimpleITK/Pillow.
+
+    Returns:
+        The :class:`EvaluationReport`.
+
+    Raises:
+        DataError: for missing folders, unmatched predictions, unreadable files or mismatched geometry.
+        ConfigError: for a bad ``workers`` or ``tolerance_mm``.
+    """
+    if workers < 1:
+        raise ConfigError(f"`workers` must be ≥ 1, got {workers}")
+    if not math.isfinite(float(tolerance_mm)) or tolerance_mm < 0:
+        raise ConfigError(f"the surface Dice tolerance must be ≥ 0 mm, got {tolerance_mm}")
+    matched, missing = match_cases(pred_dir, gt_dir)
+    if missing:
+        logger.warning("%d reference case(s) have no prediction and are not scored: %s", len(missing), missing)
+    chosen = None if labels is None else {name: int(v) for name, v in labels.items() if int(v) != 0}
+    if chosen is not None and not chosen:
+        raise ConfigError("`labels` names only the background (0); give at least one foreground class")
+    run = partial(_run_case, labels=chosen, tolerance_mm=tolerance_mm, reader=reader)
+    if workers == 1 or len(matched) == 1:
+        results = [run(item) for item in matched]
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(matched))) as pool:
+            results = list(pool.map(run, matched))
+    rows, chosen = _complete_rows(matched, results, chosen)
+    summary = {
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(gt_dir),
+        "tolerance_mm": float(tolerance_mm),
+        "labels": chosen,
+        "missing_predictions": missing,
+        **summarise(rows),
+    }
+    report = EvaluationReport(rows=rows, summary=summary, labels=chosen, missing_predictions=missing)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
+        atomic_write_text(report.per_case_csv, _csv_text(rows))
+        atomic_write_text(report.summary_json, json.dumps(_json_safe(summary), indent=2) + "\n")
+    return report
+
+
+def _complete_rows(
+    matched: Sequence[tuple[str, Path, Path]],
+    results: Sequence[tuple[list[dict[str, Any]], int]],
+    chosen: dict[str, int] | None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """With discovered labels, add 'correctly absent' rows so every case scores every class; sort rows."""
+    if chosen is None:
+        values = sorted({row["label"] for case_rows, _ in results for row in case_rows})
+        chosen = {f"label_{v}": v for v in values}
+    order = {name: i for i, name in enumerate(chosen)}
+    rows: list[dict[str, Any]] = []
+    for (case, _, _), (case_rows, num_voxels) in zip(matched, results, strict=True):
+        scored = {row["class"] for row in case_rows}
+        absent = [
+            {"case": case, "class": name, "label": value, **absent_class_metrics(num_voxels)}
+            for name, value in chosen.items()
+            if name not in scored
+        ]
+        rows.extend(sorted(case_rows + absent, key=lambda row: order[row["class"]]))
+    return rows, chosen
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over cases for each class and metric, as in the paper's tables.
+
+    NaN (undefined) values are left out and counted. ``std`` is the population standard deviation
+    (NumPy's default, ``ddof=0``).
+
+    Args:
+        rows: per-case rows with ``case``, ``class``, ``label`` and the :data:`~satseg.engine.metrics.METRICS`.
+
+    Returns:
+        ``{"num_cases": int, "classes": {class: {"label": int, metric: {"mean", "std", "n", "n_undefined"}}},
+        "foreground_mean": {metric: mean of the class means}}``; JSON-ready: a mean or std with ``n == 0``
+        is None.
+    """
+    classes: dict[str, dict[str, Any]] = {}
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["class"], []).append(row)
+    for name, class_rows in grouped.items():
+        entry: dict[str, Any] = {"label": int(class_rows[0]["label"])}
+        for metric in METRICS:
+            values = np.array([float(row[metric]) for row in class_rows], dtype=float)
+            defined = values[np.isfinite(values)]
+            entry[metric] = {
+                "mean": float(defined.mean()) if defined.size else None,
+                "std": float(defined.std()) if defined.size else None,
+                "n": int(defined.size),
+                "n_undefined": int(values.size - defined.size),
+            }
+        classes[name] = entry
+    foreground = {}
+    for metric in METRICS:
+        means = [entry[metric]["mean"] for entry in classes.values() if entry[metric]["mean"] is not None]
+        foreground[metric] = float(np.mean(means)) if means else None
+    return {"num_cases": len({row["case"] for row in rows}), "classes": classes, "foreground_mean": foreground}
+
+
+def gate_report(model: Any) -> list[dict[str, Any]]:
+    """Per-skip channel selection of a model with ``st``/``sat`` gates (the paper reports 55–67 % off).
+
+    Args:
+        model: a :class:`satseg.nn.SegmentationNet` (anything with ``skip_gates()``).
+
+    Returns:
+        One dict per selecting gate, in encoder order: ``skip`` (qualified module name), ``gate``
+        (``st`` or ``sat``), ``channels``, ``channels_off``, ``fraction_off`` and ``selection``
+        (``trelu(W)`` per channel). Empty for ``org``/``at`` models.
+    """
+    from satseg.nn.gates import SelectAttendGate
+
+    report = []
+    for name, gate in model.skip_gates():
+        selection = gate.selection()
+        if selection is None:
+            continue
+        values = [float(v) for v in selection.flatten().tolist()]
+        report.append(
+            {
+                "skip": name,
+                "gate": "sat" if isinstance(gate, SelectAttendGate) else "st",
+                "channels": len(values),
+                "channels_off": sum(v == 0 for v in values),
+                "fraction_off": float(gate.fraction_off()),
+                "selection": values,
+            }
+        )
+    return report
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _csv_value(row[key]) for key in ROW_FIELDS})
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
