@@ -167,9 +167,11 @@ def train(
     )
     result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
     summary = result.summary()
+    if not result.is_main:  # under torchrun only rank 0 reports
+        return
     if json_output:
         print_json(summary)
-    elif result.is_main:
+    else:
         out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
 
 

@@ -238,6 +238,8 @@ def train(
         if log_handler is not None:
             logging.getLogger("satseg").removeHandler(log_handler)
             log_handler.close()
+        if ctx.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _attach_log(path: Path) -> logging.Handler:

@@ -122,3 +122,59 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(SatsegError, match="3D"):
         train(data, tmp_path / "run3", TrainConfig(net="unet3d", epochs=1, **TINY), progress=False)
     assert DataError  # noqa: B018 - imported for the missing-folder case once preprocess raises it
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_ddp_on_cpu(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
+    with socket.socket() as s:  # a free port for the gloo rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "satseg",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--net",
+        "unet2d",
+        "--patch",
+        "32,32",
+        "--features",
+        "8,16",
+        "--epochs",
+        "2",
+        "--iters",
+        "4",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"run_dir"') == 1, "only rank 0 reports"
+    assert len(_rows(tmp_path / "run")) == 2, "only rank 0 writes metrics"
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert payload["epoch"] == 2
+    torch.manual_seed(0)
+    from satseg.nn import build_model
+
+    init = build_model("unet2d", "sat", 1, 2, features=[8, 16]).state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in payload["model"].items()), "weights were trained"
