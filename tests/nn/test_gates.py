@@ -78,6 +78,6 @@ def test_keep_attention_records_last_map():
 
 
 def test_unknown_gate_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown skip `sta`; did you mean `st`\? valid: at, org, sat, st"):
+    with pytest.raises(ConfigError, match=r"unknown skip `sta`; did you mean `st`\? valid: at, org, sat, st"):
         build_gate("sta", 2, 4)
     assert sorted(list_gates()) == ["at", "org", "sat", "st"]

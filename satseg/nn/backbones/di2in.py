@@ -7,26 +7,27 @@ skip gates, and 1×1(×1) heads at several decoder scales give deep supervision 
 size). Every conv except the heads is followed by BN and ReLU. Only the generator is built here: the
 adversarial discriminator of Yang et al. is a training device, not part of the segmenter.
 
-Layer plan of the default configuration (``features=(24, 48, 96, 192, 384)``, ``encoder_convs=(1, 2, 2,
-2, 2)``, ``decoder_convs=(1, 1, 1, 1)``, ``supervision_levels=(1, 2, 3)``; widths ``w_l`` per level ``l``,
-level 0 at full size)::
+Layer plan of the default configuration (``features=(20, 28, 52, 84, 126)``, ``encoder_convs=(3, 1, 1,
+2, 2)``, ``decoder_convs=(2, 1, 1, 2)``, ``supervision_levels=(1, 2, 3)``; level 0 at full size, ``/2``
+a stride-2 conv, ``g`` the channels the gate transfers: ``w`` for ``org``/``st``, 1 for ``at``/``sat``)::
 
-    encoder  l=0: conv(in→24)                                   -> skip 0 (24 ch)
-             l=1: conv/2(24→48),   conv(48→48)                  -> skip 1 (48 ch)
-             l=2: conv/2(48→96),   conv(96→96)                  -> skip 2 (96 ch)
-             l=3: conv/2(96→192),  conv(192→192)                -> skip 3 (192 ch)
-             l=4: conv/2(192→384), conv(384→384)                   (bottleneck)
-    decoder  l=3: up×2, conv(384→192), cat gate(skip 3), conv(192+g→192), head 1×1 (aux)
-             l=2: up×2, conv(192→96),  cat gate(skip 2), conv(96+g→96),   head 1×1 (aux)
-             l=1: up×2, conv(96→48),   cat gate(skip 1), conv(48+g→48),   head 1×1 (aux)
-             l=0: up×2, conv(48→24),   cat gate(skip 0), conv(24+g→24),   head 1×1 (main)
+    encoder  level 0: conv(in→20), conv(20→20), conv(20→20)        -> skip 0 (20 ch)
+             level 1: conv/2(20→28)                                 -> skip 1 (28 ch)
+             level 2: conv/2(28→52)                                 -> skip 2 (52 ch)
+             level 3: conv/2(52→84), conv(84→84)                    -> skip 3 (84 ch)
+             level 4: conv/2(84→126), conv(126→126)                    (bottleneck)
+    decoder  level 3: up×2, conv(126→84), cat gate(skip 3), conv(84+g→84), conv(84→84), head (aux)
+             level 2: up×2, conv(84→52),  cat gate(skip 2), conv(52+g→52),              head (aux)
+             level 1: up×2, conv(52→28),  cat gate(skip 1), conv(28+g→28),              head (aux)
+             level 0: up×2, conv(28→20),  cat gate(skip 0), conv(20+g→20), conv(20→20), head (main)
 
-(``g`` = channels the gate transfers: ``w_l`` for ``org``/``st``, 1 for ``at``/``sat``.)
+Every ``conv`` is 3×3(×3) with bias, BN and ReLU; heads are 1×1(×1) convs to ``out_channels``.
 
-The SAT paper reports 2,353,089 parameters for its 3D DI2IN and 2,063,053 with SAT gates (Keras, one
-input channel, one sigmoid output channel). With ``in_channels=1, out_channels=1`` this default has
-2,352,327 (``org``; 762 fewer, −0.032 %) and 2,062,925 (``sat``; 128 fewer, −0.006 %) trainable
-parameters; the original layer plan is not published, so this one is fitted to the two counts.
+The SAT paper reports 2,353,089 parameters for its 3D DI2IN and 2,063,053 with SAT gates (Keras; we
+assume one input and one sigmoid output channel). The original layer plan is not published, so the
+default widths and conv counts above were fitted to those two counts. With ``in_channels=1,
+out_channels=1`` the 3D default has 2,353,148 trainable parameters with ``org`` (+59, +0.0025 %) and
+2,063,000 with ``sat`` (−53, −0.0026 %).
 """
 
 from __future__ import annotations
@@ -108,34 +109,34 @@ class DI2IN(SegmentationNet):
             return nn.Sequential(first, *(ConvNormAct(dims, cout, cout, 3, norm=norm, act=act) for _ in range(n - 1)))
 
         self.encoder = nn.ModuleList(
-            convs(in_channels if l == 0 else widths[l - 1], widths[l], enc[l], stride=1 if l == 0 else 2)
-            for l in range(len(widths))
+            convs(in_channels if lvl == 0 else widths[lvl - 1], widths[lvl], enc[lvl], stride=1 if lvl == 0 else 2)
+            for lvl in range(len(widths))
         )
         self.gates = nn.ModuleList(build_gate(skip, dims, w, select_init=select_init) for w in widths[:-1])
         self.up_convs, self.decoder = nn.ModuleList(), nn.ModuleList()
         self.heads = nn.ModuleDict()
         conv1 = layer_type("conv", dims)
-        for l in reversed(range(len(widths) - 1)):
-            self.up_convs.append(convs(widths[l + 1], widths[l], 1))
-            self.decoder.append(convs(widths[l] + self.gates[l].out_channels, widths[l], dec[l]))
-            if l in sup or l == 0:
-                self.heads[str(l)] = conv1(widths[l], out_channels, 1)
+        for lvl in reversed(range(len(widths) - 1)):
+            self.up_convs.append(convs(widths[lvl + 1], widths[lvl], 1))
+            self.decoder.append(convs(widths[lvl] + self.gates[lvl].out_channels, widths[lvl], dec[lvl]))
+            if lvl in sup or lvl == 0:
+                self.heads[str(lvl)] = conv1(widths[lvl], out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         size = x.shape[2:]
         skips = []
-        for l, block in enumerate(self.encoder):
+        for lvl, block in enumerate(self.encoder):
             x = block(x)
-            if l < len(self.gates):
-                skips.append(self.gates[l](x))
+            if lvl < len(self.gates):
+                skips.append(self.gates[lvl](x))
         aux: list[Tensor] = []
         supervise = self.training and self.deep_supervision
         for i, (up_conv, block) in enumerate(zip(self.up_convs, self.decoder, strict=True)):
-            l = len(self.gates) - 1 - i
+            lvl = len(self.gates) - 1 - i
             x = up_conv(F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False))
-            x = block(torch.cat([x, skips[l]], dim=1))
-            if supervise and l in self.supervision_levels:
-                aux.insert(0, F.interpolate(self.heads[str(l)](x), size=size, mode=self.mode, align_corners=False))
+            x = block(torch.cat([x, skips[lvl]], dim=1))
+            if supervise and lvl in self.supervision_levels:
+                aux.insert(0, F.interpolate(self.heads[str(lvl)](x), size=size, mode=self.mode, align_corners=False))
         main = self.heads["0"](x)
         return [main, *aux] if supervise else main
 

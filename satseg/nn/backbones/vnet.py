@@ -88,7 +88,7 @@ class _Down(nn.Module):
 
 
 class _Up(nn.Module):
-    """Transposed conv–BN–act up to ``width``, concat the gated skip (``g`` ch), residual stage ``width + g -> 2·width``."""
+    """Up-conv–BN–act to ``width``, concat the gated skip (``g`` ch), residual stage ``width + g -> 2·width``."""
 
     def __init__(self, dims: int, cin: int, width: int, gate_channels: int, num_convs: int, kernel, norm, act) -> None:
         super().__init__()
