@@ -7,10 +7,16 @@ import os
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+
+try:
+    from click import ClickException, Context
+    from click.exceptions import Abort, Exit
+except ModuleNotFoundError:  # Typer >= 0.2x vendors click as typer._click
+    from typer import Abort, Exit
+    from typer._click import ClickException, Context
 
 from satseg import __version__
 from satseg.errors import SatsegError
@@ -25,10 +31,10 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
 class _SatsegGroup(TyperGroup):
     """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (Exit, Abort, ClickException):
             raise
         except SatsegError as error:
             if (ctx.obj or {}).get("debug"):
@@ -83,3 +89,47 @@ def print_json(data: Any) -> None:
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="satseg")
+
+
+def _params_table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        "net", "skip", "params", "vs org", "skip channels", "skip MB", "GFLOPs", "peak MB", title="Skip gates"
+    )
+    table.columns[4].overflow = "fold"
+    for r in rows:
+        mb = lambda v: "-" if v is None else f"{v / 2**20:.2f}"  # noqa: E731
+        table.add_row(
+            r["net"], r["skip"], f"{r['params']:,}", f"{r['params_change_pct']:+.1f} %",
+            ",".join(map(str, r["skip_channels"])), mb(r["skip_bytes"]),
+            "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mb(r["peak_memory_bytes"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+def params(
+    net: Annotated[str, typer.Option("--net", help="Backbone name, or `all` for every registered one.")] = "all",
+    compare: Annotated[str, typer.Option("--compare", help="Skip gates, e.g. org,st,at,sat.")] = "org,st,at,sat",
+    patch: Annotated[
+        str | None, typer.Option("--patch", help="Patch sides, e.g. 96,96,96 (default 64² / 32³).")
+    ] = None,
+    in_channels: Annotated[int, typer.Option("--in-channels")] = 1,
+    out_channels: Annotated[int, typer.Option("--out-channels")] = 2,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs.")] = True,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak forward memory.")] = True,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
+    from satseg.engine.params import compare_models, split_items
+
+    rows = compare_models(
+        None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,
+        out_channels=out_channels, flops=flops, memory=memory, device=device,
+    )  # fmt: skip
+    print_json(rows) if as_json else _params_table(rows)
+
+
+app.command("params")(params)
+app.command("count-params", hidden=True)(params)

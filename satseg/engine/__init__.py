@@ -1,0 +1,3 @@
+"""Training, inference and analysis engines."""
+
+__all__: list[str] = []
