@@ -215,3 +215,47 @@ def evaluate(
         return
     out.print(summary_table(report.summary))
     err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
+
+
+def _params_table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        "net", "skip", "params", "vs org", "skip channels", "skip MB", "GFLOPs", "peak MB", title="Skip gates"
+    )
+    table.columns[4].overflow = "fold"
+    for r in rows:
+        mb = lambda v: "-" if v is None else f"{v / 2**20:.2f}"  # noqa: E731
+        table.add_row(
+            r["net"], r["skip"], f"{r['params']:,}", f"{r['params_change_pct']:+.1f} %",
+            ",".join(map(str, r["skip_channels"])), mb(r["skip_bytes"]),
+            "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mb(r["peak_memory_bytes"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+def params(
+    net: Annotated[str, typer.Option("--net", help="Backbone name, or `all` for every registered one.")] = "all",
+    compare: Annotated[str, typer.Option("--compare", help="Skip gates, e.g. org,st,at,sat.")] = "org,st,at,sat",
+    patch: Annotated[
+        str | None, typer.Option("--patch", help="Patch sides, e.g. 96,96,96 (default 64² / 32³).")
+    ] = None,
+    in_channels: Annotated[int, typer.Option("--in-channels")] = 1,
+    out_channels: Annotated[int, typer.Option("--out-channels")] = 2,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs.")] = True,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak forward memory.")] = True,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
+    from satseg.engine.params import compare_models, split_items
+
+    rows = compare_models(
+        None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,
+        out_channels=out_channels, flops=flops, memory=memory, device=device,
+    )  # fmt: skip
+    print_json(rows) if as_json else _params_table(rows)
+
+
+app.command("params")(params)
+app.command("count-params", hidden=True)(params)
