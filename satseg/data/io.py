@@ -31,7 +31,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image as PILImage
 
 from satseg.errors import ConfigError, DataError
 
@@ -222,19 +221,21 @@ def read_image(path: str | Path) -> Image:
     Raises:
         DataError: naming the file and why it cannot be read (missing, unsupported, truncated, corrupt).
     """
+    from satseg.data import formats
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"`{path}` does not exist")
     try:
         if path.is_dir():
-            return _read_dicom(path)
+            return formats.read_dicom(path)
         suffix = _suffix(path)
         if suffix in _NIFTI:
             return _read_nifti(path)
         if suffix in _ITK:
             return from_sitk(sitk.ReadImage(str(path)), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
-            return _read_picture(path)
+            return formats.read_picture(path)
     except DataError:
         raise
     except RuntimeError as err:  # SimpleITK
@@ -269,39 +270,6 @@ def _read_nifti(path: Path) -> Image:
         direction=direction,
     )
     return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
-
-
-def _read_dicom(folder: Path) -> Image:
-    reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise DataError(f"`{folder}` is a folder without a DICOM series", hint="give an image file or a DICOM folder")
-    files = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids}
-    series = max(files, key=lambda sid: len(files[sid]))
-    if len(ids) > 1:
-        log.warning("`%s` holds %d DICOM series; reading the largest (%s)", folder, len(ids), series)
-    reader.SetFileNames(files[series])
-    return from_sitk(reader.Execute(), "dicom")
-
-
-def _read_picture(path: Path) -> Image:
-    with PILImage.open(path) as pic:
-        if getattr(pic, "n_frames", 1) > 1:
-            raise DataError(f"`{path}` has {pic.n_frames} frames; only single-frame 2D pictures are supported")
-        pic.load()
-        if pic.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-            pic = pic.convert("RGB")
-        elif pic.mode in ("LA", "PA"):
-            pic = pic.getchannel(0)
-        array = np.asarray(pic)
-        dpi = pic.info.get("dpi")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    array = np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
-    spacing = (1.0, 1.0)
-    if dpi and all(float(d) > 0 for d in dpi):
-        spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
-    return Image(np.ascontiguousarray(array), spacing, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
 
 
 # ---------------------------------------------------------------- writing
@@ -373,6 +341,8 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
     suffix = _suffix(path)
     if not suffix and path.suffix:
         raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
+    from satseg.data import formats
+
     image = replace(image, array=_storable(np.asarray(image.array)))
     with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix in _NIFTI and _header_fits(image):
@@ -380,9 +350,9 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         elif suffix in _NIFTI + _ITK:
             sitk.WriteImage(to_sitk(image), str(tmp), useCompression=suffix != ".nii")
         elif suffix in _PICTURES:
-            _write_picture(image, tmp)
+            formats.write_picture(image, tmp)
         else:
-            _write_dicom(image, tmp)
+            formats.write_dicom(image, tmp)
 
 
 def _header_fits(image: Image) -> bool:
@@ -407,60 +377,3 @@ def _write_nifti_with_header(image: Image, path: Path) -> None:
     out = cls(data, None, header=header)
     out.header.set_slope_inter(1.0, 0.0)
     nib.save(out, str(path))
-
-
-def _write_picture(image: Image, path: Path) -> None:
-    if image.spatial_dims != 2 or image.num_channels not in (1, 3):
-        raise DataError(f"`{path.name}`: pictures hold 2D grey or RGB images, got array {image.array.shape}")
-    array = image.array
-    if array.dtype != np.uint8 and array.size and array.min() >= 0 and array.max() <= 255:
-        if np.all(np.mod(array, 1) == 0):
-            array = array.astype(np.uint8)
-    allowed = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.float32)}
-    if array.dtype not in allowed or (array.shape[0] == 3 and array.dtype != np.uint8):
-        raise DataError(f"`{path.name}`: cannot store {array.dtype} data with {array.shape[0]} channel(s) as a picture")
-    pic = PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
-    options = {}
-    if image.spacing != (1.0, 1.0):
-        options["dpi"] = (25.4 / image.spacing[1], 25.4 / image.spacing[0])
-    try:
-        pic.save(path, **options)
-    except OSError as err:
-        raise DataError(f"`{path.name}`: cannot store {array.dtype} data in this format: {err}") from err
-
-
-def _write_dicom(image: Image, folder: Path) -> None:
-    if image.spatial_dims != 3 or image.num_channels != 1:
-        raise DataError(f"`{folder.name}`: a DICOM series holds one 3D channel, got array {image.array.shape}")
-    array = image.array[0]
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.mod(array, 1) == 0):
-            raise DataError(f"`{folder.name}`: DICOM series are written for integer images only")
-    if array.min() < -(2**15) or array.max() >= 2**15:
-        raise DataError(f"`{folder.name}`: values outside int16 cannot be written as DICOM")
-    img = to_sitk(with_array(image, array.astype(np.int16)))
-    folder.mkdir()
-    series_uid = f"1.2.826.0.1.3680043.2.1125.{uuid.uuid4().int % 10**30}"
-    direction = img.GetDirection()
-    orientation = "\\".join(f"{v:.10g}" for v in (*direction[0:9:3], *direction[1:9:3]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(img.GetDepth()):
-        item = img[:, :, k]
-        position = img.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "OT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.7",
-            "0020|000d": series_uid + ".1",
-            "0020|000e": series_uid,
-            "0008|0018": f"{series_uid}.{k + 1}",
-            "0020|0037": orientation,
-            "0020|0032": "\\".join(f"{v:.10g}" for v in position),
-            "0020|0013": str(k + 1),
-            "0018|0050": f"{img.GetSpacing()[2]:.10g}",
-            "0028|0030": f"{img.GetSpacing()[1]:.10g}\\{img.GetSpacing()[0]:.10g}",
-        }
-        for key, value in tags.items():
-            item.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"IM{k:05d}.dcm"))
-        writer.Execute(item)
