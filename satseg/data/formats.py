@@ -41,14 +41,11 @@ def read_picture(path: Path) -> Image:
         elif pic.mode in ("LA", "PA"):
             pic = pic.getchannel(0)
         array = np.asarray(pic)
-        dpi = pic.info.get("dpi")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array = np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
-    spacing = (1.0, 1.0)
-    if dpi and all(float(d) > 0 for d in dpi):
-        spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
-    return Image(np.ascontiguousarray(array), spacing, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
+    # dpi is a print setting (writers store 72, 96 or even 1 by default), not a pixel size: spacing stays 1
+    return Image(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
 
 
 def write_picture(image: Image, path: Path) -> None:
@@ -62,11 +59,8 @@ def write_picture(image: Image, path: Path) -> None:
     if array.dtype not in allowed or (array.shape[0] == 3 and array.dtype != np.uint8):
         raise DataError(f"`{path.name}`: cannot store {array.dtype} data with {array.shape[0]} channel(s) as a picture")
     pic = PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
-    options = {}
-    if image.spacing != (1.0, 1.0):
-        options["dpi"] = (25.4 / image.spacing[1], 25.4 / image.spacing[0])
     try:
-        pic.save(path, **options)
+        pic.save(path)
     except OSError as err:
         raise DataError(f"`{path.name}`: cannot store {array.dtype} data in this format: {err}") from err
 

@@ -136,7 +136,7 @@ def resample(
         source: grid of ``array``.
         target: output grid.
         interpolator: ``"nearest"`` (labels: no new values), ``"linear"`` or ``"bspline"`` (cubic).
-        default: value for points outside ``source``.
+        default: value for points outside ``source`` (unused: points past the edge take the nearest voxel).
         dtype: output dtype (default: the input's for nearest, float32 otherwise).
 
     Returns:
@@ -156,6 +156,7 @@ def resample(
     resampler.SetOutputDirection(target.direction)
     resampler.SetInterpolator(INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(float(default))
+    resampler.SetUseNearestNeighborExtrapolator(True)  # rounded grid sizes may reach half a voxel past the edge
     out = np.empty((array.shape[0], *target.shape), dtype=dtype)
     for c in range(array.shape[0]):
         img = sitk.GetImageFromArray(np.ascontiguousarray(work[c]))

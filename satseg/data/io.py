@@ -12,8 +12,9 @@ Axis order (the contract every satseg module codes against):
 Geometry is read by SimpleITK; NIfTI voxel data is read by nibabel (it refuses truncated ``.nii.gz`` files, where
 SimpleITK silently returns garbage), and the NIfTI header is kept so that writing an image on the same grid back to
 NIfTI keeps the original affine and sform/qform codes. 2D pictures (PNG, JPEG, BMP, TIFF) go through pillow: grey
-gives one channel, RGB three; spacing is ``(1, 1)`` unless the file stores a resolution (dpi), origin ``(0, 0)``,
-identity direction.
+gives one channel, RGB three (alpha dropped); spacing is always ``(1, 1)`` (a picture's dpi is a print setting that
+writers fill with defaults, not a pixel size), origin ``(0, 0)``, identity direction; palette pictures keep their
+indices.
 """
 
 from __future__ import annotations
