@@ -26,7 +26,7 @@ __all__ = ["app", "main"]
 
 # Logs and progress go to stderr; only results (tables, JSON) go to stdout.
 out = Console(no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
-err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
 
 
 class _SatsegGroup(TyperGroup):

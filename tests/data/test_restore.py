@@ -56,8 +56,9 @@ def test_resampled_chain_matches_simpleitk(scan):
     lab = sitk.ReadImage(str(lab_path))
     cropped = lab[x0:x1, y0:y1, z0:z1]
     new_spacing = tuple(reversed(target))
-    size = [max(1, round(n * s / t)) for n, s, t in zip(cropped.GetSize(), cropped.GetSpacing(), new_spacing)]
-    first = [-0.5 + 0.5 * t / s for s, t in zip(cropped.GetSpacing(), new_spacing)]
+    triples = zip(cropped.GetSize(), cropped.GetSpacing(), new_spacing, strict=True)
+    size = [max(1, round(n * s / t)) for n, s, t in triples]
+    first = [-0.5 + 0.5 * t / s for s, t in zip(cropped.GetSpacing(), new_spacing, strict=True)]
     reference = sitk.Image(size, sitk.sitkUInt8)
     reference.SetSpacing(new_spacing)
     reference.SetDirection(cropped.GetDirection())
@@ -65,7 +66,8 @@ def test_resampled_chain_matches_simpleitk(scan):
     nearest = (sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8, True)  # nearest-voxel extrapolation
     down = sitk.Resample(cropped, reference, *nearest)
     back = sitk.Resample(down, cropped, *nearest)
-    full = sitk.ConstantPad(back, (x0, y0, z0), [a - b for a, b in zip(lab.GetSize(), (x1, y1, z1))], 0)
+    upper = [a - b for a, b in zip(lab.GetSize(), (x1, y1, z1), strict=True)]
+    full = sitk.ConstantPad(back, (x0, y0, z0), upper, 0)
 
     assert array.shape[1:] == sitk.GetArrayFromImage(down).shape
     assert props["grid"]["shape"] == list(array.shape[1:])
