@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -107,36 +106,40 @@ def _export_proto(model: nn.Module, example: Tensor, opset: int, exporter: str):
     return program.model_proto
 
 
-def _write_atomically(proto: Any, path: Path) -> None:
-    import onnx
-
+def _temporary_beside(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(tmp)
 
 
 def _max_abs_diff(model: nn.Module, path: Path, shapes: Sequence[tuple[int, ...]]) -> float:
+    """Largest ``|PyTorch - ONNX Runtime|`` over random inputs of ``shapes`` (CPU, float32)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
-    for shape in shapes:
-        x = torch.randn(shape, generator=generator)
-        with torch.inference_mode():
-            expected = model(x).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-        if got.shape != expected.shape:
-            raise CheckpointError(
-                f"ONNX model `{path}` returned shape {got.shape} for input {shape}; PyTorch gives {expected.shape}"
-            )
-        worst = max(worst, float(np.abs(got - expected).max()))
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for shape in shapes:
+            x = torch.randn(shape, generator=generator)
+            with torch.inference_mode():
+                expected = model(x).numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            if got.shape != expected.shape:
+                raise CheckpointError(
+                    f"the exported graph gives shape {got.shape} for input {shape}, not {expected.shape}"
+                )
+            worst = max(worst, float(np.abs(got - expected).max()))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"ONNX Runtime cannot run the exported graph: {_first_line(err)}") from err
     return worst
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def export_onnx(
@@ -153,10 +156,11 @@ def export_onnx(
     """Export ``model`` to ONNX with dynamic batch and spatial axes, string metadata and a parity check.
 
     The export runs on a CPU copy of the model in eval mode (the model passed in is left untouched).
-    The file is written to a temporary name beside ``path`` and moved into place only when complete.
-    With ``check``, random inputs of ``example_shape`` and of a second, larger shape (batch + 1, each
-    side + ``input_divisor`` times its axis number) run through PyTorch and ONNX Runtime (CPU, float32),
-    which proves the axes are dynamic; a logit difference above ``tolerance`` raises.
+    The file is written to a temporary name beside ``path``, checked, and only then moved onto ``path``,
+    so a failed export or check leaves any earlier file as it was. With ``check``, random inputs of
+    ``example_shape`` and of a second, larger shape (batch + 1, each side + ``input_divisor`` times its
+    axis number) run through PyTorch and ONNX Runtime (CPU provider, float32, so no TF32 or cuDNN
+    differences), which proves the axes are dynamic; a logit difference above ``tolerance`` raises.
 
     Args:
         model: a network ``(B, C, *S) -> (B, K, *S)`` (e.g. a :class:`~satseg.nn.SegmentationNet`).
@@ -195,26 +199,33 @@ def export_onnx(
         proto = _export_proto(cpu_model, example, opset, exporter)
     except Exception as err:
         raise CheckpointError(
-            f"ONNX export of {type(model).__name__} with the {exporter} exporter failed: {err}",
+            f"ONNX export of {type(model).__name__} with the {exporter} exporter failed: {_first_line(err)}",
             hint="try the other exporter (`torchscript` or `dynamo`) or another opset",
         ) from err
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    _write_atomically(proto, path)
+    import onnx
 
-    shapes: tuple[tuple[int, ...], ...] = ()
-    diff = None
-    if check:
-        shapes = (shape, _second_shape(shape, int(getattr(cpu_model, "input_divisor", 1))))
-        diff = _max_abs_diff(cpu_model, path, shapes)
-        log.info("ONNX parity on %s: max |diff| = %.3g", shapes, diff)
-        if diff > tolerance:
-            raise CheckpointError(
-                f"exported `{path}` differs from PyTorch by {diff:.3g} (tolerance {tolerance:g})",
-                hint="try the other exporter or opset; do not use this file",
-            )
+    tmp = _temporary_beside(path)  # checked before it replaces `path`: a failed export leaves no file behind
+    try:
+        onnx.save_model(proto, str(tmp))
+        shapes: tuple[tuple[int, ...], ...] = ()
+        diff = None
+        if check:
+            shapes = (shape, _second_shape(shape, int(getattr(cpu_model, "input_divisor", 1))))
+            diff = _max_abs_diff(cpu_model, tmp, shapes)
+            log.info("ONNX parity on %s: max |diff| = %.3g", shapes, diff)
+            if diff > tolerance:
+                raise CheckpointError(
+                    f"the ONNX export of {type(model).__name__} differs from PyTorch by {diff:.3g} "
+                    f"(tolerance {tolerance:g}); `{path}` was not written",
+                    hint="try the other exporter or opset",
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportReport(
         path=path,
         opset=opset,
