@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from satseg.engine import OnnxPredictor, export_onnx, read_onnx_metadata, sliding_window_inference
+from satseg.engine.inference import sliding_window_inference
+from satseg.engine.onnx_export import OnnxPredictor, export_onnx, read_onnx_metadata
 from satseg.errors import CheckpointError, ConfigError
 from satseg.nn import build_model, list_models
 
