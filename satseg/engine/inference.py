@@ -185,7 +185,7 @@ def _normalise_and_argmax(accumulator: Tensor, weights: Tensor, labels: Tensor) 
         labels[z0:z1] = slab.argmax(dim=0).to(device=labels.device, dtype=labels.dtype)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def sliding_window_inference(
     predict: Predictor,
     image: Tensor,
@@ -256,21 +256,22 @@ def sliding_window_inference(
     ]
     mirrors = _mirror_sets(len(patch), tta)
     autocast = amp and device.type == "cuda"
-    for first in range(0, len(windows), sw_batch):
-        chunk = windows[first : first + sw_batch]
-        batch = torch.stack([image[(slice(None), *w)] for w in chunk]).to(device, non_blocking=True)
-        probs = _predict_probabilities(predict, batch, mirrors, num_classes, autocast).to(acc_device)
-        probs.mul_(importance)
-        for w, p in zip(chunk, probs, strict=True):
-            accumulator[(slice(None), *w)] += p
-            weights[w] += importance
-        if progress is not None:
-            progress(first + len(chunk), len(windows))
-
-    crop = tuple(slice(b, b + s) for b, s in zip(pad_before, shape, strict=True))
-    accumulator = accumulator[(slice(None), *crop)]
-    weights = weights[crop]
+    # The outputs are ordinary tensors (made above); the windows are inference tensors, so callers may
+    # edit the returned labels and probabilities in place.
     labels = torch.empty(shape, dtype=torch.uint8)
-    _normalise_and_argmax(accumulator, weights, labels)
-    probabilities = accumulator.cpu() if return_probabilities else None
+    crop = tuple(slice(b, b + s) for b, s in zip(pad_before, shape, strict=True))
+    result, result_weights = accumulator[(slice(None), *crop)], weights[crop]
+    with torch.inference_mode():
+        for first in range(0, len(windows), sw_batch):
+            chunk = windows[first : first + sw_batch]
+            batch = torch.stack([image[(slice(None), *w)] for w in chunk]).to(device, non_blocking=True)
+            probs = _predict_probabilities(predict, batch, mirrors, num_classes, autocast).to(acc_device)
+            probs.mul_(importance)
+            for w, p in zip(chunk, probs, strict=True):
+                accumulator[(slice(None), *w)] += p
+                weights[w] += importance
+            if progress is not None:
+                progress(first + len(chunk), len(windows))
+        _normalise_and_argmax(result, result_weights, labels)
+    probabilities = result.cpu() if return_probabilities else None
     return SlidingWindowResult(labels=labels, probabilities=probabilities)

@@ -88,6 +88,9 @@ def test_single_window_equals_whole_image_forward(dims):
     assert result.labels.dtype == torch.uint8 and result.labels.shape == image.shape[1:]
     assert torch.equal(result.labels, labels)
     torch.testing.assert_close(result.probabilities, probs, rtol=1e-5, atol=1e-6)
+    # ordinary tensors, not inference tensors: callers may edit them in place
+    result.labels[0] = 0
+    result.probabilities.clamp_(0, 1)
 
 
 @pytest.mark.parametrize(("dims", "shape"), [(2, (11, 13)), (3, (7, 16, 9))])
@@ -105,6 +108,7 @@ def test_smaller_than_patch_is_padded_symmetrically_and_cropped(dims, shape):
     result = sliding_window_inference(model, image, patch, 2, return_probabilities=True)
     assert torch.equal(result.labels, labels[region])
     torch.testing.assert_close(result.probabilities, probs[(slice(None), *region)], rtol=1e-5, atol=1e-6)
+    result.probabilities.clamp_(0, 1)  # a cropped view of the accumulator, still editable in place
 
 
 @pytest.mark.parametrize(
