@@ -16,10 +16,6 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
-from satseg.engine.config import TrainConfig
-from satseg.engine.evaluate import evaluate_folders, parse_labels
-from satseg.engine.reporting import summary_table
-from satseg.engine.trainer import train as run_training
 from satseg.errors import SatsegError
 
 __all__ = ["app", "main"]
@@ -142,6 +138,9 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    from satseg.engine.config import TrainConfig
+    from satseg.engine.trainer import train as run_training
+
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -204,6 +203,9 @@ def evaluate(
 
     Files are matched by case name (`case.nii.gz` ↔ `case_seg.nii.gz`); distances use the images' spacing.
     """
+    from satseg.engine.evaluate import evaluate_folders, parse_labels
+    from satseg.engine.reporting import summary_table
+
     report = evaluate_folders(
         pred,
         gt,

@@ -1,38 +1,42 @@
-"""Image I/O, dataset layouts and preprocessing (see :mod:`satseg.data.io` for the axis conventions)."""
+"""Image I/O, dataset layouts and preprocessing (see :mod:`satseg.data.io` for the axis conventions).
 
-from satseg.data.datasets import Case, Dataset, discover_dataset, mask_to_labels
-from satseg.data.grid import Grid
-from satseg.data.io import Image, image_stem, is_supported_image, read_image, with_array, write_image
-from satseg.data.preprocess import (
-    PreprocessReport,
-    load_case,
-    load_plan,
-    preprocess_dataset,
-    preprocess_image,
-    restore_labels,
-    restore_probabilities,
-)
-from satseg.data.validate import BadCase, InvalidCasesError
+Names are imported lazily, so that code reading preprocessed folders (:mod:`satseg.data.store`)
+does not pull in SimpleITK and nibabel.
+"""
 
-__all__ = [
-    "Image",
-    "read_image",
-    "write_image",
-    "with_array",
-    "is_supported_image",
-    "image_stem",
-    "Grid",
-    "Case",
-    "Dataset",
-    "discover_dataset",
-    "mask_to_labels",
-    "BadCase",
-    "InvalidCasesError",
-    "PreprocessReport",
-    "preprocess_dataset",
-    "preprocess_image",
-    "restore_labels",
-    "restore_probabilities",
-    "load_plan",
-    "load_case",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Image": "io",
+    "read_image": "io",
+    "write_image": "io",
+    "with_array": "io",
+    "is_supported_image": "io",
+    "image_stem": "io",
+    "Grid": "grid",
+    "Case": "datasets",
+    "Dataset": "datasets",
+    "discover_dataset": "datasets",
+    "mask_to_labels": "datasets",
+    "BadCase": "validate",
+    "InvalidCasesError": "validate",
+    "PreprocessReport": "preprocess",
+    "preprocess_dataset": "preprocess",
+    "preprocess_image": "preprocess",
+    "restore_labels": "preprocess",
+    "restore_probabilities": "preprocess",
+    "load_plan": "store",
+    "load_case": "store",
+    "load_splits": "store",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module `satseg.data` has no attribute `{name}`")
+    return getattr(importlib.import_module(f"satseg.data.{_EXPORTS[name]}"), name)

@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +33,7 @@ from satseg.data.datasets import Case, Dataset, discover_dataset
 from satseg.data.grid import Grid, crop_grid, nonzero_box, resample, shape_grid, spacing_grid
 from satseg.data.io import Image, atomic_output
 from satseg.data.plan import build_plan, majority, make_splits, parse_size, parse_spacing
+from satseg.data.store import load_case, load_plan, load_splits
 from satseg.data.validate import BadCase, CaseScan, InvalidCasesError, load_case_pair, scan_case
 from satseg.errors import ConfigError, DataError
 
@@ -159,48 +159,6 @@ def restore_probabilities(probs: np.ndarray, props: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- reading back
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise DataError(f"`{path}` does not exist", hint="run `satseg preprocess DATASET -o FOLDER` first") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"`{path}` cannot be read: {err}") from err
-
-
-def load_plan(folder: str | Path) -> dict:
-    """Read ``plan.json`` of a preprocessed folder.
-
-    Raises:
-        DataError: missing or unreadable plan.
-    """
-    return _read_json(Path(folder) / "plan.json")
-
-
-def load_splits(folder: str | Path) -> list[dict[str, list[str]]]:
-    """Read ``splits.json`` of a preprocessed folder: ``[{"train": [...], "val": [...]}, ...]``.
-
-    Raises:
-        DataError: missing or unreadable splits.
-    """
-    return _read_json(Path(folder) / "splits.json")
-
-
-def load_case(folder: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Read a preprocessed case: image ``(C, *S)`` float32, label ``(*S)`` uint8 or None, properties.
-
-    Raises:
-        DataError: the case is missing or unreadable.
-    """
-    base = Path(folder) / "cases" / case_id
-    try:
-        props = json.loads(base.with_suffix(".json").read_text())
-        with np.load(base.with_suffix(".npz")) as data:
-            return data["image"], (data["label"] if "label" in data else None), props
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"preprocessed case `{base}` cannot be read: {err}") from err
-
-
 # ---------------------------------------------------------------- whole datasets
 @dataclass
 class PreprocessReport:
