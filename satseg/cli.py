@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
-from satseg.errors import SatsegError
+from satseg.errors import ConfigError, SatsegError
 
 __all__ = ["app", "main"]
 
@@ -178,47 +178,68 @@ def train(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option("--pred", exists=True, file_okay=False, help="Folder of predicted labels.")],
-    gt: Annotated[Path, typer.Option("--gt", exists=True, file_okay=False, help="Folder of reference labels.")],
+    pred: Annotated[Path | None, typer.Option("--pred", exists=True, file_okay=False, help="Predicted labels.")] = None,
+    gt: Annotated[Path | None, typer.Option("--gt", exists=True, file_okay=False, help="Reference labels.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Run folder or model: predict, then score.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Preprocessed folder whose cases --model scores.")] = None,
+    split: Annotated[str, typer.Option("--split", help="With --model: val, train or all.")] = "val",
+    fold: Annotated[int | None, typer.Option("--fold", help="With --model: fold \\[default: the run's].")] = None,
     output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            file_okay=False,
-            help="Folder for per_case.csv and summary.json (default: the --pred folder).",
-        ),
+        Path | None, typer.Option("--output", "-o", file_okay=False, help="Folder for per_case.csv, summary.json.")
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
     labels: Annotated[
-        str | None,
-        typer.Option(
-            "--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (default: every non-zero label found)."
-        ),
+        str | None, typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt).")
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel (--pred/--gt).")] = 1,
+    device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")] = False,
 ) -> None:
-    """Score predicted label images against references: Dice, IoU, FPR, FNR, HD95, ASSD, surface Dice.
+    """Score segmentations: Dice, IoU, FPR, FNR, precision, recall, HD95, ASSD, surface Dice (mean ± std).
 
-    Files are matched by case name (`case.nii.gz` ↔ `case_seg.nii.gz`); distances use the images' spacing.
+    Either `--pred DIR --gt DIR` (files matched by case name, `case.nii.gz` ↔ `case_seg.nii.gz`), or
+    `--model RUN --data PREPROCESSED --split val` (segments the split's cases, scores them on their original grids).
     """
     from satseg.engine.evaluate import evaluate_folders, parse_labels
-    from satseg.engine.reporting import summary_table
+    from satseg.engine.reporting import gate_table, summary_table
 
-    report = evaluate_folders(
-        pred,
-        gt,
-        output or pred,
-        labels=parse_labels(labels) if labels else None,
-        tolerance_mm=tolerance,
-        workers=workers,
-    )
+    gates = []
+    if model is not None and data is not None:
+        from satseg.engine.evaluate_model import evaluate_model
+
+        report, gates = evaluate_model(
+            model,
+            data,
+            output or Path(model) / f"eval_{split}",
+            split=split,
+            fold=fold,
+            tolerance_mm=tolerance,
+            device=device,
+            progress=_status("segmenting"),
+        )
+    elif pred is not None and gt is not None:
+        report = evaluate_folders(
+            pred,
+            gt,
+            output or pred,
+            labels=parse_labels(labels) if labels else None,
+            tolerance_mm=tolerance,
+            workers=workers,
+        )
+    else:
+        raise ConfigError("give either `--pred DIR --gt DIR` or `--model RUN --data PREPROCESSED`")
     if as_json:
-        print_json(report.summary)
+        print_json({**report.summary, "gates": gates})
         return
     out.print(summary_table(report.summary))
+    if gates:
+        out.print(gate_table(gates))
     err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
+
+
+def _status(verb: str):
+    """A progress callback that prints `verb item` to stderr (one line per item)."""
+    return lambda item: err.print(f"{verb} {item}", highlight=False)
 
 
 def _params_table(rows: list[dict[str, Any]]) -> None:
@@ -310,3 +331,76 @@ def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
     for row in bad:
         table.add_row(row.case_id, row.file, row.reason)
     err.print(table)
+
+
+@app.command()
+def segment(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Run folder, checkpoint, model.onnx or shipped model \\[default: by input].")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
+    overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
+    sw_batch: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over all mirrorings.")] = False,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write probabilities.")] = False,
+    save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Write a PNG of the mask over the image.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
+    ] = False,
+) -> None:
+    """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
+    from satseg.engine.segment import segment_inputs
+
+    report = segment_inputs(
+        inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
+        overwrite=overwrite, progress=_status("segmenting"),
+    )  # fmt: skip
+    if as_json:
+        print_json({"results": report.results, "failures": report.failures})
+    else:
+        for result in report.results:
+            sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
+            out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
+        for failure in report.failures:
+            err.print(f"[red]failed:[/] `{failure['input']}`: {failure['error']}", highlight=False)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command("export-onnx")
+def export_onnx_command(
+    run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
+) -> None:
+    """Export a trained model to ONNX (dynamic batch and spatial axes, plan and labels in its metadata).
+
+    The same random input runs through PyTorch and ONNX Runtime; the largest difference is printed and must be ≤ 1e-4.
+    """
+    from satseg.engine.export import export_run
+
+    report = export_run(run, output, opset=opset)
+    summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
+               "checked_shapes": report.checked_shapes, "size_bytes": report.size_bytes}  # fmt: skip
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(f"wrote `{report.path}` ({report.size_bytes / 2**20:.1f} MB); max |torch − onnxruntime| = "
+                  f"{report.max_abs_diff:.2e} over shapes {list(report.checked_shapes)}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
+    """List the shipped default models with their cards' key figures."""
+    from satseg.engine.reporting import models_table
+    from satseg.engine.zoo import list_shipped_models
+
+    cards = list_shipped_models()
+    print_json(cards) if as_json else out.print(models_table(cards))

@@ -107,7 +107,7 @@ def discover_dataset(root: str | Path) -> Dataset:
     Raises:
         DataError: the folder is missing, empty, or in no known layout (the message says what was looked for).
     """
-    root = Path(root)
+    root = Path(root).resolve()  # cases record absolute paths, valid from any working folder
     if not root.exists():
         raise DataError(f"`{root}` does not exist", hint="give the dataset folder (MSD, nnU-Net or images/+masks/)")
     if not root.is_dir():

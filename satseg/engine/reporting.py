@@ -75,3 +75,21 @@ def gate_table(report: Sequence[Mapping[str, Any]]) -> Table:
             spread,
         )
     return table
+
+
+def models_table(cards: Sequence[Mapping[str, Any]]) -> Table:
+    """The shipped models (from :func:`satseg.engine.zoo.list_shipped_models`)."""
+    table = Table(title="Shipped models", caption="satseg segment picks one by the input's dimensions and channels")
+    for title in ("name", "input", "labels", "validation Dice", "params", "trained on"):
+        table.add_column(title)
+    for card in cards:
+        dice = ", ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in card.get("dice", {}).items())
+        table.add_row(
+            card["name"],
+            f"{card.get('spatial_dims')}D, {card.get('num_channels')} ch",
+            ", ".join(card.get("labels", [])),
+            dice or "-",
+            f"{card.get('params', 0):,}",
+            card.get("dataset", "-"),
+        )
+    return table

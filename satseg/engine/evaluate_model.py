@@ -1,0 +1,103 @@
+"""``satseg evaluate --model RUN --data PREPROCESSED``: predict a split's cases, then score them.
+
+Each case is read from its original files (recorded by ``satseg preprocess``), segmented exactly as
+``satseg segment`` would, and scored on its original grid against its original label, so the figures
+are what a user of the model gets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from satseg.atomic import atomic_write_text
+from satseg.data.io import read_image, write_image
+from satseg.data.store import load_case, load_plan, load_splits
+from satseg.engine.evaluate import EvaluationReport, _csv_text, _json_safe, gate_report, summarise
+from satseg.engine.metrics import case_metrics
+from satseg.engine.segmenter import load_segmenter
+from satseg.errors import ConfigError, DataError, look_up_option
+
+__all__ = ["evaluate_model", "split_cases"]
+
+
+def split_cases(data_dir: str | Path, split: str, fold: int) -> list[str]:
+    """Case ids of ``split`` (``val``, ``train`` or ``all``) of fold ``fold`` of a preprocessed folder."""
+    split = look_up_option(split, ("val", "train", "all"), "split")
+    splits = load_splits(data_dir)
+    if not 0 <= fold < len(splits):
+        raise ConfigError(f"`fold` must be 0..{len(splits) - 1}, got {fold}")
+    if split == "all":
+        return sorted(splits[fold]["train"] + splits[fold]["val"])
+    return list(splits[fold][split])
+
+
+def evaluate_model(
+    run: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "val",
+    fold: int | None = None,
+    tolerance_mm: float = 1.0,
+    device: str = "auto",
+    save_predictions: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[EvaluationReport, list[dict[str, Any]]]:
+    """Segment the cases of a split with a trained model and score them on their original grids.
+
+    Args:
+        run: run folder, checkpoint or shipped model name.
+        data_dir: the preprocessed folder the cases come from.
+        out_dir: where ``per_case.csv``, ``summary.json`` and ``predictions/`` go.
+        split: ``val`` (default), ``train`` or ``all``.
+        fold: the fold; default: the one the model was trained with (0 if unknown).
+        tolerance_mm: surface Dice tolerance.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        save_predictions: also write each predicted mask to ``predictions/``.
+
+    Returns:
+        The evaluation report and the model's gate report (channels switched off per skip).
+    """
+    segmenter = load_segmenter(run, device=device)
+    if fold is None:
+        fold = max(0, int(segmenter.config.get("train", {}).get("fold", 0)))
+    plan = load_plan(data_dir)
+    if plan["labels"] != segmenter.labels:
+        raise ConfigError(f"`{run}` predicts labels {segmenter.labels}, but `{data_dir}` has {plan['labels']}")
+    labels = {k: v for k, v in segmenter.labels.items() if v != 0}
+    out_dir = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    for case_id in split_cases(data_dir, split, fold):
+        if progress is not None:
+            progress(case_id)
+        _, _, props = load_case(data_dir, case_id)
+        if not props.get("label_file"):
+            raise DataError(f"case `{case_id}` has no label to score against")
+        image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
+        reference = read_image(props["label_file"])
+        seg = segmenter.segment(image, source=props["image_files"][0])
+        if save_predictions:
+            write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+        scores = case_metrics(seg.labels.array[0], reference.array[0], labels, image.spacing, tolerance_mm)
+        rows += [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
+    summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
+               "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip
+    report = EvaluationReport(rows=rows, summary=summary, labels=labels, missing_predictions=[])
+    report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
+    gates = gate_report(segmenter.model) if segmenter.model is not None else []
+    atomic_write_text(report.per_case_csv, _csv_text(rows))
+    atomic_write_text(report.summary_json, json.dumps(_json_safe({**summary, "gates": gates}), indent=2) + "\n")
+    return report, gates
+
+
+def _stack(props: dict[str, Any]):
+    """A multi-channel case stored one file per channel (nnU-Net layout) read back as one image."""
+    import numpy as np
+
+    from satseg.data.io import with_array
+
+    images = [read_image(p) for p in props["image_files"]]
+    return with_array(images[0], np.concatenate([im.array for im in images]))

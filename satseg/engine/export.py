@@ -1,0 +1,42 @@
+"""``satseg export-onnx``: a trained run as one self-contained ONNX file.
+
+The run configuration (model, preprocessing plan, label names) travels in the ONNX metadata, so
+``satseg segment --model model.onnx`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from satseg import __version__
+from satseg.engine.checkpoint import load_run
+from satseg.engine.onnx_export import ExportReport, export_onnx
+from satseg.engine.segmenter import ONNX_CONFIG_KEY
+from satseg.engine.zoo import resolve_model_path
+
+__all__ = ["export_run"]
+
+
+def export_run(run: str | Path, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4) -> ExportReport:
+    """Export a run folder, checkpoint or shipped model to ONNX, checking parity with PyTorch.
+
+    Args:
+        run: run folder, checkpoint or shipped model name.
+        output: the ``.onnx`` file to write (atomically).
+        opset: ONNX opset.
+        tolerance: largest accepted |PyTorch − ONNX Runtime| on the logits (fp32).
+
+    Raises:
+        CheckpointError: the run cannot be loaded, or the exported model disagrees with PyTorch.
+    """
+    model, config = load_run(resolve_model_path(run))
+    plan = config["plan"]
+    patch = config.get("train", {}).get("patch") or plan["patch_size"]
+    metadata = {
+        ONNX_CONFIG_KEY: json.dumps(config),
+        "labels": json.dumps(plan["labels"]),
+        "satseg_version": __version__,
+    }
+    example = (1, int(plan["num_channels"]), *patch)
+    return export_onnx(model, output, example_shape=example, metadata=metadata, opset=opset, tolerance=tolerance)

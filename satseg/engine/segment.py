@@ -1,0 +1,180 @@
+"""``satseg segment``: segment files, folders and DICOM series; write masks on the inputs' exact grids.
+
+A failure on one input (unreadable file, wrong dimensionality or channels, existing output) is
+recorded and the batch goes on; the report lists every failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satseg.data.io import Image, image_stem, is_supported_image, read_image, write_image
+from satseg.engine.preview import overlay_png
+from satseg.engine.segmenter import Segmenter, load_segmenter
+from satseg.engine.zoo import default_model_for
+from satseg.errors import DataError, SatsegError
+
+__all__ = ["SegmentReport", "segment_inputs", "expand_inputs", "output_path", "label_volumes"]
+
+logger = logging.getLogger("satseg.segment")
+
+# Masks are written in the input's format, except where that format is lossy or spans several files.
+_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+
+
+@dataclass
+class SegmentReport:
+    """What a ``segment`` run did: one entry per input, and the failures."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path | None]]:
+    """Files, DICOM series folders, and the supported files and series inside plain folders.
+
+    Returns:
+        ``(input, folder it came from or None)`` pairs; a folder's inputs go to a folder of outputs.
+    """
+    found: list[tuple[Path, Path | None]] = []
+    for item in map(Path, inputs):
+        if item.is_dir() and not is_supported_image(item):
+            members = sorted(p for p in item.iterdir() if is_supported_image(p) and not p.name.startswith("."))
+            if not members:
+                raise DataError(f"`{item}`: no supported images in this folder")
+            found += [(p, item) for p in members]
+        else:
+            found.append((item, None))
+    return found
+
+
+def output_path(
+    source: Path, output: Path | None, from_folder: Path | None, multiple: bool, suffix: str = "_seg"
+) -> Path:
+    """Where the mask of ``source`` goes: ``<stem>_seg.<ext>`` beside it, in ``output``, or at ``output``."""
+    if source.is_dir():  # a DICOM series becomes a NIfTI volume
+        ext = ".nii.gz"
+    else:
+        ext = source.name[len(image_stem(source)) :]
+        ext = _OUTPUT_SUFFIX.get(ext.lower(), ext)
+    name = f"{image_stem(source)}{suffix}{ext}"
+    if output is None:
+        return (source.parent if not source.is_dir() else source.parent) / name
+    if multiple or from_folder is not None or output.is_dir() or not output.suffix:
+        return output / name
+    return output
+
+
+def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str, int]) -> dict[str, float]:
+    """Per foreground label: volume in ml (3D) or area in mm² (2D)."""
+    unit = float(np.prod(spacing)) / (1000.0 if labels.ndim == 3 else 1.0)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names.values()) + 1)
+    return {name: float(counts[v]) * unit for name, v in names.items() if v != 0}
+
+
+def _segmenter_for(image: Image, model: str | Path | None, cache: dict, device: str, backend: str | None) -> Segmenter:
+    if model is None:
+        card = default_model_for(image.spatial_dims, image.num_channels)
+        model = card["name"]
+    key = str(model)
+    if key not in cache:
+        cache[key] = load_segmenter(model, device=device, backend=backend)
+    return cache[key]
+
+
+def segment_inputs(
+    inputs: Sequence[str | Path],
+    *,
+    output: Path | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    backend: str | None = None,
+    overlap: float = 0.5,
+    sw_batch: int = 4,
+    tta: bool = False,
+    save_probabilities: bool = False,
+    save_attention: bool = False,
+    preview: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> SegmentReport:
+    """Segment every input; see ``satseg segment --help`` for the options.
+
+    Returns:
+        A report with, per input, the files written, per-label volumes and timings, and the failures.
+    """
+    pairs = expand_inputs(inputs)
+    multiple = len(pairs) > 1
+    report = SegmentReport()
+    cache: dict[str, Segmenter] = {}
+    for source, folder in pairs:
+        if progress is not None:
+            progress(str(source))
+        started = time.perf_counter()
+        try:
+            target = output_path(source, output, folder, multiple)
+            if target.exists() and not overwrite:
+                raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
+            image = read_image(source)
+            segmenter = _segmenter_for(image, model, cache, device, backend)
+            report.models[str(source)] = segmenter.name
+            seg = segmenter.segment(
+                image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
+                attention=save_attention, source=source,
+            )  # fmt: skip
+            written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
+        except SatsegError as error:
+            report.failures.append({"input": str(source), "error": error.message})
+            logger.warning("%s: %s", source, error.message)
+            continue
+        labels = seg.labels.array[0]
+        report.results.append(
+            {
+                "input": str(source),
+                "model": segmenter.name,
+                "outputs": [str(p) for p in written],
+                "shape": list(labels.shape),
+                "spacing": list(image.spacing),
+                "unit": "ml" if labels.ndim == 3 else "mm2",
+                "volumes": label_volumes(labels, image.spacing, segmenter.labels),
+                "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
+                            "total_s": round(time.perf_counter() - started, 4)},
+            }
+        )  # fmt: skip
+    return report
+
+
+def _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite) -> list[Path]:
+    written = [target]
+    write_image(seg.labels, target, overwrite=overwrite)
+    stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
+    volume_ext = ".png" if image.source_format == "picture" else ".nii.gz"
+    if save_probabilities and seg.probabilities is not None:
+        # Probabilities are floats: NIfTI for volumes, one 0–255 PNG per class is lossy, so 2D gets NIfTI too.
+        path = target.parent / f"{stem}_probabilities.nii.gz"
+        write_image(seg.probabilities, path, overwrite=overwrite)
+        written.append(path)
+    for name, attention in seg.attention.items():
+        ext = volume_ext if volume_ext != ".png" else ".nii.gz"
+        path = target.parent / f"{stem}_attention_{name}{ext}"
+        write_image(attention, path, overwrite=overwrite)
+        written.append(path)
+    if preview:
+        path = target.parent / f"{stem}_preview.png"
+        if path.exists() and not overwrite:
+            raise DataError(f"`{path}`: output exists", hint="pass --overwrite")
+        overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+        written.append(path)
+    return written

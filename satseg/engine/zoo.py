@@ -1,0 +1,55 @@
+"""The shipped default models in ``models/`` and how a model argument is resolved.
+
+Each shipped model is a folder ``models/<name>/`` holding ``checkpoint.pt`` (a satseg checkpoint),
+``card.md`` (the model card) and ``card.json`` (its key figures, read by ``satseg models``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from satseg.errors import CheckpointError
+
+__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for"]
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+"""The repository's ``models/`` folder (the package is installed in editable/development mode)."""
+
+
+def list_shipped_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
+    """The shipped models' cards (``card.json``), each with its ``name`` and ``path``, sorted by name."""
+    cards = []
+    if models_dir.is_dir():
+        for card in sorted(models_dir.glob("*/card.json")):
+            data = json.loads(card.read_text())
+            data.update(name=card.parent.name, path=str(card.parent / "checkpoint.pt"))
+            cards.append(data)
+    return cards
+
+
+def resolve_model_path(model: str | Path, models_dir: Path = MODELS_DIR) -> Path:
+    """A run folder, checkpoint or ONNX file as given, or a shipped model's checkpoint by name."""
+    path = Path(model)
+    if path.exists():
+        return path
+    shipped = models_dir / str(model) / "checkpoint.pt"
+    if shipped.is_file():
+        return shipped
+    names = [c["name"] for c in list_shipped_models(models_dir)]
+    raise CheckpointError(
+        f"`{model}`: no such run folder, model file or shipped model",
+        hint=f"shipped models: {', '.join(names) or 'none'}; or pass a run folder from `satseg train`",
+    )
+
+
+def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
+    """The shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels."""
+    for card in list_shipped_models(models_dir):
+        if card.get("spatial_dims") == spatial_dims and card.get("num_channels") == num_channels:
+            return card
+    raise CheckpointError(
+        f"no shipped model takes {spatial_dims}D images with {num_channels} channel(s)",
+        hint="pass --model with a run folder or an exported .onnx file",
+    )
