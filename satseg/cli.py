@@ -404,3 +404,22 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards
 
     cards = list_shipped_models()
     print_json(cards) if as_json else out.print(models_table(cards))
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Work in this folder and keep it (default: temporary).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Run the whole workflow on synthetic data (no data, no download) and compare `org` with `sat` skips.
+
+    preprocess → train (org, sat) → evaluate → segment → params, in a few minutes on a CPU.
+    """
+    from satseg.engine.demo import DemoSettings, run_demo
+    from satseg.engine.reporting import demo_table
+
+    result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
+    print_json(result) if as_json else out.print(demo_table(result))

@@ -93,3 +93,24 @@ def models_table(cards: Sequence[Mapping[str, Any]]) -> Table:
             card.get("dataset", "-"),
         )
     return table
+
+
+def demo_table(result: Mapping[str, Any]) -> Table:
+    """The demo's closing comparison of skip connections."""
+    rows = result["rows"]
+    table = Table(title="satseg demo: plain skips (org) vs select-attend-transfer (sat)",
+                  caption=f"synthetic 3D data; whole demo {result['seconds']:.0f} s")  # fmt: skip
+    classes = list(rows[0]["dice"])
+    for title in ("skip", *(f"Dice {c}" for c in classes), "params", "skip channels", "skip memory", "off", "train"):
+        table.add_column(title, justify="left" if title == "skip" else "right")
+    for row in rows:
+        table.add_row(
+            row["skip"],
+            *(format_mean_std({"mean": row["dice"][c], "std": row["dice_std"][c], "n": 1}) for c in classes),
+            f"{row['params']:,}",
+            "/".join(map(str, row["skip_channels"])),
+            f"{row['skip_bytes'] / 2**10:.0f} KiB",
+            "-" if row["channels_off"] is None else f"{100 * row['channels_off']:.0f} %",
+            f"{row['train_seconds']:.0f} s",
+        )
+    return table
