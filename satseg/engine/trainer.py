@@ -89,10 +89,14 @@ def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
 
 
-def _lr_at(config: TrainConfig, epoch: int) -> float:
+def _lr_at(config: TrainConfig, epoch: int, elapsed_s: float = 0.0) -> float:
+    """Poly decay over the run; with a time budget, over whichever of epochs or time runs out first."""
     if config.scheduler == "constant":
         return config.learning_rate
-    return config.learning_rate * (1 - epoch / config.epochs) ** 0.9
+    done = epoch / config.epochs
+    if config.max_minutes is not None:
+        done = max(done, elapsed_s / (60 * config.max_minutes))
+    return config.learning_rate * max(0.0, 1 - done) ** 0.9
 
 
 def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
@@ -302,7 +306,7 @@ def _run(
     with progress:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
-            lr = _lr_at(config, epoch)
+            lr = _lr_at(config, epoch, time.perf_counter() - started)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             _seed_epoch(config.seed, epoch, ctx.rank)
@@ -378,7 +382,11 @@ def _run(
             ctx.barrier()
             for callback in callbacks:
                 callback(epoch, row)
-            if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
+            elapsed = time.perf_counter() - started
+            # Stop when the next epoch would likely overrun the budget (epochs take about the same time).
+            if config.max_minutes is not None and elapsed * (epoch + 2 - start_epoch) / (epoch + 1 - start_epoch) > (
+                60 * config.max_minutes
+            ):
                 logger.info("stopping after epoch %d: the %.1f-minute budget is spent", epoch, config.max_minutes)
                 epoch += 1
                 break

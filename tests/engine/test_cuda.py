@@ -1,8 +1,12 @@
 """CUDA paths: mixed precision, channels-last, torch.compile, GPU sliding window. Run where a GPU is present."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from satseg.data.synthetic import synthetic_case
 from satseg.engine.config import TrainConfig
 from satseg.engine.inference import sliding_window_inference
 from satseg.engine.trainer import train
@@ -11,12 +15,26 @@ from satseg.nn import build_model
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def _write_store(folder, num_cases=6, shape=(24, 24, 24)):
+    """A preprocessed folder written directly in the store format (GPU hosts lack SimpleITK for preprocessing)."""
+    rng = np.random.default_rng(0)
+    (folder / "cases").mkdir(parents=True)
+    ids = [f"case{i}" for i in range(num_cases)]
+    for case_id in ids:
+        image, label = synthetic_case(rng, shape, noise=0.2, two_structures=False)
+        image = (image - image.mean()) / image.std()
+        np.savez_compressed(folder / "cases" / f"{case_id}.npz", image=image[None], label=label)
+        (folder / "cases" / f"{case_id}.json").write_text("{}")
+    plan = {"spatial_dims": 3, "num_channels": 1, "labels": {"background": 0, "core": 1}, "patch_size": [16] * 3}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    (folder / "splits.json").write_text(json.dumps([{"train": ids[:-2], "val": ids[-2:]}]))
+    return folder
+
+
 @cuda
 @pytest.mark.parametrize("amp_dtype", ["bf16", "fp16"])
 def test_cuda_training_with_amp_and_channels_last_learns(tmp_path, amp_dtype):
-    from test_train import make_preprocessed
-
-    data = make_preprocessed(tmp_path / "data", 3)
+    data = _write_store(tmp_path / "data")
     cfg = TrainConfig(net="unet3d", skip="sat", epochs=6, iters_per_epoch=12, batch=4, patch=(16, 16, 16),
                       optimizer="adam", lr=3e-3, amp_dtype=amp_dtype, device="cuda",
                       model_options={"features": [8, 16]})  # fmt: skip
