@@ -1,0 +1,67 @@
+"""Every command in README.md runs: here (on synthetic stand-ins for its data) or in `.ci/run`."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from satseg.cli import app
+from satseg.data.synthetic import write_synthetic_msd
+
+ROOT = Path(__file__).resolve().parents[1]
+# Keep README training commands short here: options given twice take the last value.
+FAST_TRAIN = ["--epochs", "1", "--iters", "2", "--batch", "2", "--features", "4,8", "--patch", "16,16,16",
+              "--device", "cpu"]  # fmt: skip
+RUN_BY_CI = ("satseg demo", "python -m pytest -q", "pip install torch==2.13.0 && pip install -e .")
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_commands_not_run_here_are_run_by_ci():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in RUN_BY_CI:
+        assert command in readme_commands(), f"README no longer shows `{command}`"
+    assert "satseg demo" in ci and "python -m pytest -q" in ci
+    assert "pip install -q torch==2.13.0" in ci and 'pip install -q -e ".[test]"' in ci
+
+
+@pytest.mark.slow
+def test_readme_workflow_commands_run(tmp_path, monkeypatch):
+    dataset = write_synthetic_msd(tmp_path / "Task04_Hippocampus", 6, (20, 24, 20), seed=3)
+    (dataset / "imagesTs").mkdir()
+    shutil.copy(dataset / "imagesTr" / "synth_000.nii.gz", dataset / "imagesTs" / "hippocampus_118.nii.gz")
+    shutil.copy(dataset / "imagesTr" / "synth_001.nii.gz", tmp_path / "scan.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    ran = []
+    for command in readme_commands():
+        if command in RUN_BY_CI:
+            continue
+        args = shlex.split(command)
+        if args[0] == "torchrun":
+            args = [sys.executable, "-m", "torch.distributed.run", *args[1:]]
+            args[args.index("--nproc_per_node") + 1] = "2"
+            proc = subprocess.run(args + FAST_TRAIN, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
+        else:
+            assert args[0] == "satseg", command
+            args = args[1:]
+            if args[0] == "train":
+                args += FAST_TRAIN
+            if args[0] == "params":
+                args += ["--no-flops", "--no-memory"]
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, f"{command}\n{result.output[-2000:]}"
+        ran.append(command)
+    assert (tmp_path / "scan_seg.nii.gz").is_file()
+    assert (tmp_path / "onnx_out" / "hippocampus_118_seg.nii.gz").is_file()
+    assert len(ran) >= 8
