@@ -123,8 +123,8 @@ def _write_input(kind, folder):
         path = folder / "series"
         array = _volume()[None].astype(np.int16)
         write_image(Image(array, (2.0, 0.75, 0.9), (12.0, -40.5, 33.0), OBLIQUE), path)
-    elif kind == "png":
-        path = folder / "photo.png"
+    elif kind in ("png", "jpeg"):
+        path = folder / ("photo.png" if kind == "png" else "photo.jpg")
         PILImage.fromarray(_rgb_picture(np.random.default_rng(7), (20, 28))[0]).save(path)
     return path
 
@@ -168,13 +168,14 @@ GEOMETRY_CASES = {
     "mha": ("scan_seg.mha", 1e-9),
     "dicom": ("series_seg.nii.gz", 1e-4),
     "png": ("photo_seg.png", 0),
+    "jpeg": ("photo_seg.png", 0),  # masks are never stored lossy
 }
 
 
 @pytest.mark.parametrize("kind", list(GEOMETRY_CASES))
 def test_mask_lies_exactly_on_the_input_grid(kind, model3d, model2d, tmp_path):
     path = _write_input(kind, tmp_path)
-    run = model2d[0] if kind == "png" else model3d[0]
+    run = model2d[0] if kind in ("png", "jpeg") else model3d[0]
     report = segment_inputs([path], model=run, device="cpu")
     assert report.failures == []
     name, atol = GEOMETRY_CASES[kind]
@@ -184,7 +185,7 @@ def test_mask_lies_exactly_on_the_input_grid(kind, model3d, model2d, tmp_path):
     assert set(np.unique(labels)) <= {0, 1}
     if kind.startswith("nifti"):
         _assert_same_nifti_header(out_path, path)
-    if kind == "png":
+    if kind in ("png", "jpeg"):
         with PILImage.open(path) as src, PILImage.open(out_path) as mask:
             assert mask.size == src.size and mask.mode == "L"
 
