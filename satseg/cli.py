@@ -229,8 +229,8 @@ def evaluate(
         )
     else:
         raise ConfigError("give either `--pred DIR --gt DIR` or `--model RUN --data PREPROCESSED`")
-    if as_json:
-        print_json({**report.summary, "gates": gates})
+    if as_json:  # what summary.json holds (with --model it includes the gate report)
+        print_json({**report.summary, "gates": gates} if model is not None else report.summary)
         return
     out.print(summary_table(report.summary))
     if gates:

@@ -409,6 +409,8 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["split"] == "all" and summary["fold"] == 0
+    printed = CliRunner().invoke(app, [*args, "--json"])
+    assert printed.exit_code == 0 and json.loads(printed.stdout) == json.loads((out / "summary.json").read_text())
     with (out / "per_case.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["case"] for r in rows) == ["synth_000", "synth_001", "synth_002"]
