@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
@@ -228,8 +229,8 @@ def evaluate(
         )
     else:
         raise ConfigError("give either `--pred DIR --gt DIR` or `--model RUN --data PREPROCESSED`")
-    if as_json:
-        print_json({**report.summary, "gates": gates})
+    if as_json:  # what summary.json holds (with --model it includes the gate report)
+        print_json({**report.summary, "gates": gates} if model is not None else report.summary)
         return
     out.print(summary_table(report.summary))
     if gates:
@@ -368,7 +369,9 @@ def segment(
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
-            err.print(f"[red]failed:[/] `{failure['input']}`: {failure['error']}", highlight=False)
+            hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
+            line = Text.assemble(("failed:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
+            err.print(line, highlight=False)
     if report.failures:
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ recorded and the batch goes on; the report lists every failure.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ __all__ = ["SegmentReport", "segment_inputs", "expand_inputs", "output_path", "l
 logger = logging.getLogger("satseg.segment")
 
 # Masks are written in the input's format, except where that format is lossy or spans several files.
+_OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
 _OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
 
 
@@ -54,10 +56,24 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path | None]
             members = sorted(p for p in item.iterdir() if is_supported_image(p) and not p.name.startswith("."))
             if not members:
                 raise DataError(f"`{item}`: no supported images in this folder")
-            found += [(p, item) for p in members]
+            outputs = _own_outputs(members)
+            if outputs:
+                logger.info("`%s`: leaving out %d earlier satseg output(s), e.g. `%s`", item, len(outputs), outputs[0])
+            found += [(p, item) for p in members if p not in outputs]
         else:
             found.append((item, None))
     return found
+
+
+def _own_outputs(members: Sequence[Path]) -> list[Path]:
+    """The members that are outputs ``segment`` wrote beside another member (``<stem>_seg.*``, previews, …)."""
+    stems = {image_stem(p) for p in members}
+    own = []
+    for path in members:
+        match = _OUTPUT_NAME.fullmatch(image_stem(path))
+        if match is not None and match.group(1) in stems:
+            own.append(path)
+    return own
 
 
 def output_path(
@@ -119,6 +135,8 @@ def segment_inputs(
     multiple = len(pairs) > 1
     report = SegmentReport()
     cache: dict[str, Segmenter] = {}
+    if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
+        cache[str(model)] = load_segmenter(model, device=device, backend=backend)
     for source, folder in pairs:
         if progress is not None:
             progress(str(source))
@@ -136,7 +154,7 @@ def segment_inputs(
             )  # fmt: skip
             written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
         except SatsegError as error:
-            report.failures.append({"input": str(source), "error": error.message})
+            report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
             logger.warning("%s: %s", source, error.message)
             continue
         labels = seg.labels.array[0]
@@ -157,24 +175,22 @@ def segment_inputs(
 
 
 def _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite) -> list[Path]:
-    written = [target]
-    write_image(seg.labels, target, overwrite=overwrite)
+    """Write the mask and the extras; refuse before writing anything when one of them exists already."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
-    volume_ext = ".png" if image.source_format == "picture" else ".nii.gz"
+    # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
+    extras: list[tuple[Path, Image | None]] = []
     if save_probabilities and seg.probabilities is not None:
-        # Probabilities are floats: NIfTI for volumes, one 0–255 PNG per class is lossy, so 2D gets NIfTI too.
-        path = target.parent / f"{stem}_probabilities.nii.gz"
-        write_image(seg.probabilities, path, overwrite=overwrite)
-        written.append(path)
-    for name, attention in seg.attention.items():
-        ext = volume_ext if volume_ext != ".png" else ".nii.gz"
-        path = target.parent / f"{stem}_attention_{name}{ext}"
-        write_image(attention, path, overwrite=overwrite)
-        written.append(path)
+        extras.append((target.parent / f"{stem}_probabilities.nii.gz", seg.probabilities))
+    extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
     if preview:
-        path = target.parent / f"{stem}_preview.png"
-        if path.exists() and not overwrite:
-            raise DataError(f"`{path}`: output exists", hint="pass --overwrite")
-        overlay_png(image.array, seg.labels.array[0], image.spacing, path)
-        written.append(path)
-    return written
+        extras.append((target.parent / f"{stem}_preview.png", None))
+    existing = [p for p in [target, *(p for p, _ in extras)] if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"`{existing[0]}`: output exists", hint="pass --overwrite or choose another -o")
+    write_image(seg.labels, target, overwrite=overwrite)
+    for path, extra in extras:
+        if extra is not None:
+            write_image(extra, path, overwrite=overwrite)
+        else:
+            overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+    return [target, *(p for p, _ in extras)]

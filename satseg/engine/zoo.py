@@ -18,19 +18,37 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 """The repository's ``models/`` folder (the package is installed in editable/development mode)."""
 
 
-def list_shipped_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
-    """The shipped models' cards (``card.json``), each with its ``name`` and ``path``, sorted by name."""
+def list_shipped_models(models_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The shipped models' cards (``card.json``), each with its ``name`` and ``path``, sorted by name.
+
+    Args:
+        models_dir: the folder of shipped models; default :data:`MODELS_DIR`.
+
+    Raises:
+        CheckpointError: a ``card.json`` is not a JSON object.
+    """
+    models_dir = Path(MODELS_DIR if models_dir is None else models_dir)
     cards = []
     if models_dir.is_dir():
         for card in sorted(models_dir.glob("*/card.json")):
-            data = json.loads(card.read_text())
+            try:
+                data = json.loads(card.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"`{card}`: broken model card: {err}") from err
+            if not isinstance(data, dict):
+                raise CheckpointError(f"`{card}`: a model card must be a JSON object")
             data.update(name=card.parent.name, path=str(card.parent / "checkpoint.pt"))
             cards.append(data)
     return cards
 
 
-def resolve_model_path(model: str | Path, models_dir: Path = MODELS_DIR) -> Path:
-    """A run folder, checkpoint or ONNX file as given, or a shipped model's checkpoint by name."""
+def resolve_model_path(model: str | Path, models_dir: Path | None = None) -> Path:
+    """A run folder, checkpoint or ONNX file as given, or a shipped model's checkpoint by name.
+
+    Args:
+        model: a path, or the name of a folder in ``models_dir`` (default :data:`MODELS_DIR`).
+    """
+    models_dir = Path(MODELS_DIR if models_dir is None else models_dir)
     path = Path(model)
     if path.exists():
         return path
@@ -44,8 +62,14 @@ def resolve_model_path(model: str | Path, models_dir: Path = MODELS_DIR) -> Path
     )
 
 
-def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
-    """The shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels."""
+def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path | None = None) -> dict[str, Any]:
+    """The shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels.
+
+    Args:
+        spatial_dims: 2 or 3.
+        num_channels: channels of the image.
+        models_dir: the folder of shipped models; default :data:`MODELS_DIR`.
+    """
     for card in list_shipped_models(models_dir):
         if card.get("spatial_dims") == spatial_dims and card.get("num_channels") == num_channels:
             return card

@@ -16,10 +16,23 @@ from satseg.nn import build_model, list_models
 
 # Tiny widths per registered model, so that every backbone is exported quickly. A model missing here is
 # exported with its default options (slow but still checked): add its tiny configuration.
+_VNET = {"base_features": 2, "convs_per_stage": (1, 2, 2), "kernel_size": 3}
+_TIRAMISU = {"layers_per_block": (2, 1, 2), "growth_rate": 3, "first_features": 4, "dropout": 0.0}
+_DI2IN = {"features": (3, 4, 8), "encoder_convs": (1, 1, 1), "decoder_convs": (1, 1), "supervision_levels": (1,)}
 TINY = {
     "unet2d": {"features": (4, 8, 16)},
     "unet3d": {"features": (4, 8, 16)},
+    "vnet2d": _VNET,
+    "vnet3d": _VNET,
+    "tiramisu2d": _TIRAMISU,
+    "tiramisu3d": _TIRAMISU,
+    "di2in2d": _DI2IN,
+    "di2in3d": _DI2IN,
 }
+
+
+def test_every_registered_model_has_a_tiny_configuration():
+    assert sorted(TINY) == sorted(list_models())
 
 
 def _tiny_model(net, in_channels=2, out_channels=3, skip="sat"):
