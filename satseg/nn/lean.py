@@ -176,7 +176,11 @@ class LeanNet(nn.Module):
 
     def __init__(self, model: SegmentationNet) -> None:
         super().__init__()
-        self.spatial_dims, self.in_channels, self.out_channels = model.spatial_dims, model.in_channels, model.out_channels
+        self.spatial_dims, self.in_channels, self.out_channels = (
+            model.spatial_dims,
+            model.in_channels,
+            model.out_channels,
+        )
         self.input_divisor = model.input_divisor
         self.source_config: dict[str, Any] = dict(model.config)
 
@@ -227,7 +231,12 @@ class _LeanVNet(LeanNet):
         m = copy.deepcopy(model).eval()
         _fold_sequentials(m)
         self.gates = nn.ModuleList(LeanGate(g, prune) for g in m.gates)
-        self.first, self.rest, self.up_layers, self.up_acts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.first, self.rest, self.up_layers, self.up_acts = (
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+        )
         self.widths: list[int] = []
         for up, level in zip(m.ups, reversed(range(len(m.gates))), strict=True):
             width = up.out_channels // 2
