@@ -10,21 +10,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
-from satseg.engine.config import TrainConfig
-from satseg.engine.evaluate import evaluate_folders, parse_labels
-from satseg.engine.reporting import summary_table
-from satseg.engine.trainer import train as run_training
 from satseg.errors import SatsegError
 
 __all__ = ["app", "main"]
 
 # Logs and progress go to stderr; only results (tables, JSON) go to stdout.
 out = Console(no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
-err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
 
 
 class _SatsegGroup(TyperGroup):
@@ -140,6 +138,9 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    from satseg.engine.config import TrainConfig
+    from satseg.engine.trainer import train as run_training
+
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -202,6 +203,9 @@ def evaluate(
 
     Files are matched by case name (`case.nii.gz` ↔ `case_seg.nii.gz`); distances use the images' spacing.
     """
+    from satseg.engine.evaluate import evaluate_folders, parse_labels
+    from satseg.engine.reporting import summary_table
+
     report = evaluate_folders(
         pred,
         gt,
@@ -259,3 +263,50 @@ def params(
 
 app.command("params")(params)
 app.command("count-params", hidden=True)(params)
+
+
+@app.command()
+def preprocess(
+    dataset: Annotated[Path, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ dataset folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")],
+    spacing: Annotated[str, typer.Option(help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x.")] = "auto",
+    modality: Annotated[str, typer.Option(help="`auto` (from dataset.json), `ct`, `mri` or `rgb`.")] = "auto",
+    size: Annotated[tuple[int, int] | None, typer.Option(help="2D only: resize to H W (plain resize).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds in splits.json.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo finished cases.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out cases that fail validation.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/)."""
+    from satseg.data import InvalidCasesError, preprocess_dataset
+
+    options = dict(spacing=spacing, modality=modality, size=size, folds=folds, seed=seed, workers=workers)
+    try:
+        report = preprocess_dataset(
+            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json
+        )
+    except InvalidCasesError as error:
+        _bad_table(error.bad)
+        raise
+    if report.bad:
+        _bad_table(report.bad, "skipped")
+    plan = report.plan
+    summary = {"output": str(report.output), "written": len(report.written), "reused": len(report.reused)}
+    summary |= {"skipped_bad": [b.case_id for b in report.bad], "seconds": round(report.seconds, 2)}
+    summary |= {k: plan[k] for k in ("spatial_dims", "modality", "spacing", "size", "patch_size", "labels")}
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(Panel("\n".join(f"{k}: {v}" for k, v in summary.items()), title="satseg preprocess", expand=False))
+
+
+def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
+    """Print the bad cases (file, reason) as one table on stderr."""
+    table = Table(title=title)
+    for column in ("case", "file", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in bad:
+        table.add_row(row.case_id, row.file, row.reason)
+    err.print(table)

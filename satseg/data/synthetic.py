@@ -70,6 +70,8 @@ def write_synthetic_msd(
     spacing: Sequence[float] = (1.2, 0.9, 1.1),
     seed: int = 0,
     oblique: bool = True,
+    two_structures: bool = True,
+    noise: float = 0.35,
 ) -> Path:
     """Write a Medical-Segmentation-Decathlon-style dataset of synthetic MRI-like NIfTI volumes.
 
@@ -80,6 +82,8 @@ def write_synthetic_msd(
         spacing: voxel spacing in mm per array axis.
         seed: random seed.
         oblique: use a rotated direction matrix and a non-zero origin (a non-trivial grid).
+        two_structures: two foreground labels (``core``, ``rim``); else one (``core``).
+        noise: noise level (see :func:`synthetic_case`).
 
     Returns:
         The dataset folder.
@@ -100,7 +104,7 @@ def write_synthetic_msd(
     origin = tuple(rng.uniform(-80, 80, dims)) if oblique else (0.0,) * dims
     training = []
     for i in range(num_cases):
-        image, label = synthetic_case(rng, shape)
+        image, label = synthetic_case(rng, shape, noise=noise, two_structures=two_structures)
         name = f"synth_{i:03d}.nii.gz"
         for array, sub in ((image, "imagesTr"), (label, "labelsTr")):
             itk = sitk.GetImageFromArray(array)
@@ -113,7 +117,7 @@ def write_synthetic_msd(
         "name": "SatsegSynthetic",
         "description": "Synthetic MRI-like volumes made by satseg (no real data)",
         "modality": {"0": "MRI"},
-        "labels": {str(v): k for k, v in LABELS.items()},
+        "labels": {str(v): k for k, v in LABELS.items() if two_structures or v < 2},
         "numTraining": num_cases,
         "numTest": 0,
         "training": training,

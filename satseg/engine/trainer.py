@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from satseg import __version__
 from satseg.atomic import atomic_write_json, atomic_write_text
-from satseg.data.preprocess import load_case, load_plan, load_splits
+from satseg.data.store import load_case, load_plan, load_splits
 from satseg.engine.augment import augment_batch
 from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_checkpoint, save_checkpoint
 from satseg.engine.config import TrainConfig

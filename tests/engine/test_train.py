@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from satseg.data.synthetic import synthetic_case
+from satseg.data.preprocess import preprocess_dataset
+from satseg.data.synthetic import write_synthetic_msd
 from satseg.engine.checkpoint import load_checkpoint, load_run
 from satseg.engine.config import TrainConfig
 from satseg.engine.trainer import train
@@ -15,29 +16,19 @@ from satseg.errors import CheckpointError, DataError, SatsegError
 
 
 def make_preprocessed(folder, dims, num_cases=6, shape=None, seed=0):
-    """A preprocessed folder in satseg's format (plan.json, splits.json, cases/*.npz), made directly."""
+    """A synthetic MSD dataset run through `preprocess_dataset`: the real on-disk format."""
     shape = shape or ((24, 24, 24) if dims == 3 else (48, 48))
-    rng = np.random.default_rng(seed)
-    (folder / "cases").mkdir(parents=True)
-    ids = [f"case{i}" for i in range(num_cases)]
-    for case_id in ids:
-        image, label = synthetic_case(rng, shape, noise=0.2, two_structures=False)
-        image = (image - image.mean()) / image.std()
-        np.savez_compressed(folder / "cases" / f"{case_id}.npz", image=image[None], label=label)
-    plan = {
-        "spatial_dims": dims,
-        "num_channels": 1,
-        "channel_names": ["MRI"],
-        "modality": "mri",
-        "labels": {"background": 0, "target": 1},
-        "spacing": [1.0] * dims,
-        "patch_size": [16] * dims if dims == 3 else [32, 32],
-        "normalization": [{"scheme": "zscore_per_image"}],
-        "size": None,
-        "median_shape": list(shape),
-    }
-    (folder / "plan.json").write_text(json.dumps(plan))
-    (folder / "splits.json").write_text(json.dumps([{"train": ids[:-2], "val": ids[-2:]}]))
+    raw = write_synthetic_msd(
+        folder.parent / f"{folder.name}_raw",
+        num_cases,
+        shape,
+        spacing=(1.0,) * dims,
+        seed=seed,
+        oblique=False,
+        two_structures=False,
+        noise=0.2,
+    )
+    preprocess_dataset(raw, folder, folds=2, seed=0)
     return folder
 
 
@@ -68,7 +59,7 @@ def test_short_run_learns(tmp_path, dims):
 
 def test_resume_matches_uninterrupted_run(tmp_path):
     data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
-    cfg = TrainConfig(net="unet2d", skip="sat", epochs=4, batch=2, **TINY)
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=4, batch=2, patch=(32, 32), **TINY)
     train(data, tmp_path / "full", cfg, progress=False)
 
     class Killed(Exception):
@@ -92,14 +83,14 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 def test_run_folder_contents_and_safe_checkpoints(tmp_path):
     data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
-    cfg = TrainConfig(net="unet2d", skip="st", epochs=2, batch=2, **TINY)
+    cfg = TrainConfig(net="unet2d", skip="st", epochs=2, batch=2, patch=(32, 32), **TINY)
     train(data, tmp_path / "run", cfg, progress=False)
     run = tmp_path / "run"
     for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "train.log"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16]}
-    assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_target", "dice_mean", "seconds"}
+    assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)
     payload = torch.load(run / "checkpoint_last.pt", weights_only=True)
     assert payload["epoch"] == 2
@@ -108,7 +99,7 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
 
 def test_errors_are_one_line(tmp_path):
     data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
-    cfg = TrainConfig(net="unet2d", epochs=1, batch=2, **TINY)
+    cfg = TrainConfig(net="unet2d", epochs=1, batch=2, patch=(32, 32), **TINY)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(data, tmp_path / "run", cfg, resume=True, progress=False)
     with pytest.raises(SatsegError):

@@ -1,0 +1,102 @@
+"""DICOM series and 2D picture (PNG, JPEG, BMP, TIFF) readers and writers behind :mod:`satseg.data.io`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image as PILImage
+
+from satseg.data.io import Image, from_sitk, to_sitk, with_array
+from satseg.errors import DataError
+
+__all__ = ["read_dicom", "write_dicom", "read_picture", "write_picture"]
+
+log = logging.getLogger(__name__)
+
+
+def read_dicom(folder: Path) -> Image:
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise DataError(f"`{folder}` is a folder without a DICOM series", hint="give an image file or a DICOM folder")
+    files = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids}
+    series = max(files, key=lambda sid: len(files[sid]))
+    if len(ids) > 1:
+        log.warning("`%s` holds %d DICOM series; reading the largest (%s)", folder, len(ids), series)
+    reader.SetFileNames(files[series])
+    return from_sitk(reader.Execute(), "dicom")
+
+
+def read_picture(path: Path) -> Image:
+    with PILImage.open(path) as pic:
+        if getattr(pic, "n_frames", 1) > 1:
+            raise DataError(f"`{path}` has {pic.n_frames} frames; only single-frame 2D pictures are supported")
+        pic.load()
+        if pic.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            pic = pic.convert("RGB")
+        elif pic.mode in ("LA", "PA"):
+            pic = pic.getchannel(0)
+        array = np.asarray(pic)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    array = np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
+    # dpi is a print setting (writers store 72, 96 or even 1 by default), not a pixel size: spacing stays 1
+    return Image(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
+
+
+def write_picture(image: Image, path: Path) -> None:
+    if image.spatial_dims != 2 or image.num_channels not in (1, 3):
+        raise DataError(f"`{path.name}`: pictures hold 2D grey or RGB images, got array {image.array.shape}")
+    array = image.array
+    if array.dtype != np.uint8 and array.size and array.min() >= 0 and array.max() <= 255:
+        if np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.uint8)
+    allowed = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.float32)}
+    if array.dtype not in allowed or (array.shape[0] == 3 and array.dtype != np.uint8):
+        raise DataError(f"`{path.name}`: cannot store {array.dtype} data with {array.shape[0]} channel(s) as a picture")
+    pic = PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
+    try:
+        pic.save(path)
+    except OSError as err:
+        raise DataError(f"`{path.name}`: cannot store {array.dtype} data in this format: {err}") from err
+
+
+def write_dicom(image: Image, folder: Path) -> None:
+    if image.spatial_dims != 3 or image.num_channels != 1:
+        raise DataError(f"`{folder.name}`: a DICOM series holds one 3D channel, got array {image.array.shape}")
+    array = image.array[0]
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.mod(array, 1) == 0):
+            raise DataError(f"`{folder.name}`: DICOM series are written for integer images only")
+    if array.min() < -(2**15) or array.max() >= 2**15:
+        raise DataError(f"`{folder.name}`: values outside int16 cannot be written as DICOM")
+    img = to_sitk(with_array(image, array.astype(np.int16)))
+    folder.mkdir()
+    series_uid = f"1.2.826.0.1.3680043.2.1125.{uuid.uuid4().int % 10**30}"
+    direction = img.GetDirection()
+    orientation = "\\".join(f"{v:.10g}" for v in (*direction[0:9:3], *direction[1:9:3]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        item = img[:, :, k]
+        position = img.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "OT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.7",
+            "0020|000d": series_uid + ".1",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(f"{v:.10g}" for v in position),
+            "0020|0013": str(k + 1),
+            "0018|0050": f"{img.GetSpacing()[2]:.10g}",
+            "0028|0030": f"{img.GetSpacing()[1]:.10g}\\{img.GetSpacing()[0]:.10g}",
+        }
+        for key, value in tags.items():
+            item.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"IM{k:05d}.dcm"))
+        writer.Execute(item)

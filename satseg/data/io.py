@@ -1,0 +1,380 @@
+"""One in-memory image type and its readers/writers for NIfTI, NRRD, MetaImage, DICOM series and 2D pictures.
+
+Axis order (the contract every satseg module codes against):
+
+* ``Image.array`` is channel first, ``(C, z, y, x)`` in 3D and ``(C, y, x)`` in 2D: the NumPy order SimpleITK's
+  ``GetArrayFromImage`` gives, with the channel axis in front.
+* ``Image.spacing`` has one value per *array* spatial axis, so ``(sz, sy, sx)`` in 3D (the reverse of
+  SimpleITK's ``GetSpacing()``).
+* ``Image.origin`` and ``Image.direction`` are exactly SimpleITK's ``GetOrigin()`` / ``GetDirection()``: physical
+  LPS ``(x, y, z)`` and the row-major direction matrix.
+
+Geometry is read by SimpleITK; NIfTI voxel data is read by nibabel (it refuses truncated ``.nii.gz`` files, where
+SimpleITK silently returns garbage), and the NIfTI header is kept so that writing an image on the same grid back to
+NIfTI keeps the original affine and sform/qform codes. 2D pictures (PNG, JPEG, BMP, TIFF) go through pillow: grey
+gives one channel, RGB three (alpha dropped); spacing is always ``(1, 1)`` (a picture's dpi is a print setting that
+writers fill with defaults, not a pixel size), origin ``(0, 0)``, identity direction; palette pictures keep their
+indices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from satseg.errors import ConfigError, DataError
+
+__all__ = [
+    "Image",
+    "NiftiHeader",
+    "read_image",
+    "write_image",
+    "with_array",
+    "is_supported_image",
+    "image_stem",
+    "to_sitk",
+    "from_sitk",
+    "atomic_output",
+    "IMAGE_SUFFIXES",
+]
+
+log = logging.getLogger(__name__)
+
+_NIFTI = (".nii.gz", ".nii")
+_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES
+"""File endings :func:`read_image` understands (a folder of ``.dcm`` files is read as a DICOM series)."""
+
+
+@dataclass(frozen=True)
+class NiftiHeader:
+    """The NIfTI header an image was read with, and the grid it describes.
+
+    Attributes:
+        raw: the header block as stored in the file (affine, sform/qform codes, intent, description).
+        version: 1 or 2 (NIfTI-1 or NIfTI-2).
+        spacing, origin, direction: the grid of that header in :class:`Image` conventions; the header is reused
+            on writing only while the image still has exactly this grid.
+    """
+
+    raw: bytes
+    version: int
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    def to_nibabel(self) -> nib.Nifti1Header:
+        """The header as a nibabel header object (a copy)."""
+        cls = nib.Nifti2Header if self.version == 2 else nib.Nifti1Header
+        return cls(binaryblock=self.raw)
+
+
+@dataclass
+class Image:
+    """A channel-first image with its physical geometry.
+
+    Attributes:
+        array: voxel data ``(C, z, y, x)`` (3D) or ``(C, y, x)`` (2D).
+        spacing: mm per array spatial axis, same order as ``array.shape[1:]``.
+        origin: physical position (LPS ``x, y, z``) of the first voxel centre, as SimpleITK ``GetOrigin()``.
+        direction: direction cosine matrix, row-major, as SimpleITK ``GetDirection()``.
+        source_format: ``"nifti"``, ``"nrrd"``, ``"metaimage"``, ``"dicom"``, ``"picture"`` or ``"array"``.
+        nifti: the NIfTI header read with the image (``None`` for other formats).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    source_format: str = "array"
+    nifti: NiftiHeader | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        dims = self.array.ndim - 1
+        if dims not in (2, 3):
+            raise DataError(f"image array must be (C, y, x) or (C, z, y, x), got shape {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = tuple(float(d) for d in self.direction)
+        if len(self.spacing) != dims or len(self.origin) != dims or len(self.direction) != dims * dims:
+            raise DataError(
+                f"image geometry does not match a {dims}D array: spacing {self.spacing}, origin {self.origin}, "
+                f"direction {self.direction}"
+            )
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return self.array.ndim - 1
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels (first array axis)."""
+        return int(self.array.shape[0])
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """``array.shape[1:]``."""
+        return tuple(int(s) for s in self.array.shape[1:])
+
+
+def image_stem(path: str | Path) -> str:
+    """File name without its image ending: ``"case.nii.gz"`` -> ``"case"``, ``"IMD003.png"`` -> ``"IMD003"``."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
+
+
+def is_supported_image(path: str | Path) -> bool:
+    """True for a file with a supported ending, or a folder holding ``.dcm`` files (a DICOM series)."""
+    path = Path(path)
+    if path.is_dir():
+        return any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+    return bool(_suffix(path)) and not path.name.startswith(".")
+
+
+def with_array(image: Image, array: np.ndarray) -> Image:
+    """A copy of ``image`` (geometry and metadata) holding ``array``.
+
+    Args:
+        image: the image whose grid the new array lies on.
+        array: ``(C, *spatial)`` with the same spatial shape (a ``(*spatial)`` array gets a channel axis).
+
+    Raises:
+        DataError: if the spatial shape differs.
+    """
+    array = np.asarray(array)
+    if array.ndim == image.spatial_dims:
+        array = array[None]
+    if tuple(array.shape[1:]) != image.spatial_shape:
+        raise DataError(
+            f"array of shape {array.shape} does not lie on the image grid {image.spatial_shape}",
+            hint="resample it first (satseg.data.restore_labels maps predictions back to the original grid)",
+        )
+    return replace(image, array=array)
+
+
+# ---------------------------------------------------------------- SimpleITK bridge
+def from_sitk(img: sitk.Image, source_format: str = "array") -> Image:
+    """Convert a SimpleITK image (scalar or vector pixels, 2D or 3D) to :class:`Image`."""
+    array = sitk.GetArrayFromImage(img)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0)
+    else:
+        array = array[None]
+    return Image(
+        array, tuple(reversed(img.GetSpacing())), img.GetOrigin(), img.GetDirection(), source_format=source_format
+    )
+
+
+def to_sitk(image: Image, channel: int | None = None) -> sitk.Image:
+    """Convert to SimpleITK: one channel as a scalar image, or all channels as a vector image.
+
+    Args:
+        image: the image.
+        channel: which channel; ``None`` takes all (scalar if there is one, vector pixels otherwise).
+    """
+    if channel is not None or image.num_channels == 1:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(image.array[channel or 0]))
+    else:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(image.array, 0, -1)), isVector=True)
+    img.SetSpacing(tuple(reversed(image.spacing)))
+    img.SetOrigin(image.origin)
+    img.SetDirection(image.direction)
+    return img
+
+
+# ---------------------------------------------------------------- reading
+def _sitk_error(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return text.removeprefix("sitk::ERROR:").strip()
+
+
+def read_image(path: str | Path) -> Image:
+    """Read a NIfTI, NRRD, MetaImage, 2D picture or DICOM series folder.
+
+    Args:
+        path: an image file, or a folder holding one DICOM series.
+
+    Returns:
+        The image, channel first (see the module docstring for axis order).
+
+    Raises:
+        DataError: naming the file and why it cannot be read (missing, unsupported, truncated, corrupt).
+    """
+    from satseg.data import formats
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"`{path}` does not exist")
+    try:
+        if path.is_dir():
+            return formats.read_dicom(path)
+        suffix = _suffix(path)
+        if suffix in _NIFTI:
+            return _read_nifti(path)
+        if suffix in _ITK:
+            return from_sitk(sitk.ReadImage(str(path)), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
+        if suffix in _PICTURES:
+            return formats.read_picture(path)
+    except DataError:
+        raise
+    except RuntimeError as err:  # SimpleITK
+        raise DataError(f"`{path}` cannot be read: {_sitk_error(err)}") from err
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {err}") from err
+    raise DataError(
+        f"`{path}` is not a supported image", hint=f"supported endings: {', '.join(IMAGE_SUFFIXES)}, DICOM folders"
+    )
+
+
+def _read_nifti(path: Path) -> Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    dims = min(len(size), 3)
+    if len(size) > 4 or (len(size) == 4 and reader.GetNumberOfComponents() > 1):
+        raise DataError(f"`{path}` has {len(size)} dimensions with vector pixels; satseg reads at most (x, y, z, c)")
+    spacing, origin = reader.GetSpacing()[:dims], reader.GetOrigin()[:dims]
+    full = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
+    direction = tuple(full[:dims, :dims].ravel())
+    nii = nib.load(str(path))
+    data = np.asanyarray(nii.dataobj)  # raises on truncated files
+    data = data.reshape(*size[:dims], -1, order="F")
+    array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
+    header = NiftiHeader(
+        raw=bytes(nii.header.binaryblock),
+        version=2 if isinstance(nii.header, nib.Nifti2Header) else 1,
+        spacing=tuple(reversed(spacing)),
+        origin=tuple(origin),
+        direction=direction,
+    )
+    return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+
+
+# ---------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move what was written there onto ``path``.
+
+    Files written beside the temporary path (e.g. the ``.raw`` of a ``.mhd``) are moved too, data files before
+    the named one, so a reader never sees a half-written output. A folder (DICOM series) replaces the old one.
+
+    Args:
+        path: the final file or folder.
+        overwrite: if False, refuse when ``path`` exists.
+
+    Raises:
+        ConfigError: if ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"`{path}` already exists", hint="choose another path or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_dir / path.name
+        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)
+        for item in produced:
+            target = path.parent / item.name
+            if item.is_dir():
+                trash = None
+                if target.exists():
+                    trash = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+                    os.replace(target, trash)
+                os.replace(item, target)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype in (np.int64, np.uint64) and array.size and array.min() >= -(2**31) and array.max() < 2**31:
+        return array.astype(np.int32)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
+def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> None:
+    """Write ``image`` atomically; the format follows the ending (no ending: a DICOM series folder).
+
+    NIfTI: if the image still has the grid of the NIfTI header it was read with, that header is reused (same
+    affine, sform/qform codes); otherwise SimpleITK writes a fresh header from the geometry.
+
+    Args:
+        image: the image to write.
+        path: ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``, ``.png``/``.jpg``/``.bmp``/``.tif``, or
+            a folder path without ending (DICOM series, integer 3D images only).
+        overwrite: replace an existing output.
+
+    Raises:
+        ConfigError: the path exists and ``overwrite`` is False.
+        DataError: the image cannot be stored in that format (e.g. float data as PNG).
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not suffix and path.suffix:
+        raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
+    from satseg.data import formats
+
+    image = replace(image, array=_storable(np.asarray(image.array)))
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        if suffix in _NIFTI and _header_fits(image):
+            _write_nifti_with_header(image, tmp)
+        elif suffix in _NIFTI + _ITK:
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=suffix != ".nii")
+        elif suffix in _PICTURES:
+            formats.write_picture(image, tmp)
+        else:
+            formats.write_dicom(image, tmp)
+
+
+def _header_fits(image: Image) -> bool:
+    h = image.nifti
+    return (
+        h is not None
+        and np.allclose(h.spacing, image.spacing, rtol=0, atol=1e-6)
+        and np.allclose(h.origin, image.origin, rtol=0, atol=1e-6)
+        and np.allclose(h.direction, image.direction, rtol=0, atol=1e-6)
+    )
+
+
+def _write_nifti_with_header(image: Image, path: Path) -> None:
+    header = image.nifti.to_nibabel()
+    dims = image.spatial_dims
+    data = np.transpose(image.array, tuple(range(dims, -1, -1)))  # (x, y, z, C)
+    if image.num_channels == 1:
+        data = data[..., 0]
+    header.set_data_dtype(data.dtype)
+    header["cal_min"], header["cal_max"] = 0, 0
+    cls = nib.Nifti2Image if image.nifti.version == 2 else nib.Nifti1Image
+    out = cls(data, None, header=header)
+    out.header.set_slope_inter(1.0, 0.0)
+    nib.save(out, str(path))
