@@ -161,7 +161,8 @@ class LeanSkipConv(nn.Module):
         if self.skip_weight is not None:
             conv, n = _CONV_FN[self.spatial_dims], self.skip_weight.shape[0]
             tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-            step = n if self.chunk is None or tracing else self.chunk
+            # Chunk a one-channel skip's term (cheap to recompute per chunk); add a wide skip's term at once.
+            step = n if self.chunk is None or tracing or self.skip_weight.shape[1] > 1 else self.chunk
             for a in range(0, n, step):  # in place, a chunk of output channels at a time: a small temporary
                 y[:, a : a + step] += conv(skip, self.skip_weight[a : a + step], None, self.stride, self.padding)
         return self.act(y)
