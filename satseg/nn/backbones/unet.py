@@ -34,6 +34,9 @@ class UNet(SegmentationNet):
         norm: normalisation after every conv.
         act: activation.
         select_init: initial selection weight of ``st``/``sat`` gates.
+        align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
+            ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
+            no effect with ``org``/``st``.
     """
 
     def __init__(
@@ -46,12 +49,14 @@ class UNet(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         select_init: float = 0.5,
+        align_channels: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
         if len(features) < 2 or min(features) < 1:
             raise ConfigError(f"`features` needs at least two positive widths, got {features}")
         self.features = features
+        self.align_channels = bool(align_channels)
         self.input_divisor = 2 ** (len(features) - 1)
         self.encoder = nn.ModuleList()
         in_ch = in_channels
@@ -65,9 +70,10 @@ class UNet(SegmentationNet):
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(features) - 1)):
-            width = features[level]
-            self.ups.append(UpConv(spatial_dims, features[level + 1], width))
-            self.decoder.append(DoubleConv(spatial_dims, width + self.gates[level].out_channels, width, norm, act))
+            width, transferred = features[level], self.gates[level].out_channels
+            up_width = width - 1 if self.align_channels and transferred == 1 and width > 1 else width
+            self.ups.append(UpConv(spatial_dims, features[level + 1], up_width))
+            self.decoder.append(DoubleConv(spatial_dims, up_width + transferred, width, norm, act))
         self.head = layer_type("conv", spatial_dims)(features[0], out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
