@@ -14,6 +14,7 @@ from satseg.engine.checkpoint import load_run
 from satseg.engine.onnx_export import ExportReport, export_onnx
 from satseg.engine.segmenter import ONNX_CONFIG_KEY
 from satseg.engine.zoo import resolve_model_path
+from satseg.nn.lean import make_lean
 
 __all__ = ["export_run"]
 
@@ -39,4 +40,6 @@ def export_run(run: str | Path, output: str | Path, *, opset: int = 17, toleranc
         "satseg_version": __version__,
     }
     example = (1, int(plan["num_channels"]), *patch)
-    return export_onnx(model, output, example_shape=example, metadata=metadata, opset=opset, tolerance=tolerance)
+    # The lean module (BN and selections folded, pruned `st` channels, no skip concatenation) is what ships.
+    lean = make_lean(model)
+    return export_onnx(lean, output, example_shape=example, metadata=metadata, opset=opset, tolerance=tolerance)

@@ -26,6 +26,7 @@ from satseg.engine.inference import sliding_window_inference
 from satseg.engine.zoo import resolve_model_path
 from satseg.errors import CheckpointError, DataError, look_up_option
 from satseg.nn import SegmentationNet
+from satseg.nn.lean import make_lean
 
 __all__ = ["Segmenter", "Segmentation", "load_segmenter", "BACKENDS"]
 
@@ -132,7 +133,7 @@ class Segmenter:
         """Each attending gate's map from one whole-image forward, resampled onto the original grid."""
         if self.model is None:
             raise DataError("attention maps need the PyTorch model", hint="use a run folder, not an ONNX file")
-        model = self.model
+        model = self.model.to(self.device).eval()
         gates = [(name, g) for name, g in model.skip_gates() if g.transfers_attention]
         if not gates:
             return {}
@@ -157,7 +158,7 @@ class Segmenter:
         return {name.replace(".", "_"): m for (name, _), m in zip(gates, restored, strict=True)}
 
 
-def _torch_predictor(model: SegmentationNet, device: torch.device) -> Callable[[Tensor], Tensor]:
+def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
     model.to(device).eval()
     use_amp = device.type == "cuda"
 
@@ -195,4 +196,7 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
             raise CheckpointError(f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)") from err
         return Segmenter(predictor, config, str(model), "onnx", torch_device)
     net, config = load_run(path)
-    return Segmenter(_torch_predictor(net, torch_device), config, str(model), "torch", torch_device, net)
+    # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
+    # the reference model is kept for attention maps.
+    lean = make_lean(net)
+    return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net)

@@ -370,8 +370,8 @@ def make_lean(model: SegmentationNet, *, prune: bool = True, chunk: int | None =
     if not isinstance(model, SegmentationNet):
         raise ConfigError(f"make_lean needs a satseg SegmentationNet, got {type(model).__name__}")
     device = next(model.parameters()).device
-    with torch.no_grad():
-        lean = _lean_class(model)(model, prune)
+    with torch.no_grad():  # rewrite on the CPU (gate buffers are made there), then move to the model's device
+        lean = _lean_class(model)(copy.deepcopy(model).cpu(), prune)
     for m in lean.modules():
         if isinstance(m, LeanSkipConv):
             m.chunk = chunk
