@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from satseg.atomic import atomic_write_text
+from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image, write_image
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.engine.evaluate import EvaluationReport, _csv_text, _json_safe, gate_report, summarise
@@ -81,7 +82,9 @@ def evaluate_model(
         seg = segmenter.segment(image, source=props["image_files"][0])
         if save_predictions:
             write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
-        scores = case_metrics(seg.labels.array[0], reference.array[0], labels, image.spacing, tolerance_mm)
+        # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
+        ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
+        scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
         rows += [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
     summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
                "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip

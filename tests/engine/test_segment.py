@@ -422,3 +422,18 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / f"{row['case']}.nii.gz"))) == 1
         dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
         assert float(row["dice"]) == pytest.approx(dice, rel=1e-9), row["case"]
+
+
+def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):
+    """PNG masks stored as 0/255 are scored as label 1, as `satseg preprocess` read them."""
+    from satseg.engine.evaluate_model import evaluate_model
+
+    run, data = model2d
+    report, _ = evaluate_model(run, data, tmp_path / "eval", split="all", device="cpu")
+    masks = sorted((data.parent / "raw" / "masks").glob("*.png"))
+    with (tmp_path / "eval" / "per_case.csv").open() as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    for mask in masks:
+        ref = np.asarray(PILImage.open(mask)) == 255
+        row = rows[mask.stem]
+        assert int(row["fn"]) + int(row["tp"]) == int(ref.sum()) > 0, mask.name
