@@ -21,13 +21,13 @@ RUN_BY_CI = ("satseg demo", "python -m pytest -q", "pip install torch==2.13.0 &&
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
 def test_commands_not_run_here_are_run_by_ci():
-    ci = (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     for command in RUN_BY_CI:
         assert command in readme_commands(), f"README no longer shows `{command}`"
     assert "satseg demo" in ci and "python -m pytest -q" in ci
@@ -50,7 +50,9 @@ def test_readme_workflow_commands_run(tmp_path, monkeypatch):
         if args[0] == "torchrun":
             args = [sys.executable, "-m", "torch.distributed.run", *args[1:]]
             args[args.index("--nproc_per_node") + 1] = "2"
-            proc = subprocess.run(args + FAST_TRAIN, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                args + FAST_TRAIN, capture_output=True, encoding="utf-8", errors="replace", timeout=300
+            )
             assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
         else:
             assert args[0] == "satseg", command

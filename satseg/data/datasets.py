@@ -83,7 +83,7 @@ def _modality_of(name: str) -> str:
 
 def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"`{path}` is not valid JSON: {err}") from err
 

@@ -174,7 +174,7 @@ class PreprocessReport:
 
 def _write_json(path: Path, data: object) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _write_case(case: Case, dataset: Dataset, plan: dict, cases_dir: Path) -> str:

@@ -19,7 +19,7 @@ __all__ = ["load_plan", "load_splits", "load_case"]
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise DataError(f"`{path}` does not exist", hint="run `satseg preprocess DATASET -o FOLDER` first") from err
     except (OSError, json.JSONDecodeError) as err:
@@ -52,7 +52,7 @@ def load_case(folder: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray 
     """
     base = Path(folder) / "cases" / case_id
     try:
-        props = json.loads(base.with_suffix(".json").read_text())
+        props = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
         with np.load(base.with_suffix(".npz")) as data:
             return data["image"], (data["label"] if "label" in data else None), props
     except (OSError, ValueError, KeyError) as err:

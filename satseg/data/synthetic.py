@@ -123,5 +123,5 @@ def write_synthetic_msd(
         "training": training,
         "test": [],
     }
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return folder

@@ -130,6 +130,6 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run folder."""
     path = Path(run_dir) / RUN_CONFIG
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"`{path}`: cannot read the run configuration ({err})") from err

@@ -103,7 +103,7 @@ def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
     """Rows of an earlier ``metrics.csv`` for epochs already checkpointed (later rows were lost work)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) < before_epoch]
 
 

@@ -32,7 +32,7 @@ def list_shipped_models(models_dir: Path | None = None) -> list[dict[str, Any]]:
     if models_dir.is_dir():
         for card in sorted(models_dir.glob("*/card.json")):
             try:
-                data = json.loads(card.read_text())
+                data = json.loads(card.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise CheckpointError(f"`{card}`: broken model card: {err}") from err
             if not isinstance(data, dict):
