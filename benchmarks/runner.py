@@ -35,7 +35,16 @@ from satseg.engine.params import _LiveTensorBytes, measure_variant
 from satseg.engine.trainer import train
 from satseg.nn import build_model
 
-__all__ = ["machine_info", "git_commit", "prepare_dataset", "test_cases", "run_config", "time_variants", "write_json"]
+__all__ = [
+    "machine_info",
+    "git_commit",
+    "prepare_dataset",
+    "preprocessed_dir",
+    "test_cases",
+    "run_config",
+    "time_variants",
+    "write_json",
+]
 
 log = logging.getLogger("bench")
 
@@ -85,8 +94,7 @@ def prepare_dataset(spec: DatasetSpec, data_root: Path, cache: Path) -> Path:
     Returns:
         The preprocessed folder (the training view is next to it).
     """
-    size_tag = f"_{spec.size[0]}" if spec.size else ""
-    out = cache / f"{spec.name}{size_tag}"
+    out = preprocessed_dir(spec, cache)
     if not (out / "splits.json").is_file():
         log.info("preprocessing %s into %s", spec.source, out)
         preprocess_dataset(data_root / spec.source, out, size=spec.size, folds=spec.folds, seed=spec.split_seed)
@@ -99,6 +107,11 @@ def prepare_dataset(spec: DatasetSpec, data_root: Path, cache: Path) -> Path:
         fold = load_splits(out)[spec.test_fold]
         write_json(view / "splits.json", [{"train": sorted(fold["train"]), "val": []}])
     return out
+
+
+def preprocessed_dir(spec: DatasetSpec, cache: Path) -> Path:
+    """Where :func:`prepare_dataset` puts a dataset, e.g. ``<cache>/ph2_64`` for PH2 resized to 64 × 64."""
+    return cache / (f"{spec.name}_{spec.size[0]}" if spec.size else spec.name)
 
 
 def train_view(preprocessed: Path) -> Path:
