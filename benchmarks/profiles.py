@@ -80,15 +80,15 @@ PROFILES: dict[str, Profile] = {
         },
         nets={"hippocampus": _CPU_NETS, "ph2": _CPU_NETS},
         train={
-            "hippocampus": {"epochs": 4, "iters_per_epoch": 25, "patch": (24, 32, 24), "batch": 2, "max_minutes": 4.0},
-            "ph2": {"epochs": 5, "iters_per_epoch": 30, "patch": (64, 64), "batch": 8, "max_minutes": 4.0},
+            "hippocampus": {"epochs": 6, "iters_per_epoch": 25, "patch": (24, 32, 24), "batch": 2, "max_minutes": 4.0},
+            "ph2": {"epochs": 8, "iters_per_epoch": 30, "patch": (64, 64), "batch": 8, "max_minutes": 4.0},
         },
         seeds=3,
         threads=1,
         device="cpu",
         timing_repeats=5,
         notes=[
-            "Small widths and a short budget (100 steps on hippocampus, 150 on PH2), so the whole suite "
+            "Small widths and a short budget (150 steps on hippocampus, 240 on PH2), so the whole suite "
             "finishes on a shared 2-core CPU: absolute Dice is far below a converged model's; the comparison "
             "between skip gates at an equal budget is what this profile measures.",
             "One torch thread: on the shared 2-core machine two threads were about 10x slower per step "
