@@ -324,6 +324,14 @@ def write_report(profile: Profile, out: Path, cache: Path, root: Path) -> None:
     suite_seconds = sum(r["wall_seconds"] for r in runs) + sum(t["wall_seconds"] for t in timing.values())
     commits = sorted({r["commit"] for r in runs} | {t["commit"] for t in timing.values()})
     machine = runs[0]["machine"] if runs else machine_info()
+    planned = {ds: b["epochs"] * b["iters_per_epoch"] for ds, b in profile.train.items()}
+    short = [f"{r['dataset']}-{r['net']}-{r['skip']}-s{r['seed']} ({r['steps_done']} steps)" for r in runs
+             if r["steps_done"] < planned.get(r["dataset"], 0)]  # fmt: skip
+    budget_line = (
+        "every run completed its planned steps (" + ", ".join(f"{ds}: {n}" for ds, n in planned.items()) + ")"
+        if not short
+        else "stopped early by `max_minutes`: " + ", ".join(short)
+    )
     figures: list[str] = []
     try:
         from figures import make_figures
@@ -343,7 +351,7 @@ def write_report(profile: Profile, out: Path, cache: Path, root: Path) -> None:
         "- Test split: fold 0 of `splits.json` (`--folds 5 --seed 0`), never seen in training "
         "(no validation, the last checkpoint is scored); scored on each case's original grid against its "
         "original label file. Hippocampus: mean over the two classes (anterior, posterior) per case.",
-        f"- Budget per run (same for every gate): {json.dumps(profile.train)}",
+        f"- Budget per run (same for every gate): {json.dumps(profile.train)}; {budget_line}",
         *[f"- {n}" for n in profile.notes],
         "",
         "Mean ± std **over test cases** (each case averaged over seeds first), as in the paper; "
@@ -404,6 +412,7 @@ def write_report(profile: Profile, out: Path, cache: Path, root: Path) -> None:
         "suite_wall_seconds": suite_seconds,
         "report_seconds": round(time.perf_counter() - started, 1),
         "train_budget": profile.train,
+        "runs_stopped_early": short,
         "results": {
             "|".join(k): {kk: vv for kk, vv in v.items() if kk not in ("per_case", "cases")} for k, v in agg.items()
         },
