@@ -106,6 +106,10 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str, str], dict[str, Any]]:
             "step_seconds": _mean_std([r["step_seconds_mean"] for r in group]),
             "pct_off_per_gate": {g: _mean_std(v) for g, v in gates.items()},
             "pct_off_all": _mean_std([100.0 * g["fraction_off"] for r in group for g in r["gates"]]),
+            "selection_range": (
+                min((min(g["selection"]) for r in group for g in r["gates"] if g.get("selection")), default=math.nan),
+                max((max(g["selection"]) for r in group for g in r["gates"] if g.get("selection")), default=math.nan),
+            ),
             "pct_off_per_run": [
                 float(np.mean([100.0 * g["fraction_off"] for g in r["gates"]])) for r in group if r["gates"]
             ],
@@ -172,8 +176,9 @@ def accuracy_table(agg: dict, datasets: list[str], nets: list[str], skips: tuple
 
 def channels_off_table(agg: dict, datasets: list[str]) -> list[str]:
     lines = [
-        "| Data | Model | Gate | % off per skip (mean ± std over seeds) | % off, all skips | paper |",
-        "|---|---|---|---|---|---|",
+        "| Data | Model | Gate | % off per skip (mean ± std over seeds) | % off, all skips | trelu(W) min–max "
+        "(init 0.5) | paper % off |",
+        "|---|---|---|---|---|---|---|",
     ]
     for ds in datasets:
         for net in ("unet", "vnet", "tiramisu"):
@@ -190,7 +195,8 @@ def channels_off_table(agg: dict, datasets: list[str]) -> list[str]:
                 paper = PAPER["channels_off_pct"].get((PAPER_DATA[ds], net))
                 lines.append(
                     f"| {DATA_NAMES[ds]} | {NET_NAMES[net]} | {skip.upper()} | {per} | "
-                    f"{_fmt(e['pct_off_all'], 1)} | {'–' if paper is None else f'{paper}'} |"
+                    f"{_fmt(e['pct_off_all'], 1)} | {e['selection_range'][0]:.3f}–{e['selection_range'][1]:.3f} | "
+                    f"{'–' if paper is None else f'{paper}'} |"
                 )
     return lines
 
@@ -403,6 +409,7 @@ def write_report(profile: Profile, out: Path, cache: Path, root: Path) -> None:
         *[f"- {f}" for f in figures],
         "",
     ]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text("\n".join(md))
     summary = {
         "profile": profile.name,
