@@ -38,7 +38,9 @@ def default_data_root() -> Path:
     return ROOT.parent / "shared" / "data"
 
 
-def plan_jobs(profile: Profile, datasets: list[str], only: list[str] | None) -> list[tuple]:
+def plan_jobs(
+    profile: Profile, datasets: list[str], only: list[str] | None, skips: list[str] | None = None, timing: bool = True
+) -> list[tuple]:
     """Every configuration of the profile, seed-major (all variants of seed 0 first, then seed 1, …),
     so a suite stopped early still has the same seeds for every variant. Timing jobs come first.
     """
@@ -47,8 +49,8 @@ def plan_jobs(profile: Profile, datasets: list[str], only: list[str] | None) -> 
         for net_key in profile.nets[ds]:
             if only and net_key not in only:
                 continue
-            skips = profile.tiramisu_skips if net_key == "tiramisu" else SKIPS
-            jobs.append(("timing", ds, net_key, skips, None))
+            if timing:
+                jobs.append(("timing", ds, net_key, profile.tiramisu_skips if net_key == "tiramisu" else SKIPS, None))
     max_seeds = profile.seeds
     for seed in range(max_seeds):
         for ds in datasets:
@@ -57,9 +59,9 @@ def plan_jobs(profile: Profile, datasets: list[str], only: list[str] | None) -> 
                     continue
                 if seed >= (spec.seeds or profile.seeds):
                     continue
-                skips = profile.tiramisu_skips if net_key == "tiramisu" else SKIPS
-                for skip in skips:
-                    jobs.append(("train", ds, net_key, skip, seed))
+                for skip in profile.tiramisu_skips if net_key == "tiramisu" else SKIPS:
+                    if skips is None or skip in skips:
+                        jobs.append(("train", ds, net_key, skip, seed))
     return jobs
 
 
@@ -74,7 +76,7 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
     cache = Path(args.cache)
     commit = git_commit(ROOT)
     prepared = {ds: prepare_dataset(profile.datasets[ds], Path(args.data), cache) for ds in args.datasets}
-    jobs = plan_jobs(profile, args.datasets, args.only)
+    jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing)
     todo = [j for j in jobs if not job_file(runs, j).is_file()]
     log.info("%d configurations, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
     started = time.perf_counter()
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, help="default: every dataset of the profile")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
     parser.add_argument("--only", nargs="+", default=None, help="nets to run, e.g. unet vnet")
+    parser.add_argument("--skips", nargs="+", default=None, help="gates to train, e.g. org sat (default: all)")
+    parser.add_argument("--no-timing", action="store_true", help="leave out the side-by-side timing sets")
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--cache", default=str(HERE / ".cache"), help="preprocessed data and checkpoints")
     parser.add_argument("--data", default=str(default_data_root()), help="folder holding the datasets")

@@ -9,7 +9,7 @@ Paper: Taghanaki et al., "Select, Attend, and Transfer: Light, Learnable Skip Co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS"]
@@ -113,6 +113,18 @@ PROFILES: dict[str, Profile] = {
         notes=["Paper-like widths (satseg defaults) and 5,000 steps per run."],
     ),
 }
+
+PROFILES["cpu-long"] = replace(
+    PROFILES["cpu"],
+    name="cpu-long",
+    train={ds: {**b, "epochs": 4 * b["epochs"], "max_minutes": 10.0} for ds, b in PROFILES["cpu"].train.items()},
+    seeds=1,
+    notes=[
+        "A convergence check, not a full profile: four times the `cpu` budget (600 steps on hippocampus, "
+        "960 on PH2) for a few ORG/SAT pairs with one seed, to see whether the gap of the `cpu` profile closes.",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
 
 TABLE3_NETS = {
     "U-Net": ("unet3d", "unet2d", {}),
