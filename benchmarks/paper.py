@@ -1,0 +1,139 @@
+"""Reproduce the SAT paper's Tables 1-3 and Figures 5-7 on public data (MSD hippocampus, PH2 skin).
+
+Usage (from the repository root)::
+
+    python benchmarks/paper.py --profile cpu            # train + score every configuration (resumable)
+    python benchmarks/paper.py --profile cpu --report   # tables.md, summary.json, figures
+
+Every finished configuration writes ``<results>/<profile>/runs/<name>.json`` and is skipped on the next
+run; delete a file to redo it. Paper: Taghanaki et al., arXiv:1804.05181.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from profiles import PROFILES, SKIPS, Profile  # noqa: E402
+from runner import git_commit, prepare_dataset, run_config, time_variants, write_json  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+def default_data_root() -> Path:
+    """``../shared/data`` next to the repository (or next to the folder holding a git worktree of it)."""
+    for up in (ROOT.parent, ROOT.parent.parent):
+        if (up / "shared" / "data").is_dir():
+            return up / "shared" / "data"
+    return ROOT.parent / "shared" / "data"
+
+
+def plan_jobs(
+    profile: Profile, datasets: list[str], only: list[str] | None, skips: list[str] | None = None, timing: bool = True
+) -> list[tuple]:
+    """Every configuration of the profile, seed-major (all variants of seed 0 first, then seed 1, …),
+    so a suite stopped early still has the same seeds for every variant. Timing jobs come first.
+    """
+    jobs: list[tuple] = []
+    for ds in datasets:
+        for net_key in profile.nets[ds]:
+            if only and net_key not in only:
+                continue
+            if timing:
+                jobs.append(("timing", ds, net_key, profile.tiramisu_skips if net_key == "tiramisu" else SKIPS, None))
+    max_seeds = profile.seeds
+    for seed in range(max_seeds):
+        for ds in datasets:
+            for net_key, spec in profile.nets[ds].items():
+                if only and net_key not in only:
+                    continue
+                if seed >= (spec.seeds or profile.seeds):
+                    continue
+                for skip in profile.tiramisu_skips if net_key == "tiramisu" else SKIPS:
+                    if skips is None or skip in skips:
+                        jobs.append(("train", ds, net_key, skip, seed))
+    return jobs
+
+
+def job_file(runs: Path, job: tuple) -> Path:
+    kind, ds, net_key, skip, seed = job
+    return runs / (f"{ds}-{net_key}-timing.json" if kind == "timing" else f"{ds}-{net_key}-{skip}-s{seed}.json")
+
+
+def run_suite(args: argparse.Namespace, profile: Profile) -> None:
+    out = Path(args.results) / profile.name
+    runs = out / "runs"
+    cache = Path(args.cache)
+    commit = git_commit(ROOT)
+    prepared = {ds: prepare_dataset(profile.datasets[ds], Path(args.data), cache) for ds in args.datasets}
+    jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing)
+    todo = [j for j in jobs if not job_file(runs, j).is_file()]
+    log.info("%d configurations, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+    started = time.perf_counter()
+    for i, job in enumerate(todo, 1):
+        kind, ds, net_key, skip, seed = job
+        spec = profile.datasets[ds]
+        t = time.perf_counter()
+        if kind == "timing":
+            data = time_variants(profile, spec, prepared[ds], net_key, skip, commit)
+        else:
+            data = run_config(profile, spec, prepared[ds], net_key, skip, seed, cache / "runs" / profile.name,
+                              out, commit)  # fmt: skip
+        write_json(job_file(runs, job), data)
+        log.info("[%d/%d] %s done in %.0f s (suite %.1f min)", i, len(todo), job_file(runs, job).name,
+                 time.perf_counter() - t, (time.perf_counter() - started) / 60)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--datasets", nargs="+", default=None, help="default: every dataset of the profile")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
+    parser.add_argument("--only", nargs="+", default=None, help="nets to run, e.g. unet vnet")
+    parser.add_argument("--skips", nargs="+", default=None, help="gates to train, e.g. org sat (default: all)")
+    parser.add_argument("--no-timing", action="store_true", help="leave out the side-by-side timing sets")
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--cache", default=str(HERE / ".cache"), help="preprocessed data and checkpoints")
+    parser.add_argument("--data", default=str(default_data_root()), help="folder holding the datasets")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
+    parser.add_argument("--smoke", action="store_true", help="tiny budgets, 2 test cases: checks the pipeline")
+    parser.add_argument("--report", action="store_true", help="aggregate finished runs into tables and figures")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("satseg").setLevel(logging.WARNING)
+
+    profile = PROFILES[args.profile]
+    if args.seeds is not None:
+        profile = dataclasses.replace(profile, seeds=args.seeds)
+    if args.smoke:
+        profile = dataclasses.replace(
+            profile,
+            name=profile.name + "-smoke",
+            train={k: {**v, "epochs": 1, "iters_per_epoch": 2} for k, v in profile.train.items()},
+            datasets={k: dataclasses.replace(v, max_test_cases=2) for k, v in profile.datasets.items()},
+            timing_repeats=1,
+        )
+    args.datasets = args.datasets or list(profile.datasets)
+    threads = args.threads or profile.threads
+    if threads:
+        torch.set_num_threads(threads)
+    if args.report:
+        from report import write_report
+
+        write_report(profile, Path(args.results) / profile.name, Path(args.cache), ROOT)
+        return
+    run_suite(args, profile)
+
+
+if __name__ == "__main__":
+    main()

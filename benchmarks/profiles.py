@@ -1,0 +1,135 @@
+"""Benchmark profiles: datasets, network sizes and training budgets of the SAT paper reproduction.
+
+A profile fixes everything a result depends on, so a table can always be traced back to its settings:
+the preprocessing of each dataset, the test split, the width of every network, the training budget
+(identical for every skip gate of a network) and the seeds.
+
+Paper: Taghanaki et al., "Select, Attend, and Transfer: Light, Learnable Skip Connections", arXiv:1804.05181.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS"]
+
+SKIPS = ("org", "at", "st", "sat")
+"""Skip gates of Table 1, in the paper's row order."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: where it comes from and how it is preprocessed (``satseg preprocess`` options)."""
+
+    name: str
+    source: str  # folder under the data root (``../shared/data`` by default)
+    spatial_dims: int
+    size: tuple[int, int] | None = None  # 2D resize
+    folds: int = 5
+    split_seed: int = 0
+    test_fold: int = 0
+    max_test_cases: int | None = None  # None: every case of the test fold
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """One network of a profile, with the training budget every skip gate gets."""
+
+    key: str  # "unet", "vnet", "tiramisu"
+    options: dict[str, Any]
+    seeds: int | None = None  # None: the profile's seeds
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budgets and sizes of a benchmark run."""
+
+    name: str
+    datasets: dict[str, DatasetSpec]
+    nets: dict[str, dict[str, NetSpec]]  # dataset -> net key -> spec
+    train: dict[str, dict[str, Any]]  # dataset -> TrainConfig fields (epochs, iters_per_epoch, patch, batch, …)
+    seeds: int
+    threads: int | None  # torch intra-op threads (None: torch's default)
+    device: str
+    timing_repeats: int = 5
+    tiramisu_skips: tuple[str, ...] = ("org", "sat")
+    notes: list[str] = field(default_factory=list)
+
+
+_HIPPO = "msd_hippocampus"
+_PH2 = "ph2_skin"
+
+_CPU_NETS = {
+    "unet": NetSpec("unet", {"features": [8, 16, 32, 64]}),
+    "vnet": NetSpec("vnet", {"base_features": 8, "convs_per_stage": [1, 2, 2, 2], "kernel_size": 3}),
+    "tiramisu": NetSpec("tiramisu", {"layers_per_block": [2, 2, 2, 2, 2], "growth_rate": 8, "first_features": 16}),
+}
+_GPU_NETS = {
+    "unet": NetSpec("unet", {}),  # features 16-32-64-128-256
+    "vnet": NetSpec("vnet", {}),  # base 16, convs (1, 2, 3, 3, 3), kernel 5, PReLU (Milletari et al.)
+    "tiramisu": NetSpec("tiramisu", {"preset": "fcdensenet56"}),
+}
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        datasets={
+            "hippocampus": DatasetSpec("hippocampus", _HIPPO, 3),
+            "ph2": DatasetSpec("ph2", _PH2, 2, size=(64, 64)),
+        },
+        nets={"hippocampus": _CPU_NETS, "ph2": _CPU_NETS},
+        train={
+            "hippocampus": {"epochs": 6, "iters_per_epoch": 25, "patch": (24, 32, 24), "batch": 2, "max_minutes": 4.0},
+            "ph2": {"epochs": 8, "iters_per_epoch": 30, "patch": (64, 64), "batch": 8, "max_minutes": 4.0},
+        },
+        seeds=3,
+        threads=1,
+        device="cpu",
+        timing_repeats=5,
+        notes=[
+            "Small widths and a short budget (150 steps on hippocampus, 240 on PH2), so the whole suite "
+            "finishes on a shared 2-core CPU: absolute Dice is far below a converged model's; the comparison "
+            "between skip gates at an equal budget is what this profile measures.",
+            "One torch thread: on the shared 2-core machine two threads were about 10x slower per step "
+            "(measured before the run) because the cores were oversubscribed by other jobs.",
+        ],
+    ),
+    "gpu": Profile(
+        name="gpu",
+        datasets={
+            "hippocampus": DatasetSpec("hippocampus", _HIPPO, 3),
+            "ph2": DatasetSpec("ph2", _PH2, 2, size=(128, 128)),
+        },
+        nets={"hippocampus": _GPU_NETS, "ph2": _GPU_NETS},
+        train={
+            "hippocampus": {"epochs": 50, "iters_per_epoch": 100, "patch": (48, 64, 48), "batch": 4},
+            "ph2": {"epochs": 50, "iters_per_epoch": 100, "patch": (128, 128), "batch": 12},
+        },
+        seeds=5,
+        threads=None,
+        device="cuda",
+        timing_repeats=20,
+        notes=["Paper-like widths (satseg defaults) and 5,000 steps per run."],
+    ),
+}
+
+PROFILES["cpu-long"] = replace(
+    PROFILES["cpu"],
+    name="cpu-long",
+    train={ds: {**b, "epochs": 4 * b["epochs"], "max_minutes": 10.0} for ds, b in PROFILES["cpu"].train.items()},
+    seeds=1,
+    notes=[
+        "A convergence check, not a full profile: four times the `cpu` budget (600 steps on hippocampus, "
+        "960 on PH2) for a few ORG/SAT pairs with one seed, to see whether the gap of the `cpu` profile closes.",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
+
+TABLE3_NETS = {
+    "U-Net": ("unet3d", "unet2d", {}),
+    "V-Net": ("vnet3d", "vnet2d", {}),
+    "Tiramisu": ("tiramisu3d", "tiramisu2d", {"preset": "fcdensenet56"}),
+    "DI2IN": ("di2in3d", "di2in2d", {}),
+}
+"""Table 3: net -> (3D model, 2D model, options), counted at satseg's paper-like default widths."""
