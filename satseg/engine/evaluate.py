@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_folders",
     "summarise",
     "gate_report",
+    "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -346,12 +347,17 @@ def evaluate_folders(
     }
     report = EvaluationReport(rows=rows, summary=summary, labels=chosen, missing_predictions=missing)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
-        atomic_write_text(report.per_case_csv, _csv_text(rows))
-        atomic_write_text(report.summary_json, json.dumps(_json_safe(summary), indent=2) + "\n")
+        write_report(report, out_dir)
     return report
+
+
+def write_report(report: EvaluationReport, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``per_case.csv`` and ``summary.json`` (with ``extra`` keys added) into ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
+    atomic_write_text(report.per_case_csv, _csv_text(report.rows))
+    atomic_write_text(report.summary_json, json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n")
 
 
 def _complete_rows(

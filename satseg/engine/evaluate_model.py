@@ -7,16 +7,14 @@ are what a user of the model gets.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from satseg.atomic import atomic_write_text
 from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image, write_image
 from satseg.data.store import load_case, load_plan, load_splits
-from satseg.engine.evaluate import EvaluationReport, _csv_text, _json_safe, gate_report, summarise
+from satseg.engine.evaluate import EvaluationReport, gate_report, summarise, write_report
 from satseg.engine.metrics import case_metrics
 from satseg.engine.segmenter import load_segmenter
 from satseg.errors import ConfigError, DataError, look_up_option
@@ -89,10 +87,8 @@ def evaluate_model(
     summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
                "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip
     report = EvaluationReport(rows=rows, summary=summary, labels=labels, missing_predictions=[])
-    report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
     gates = gate_report(segmenter.model) if segmenter.model is not None else []
-    atomic_write_text(report.per_case_csv, _csv_text(rows))
-    atomic_write_text(report.summary_json, json.dumps(_json_safe({**summary, "gates": gates}), indent=2) + "\n")
+    write_report(report, out_dir, {"gates": gates})
     return report, gates
 
 
