@@ -31,7 +31,7 @@ from satseg.engine.evaluate import gate_report
 from satseg.engine.inference import sliding_window_inference
 from satseg.engine.losses import deep_supervision_loss
 from satseg.engine.metrics import confusion_counts, overlap_metrics
-from satseg.engine.params import _LiveTensorBytes, measure_variant
+from satseg.engine.params import LiveTensorBytes, measure_variant
 from satseg.engine.trainer import train
 from satseg.nn import build_model
 
@@ -231,7 +231,7 @@ def run_config(
 def _train_step_peak(model, x: torch.Tensor, y: torch.Tensor) -> int:
     """Peak bytes of tensor storage alive at once during one forward + backward (beyond weights/input)."""
     model.zero_grad(set_to_none=True)
-    tracker = _LiveTensorBytes()
+    tracker = LiveTensorBytes()
     with tracker:
         loss = deep_supervision_loss(model(x), y, "dice+ce")
         loss.backward()

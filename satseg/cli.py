@@ -79,12 +79,28 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
+def split_items(text: str | None, kind: type = str) -> list | None:
+    """Split a CLI list such as ``"org,st sat"`` or ``"96x96x96"`` into items of ``kind`` (None stays None).
+
+    Raises:
+        ConfigError: an item is not a valid ``kind``.
+    """
+    if text is None:
+        return None
+    items = text.replace(",", " ")
+    if kind is int:
+        items = items.replace("x", " ")
+    try:
+        return [kind(t) for t in items.split()]
+    except ValueError as err:
+        raise ConfigError(f"cannot read `{text}` as a list of {kind.__name__}", hint="e.g. 96,96,96") from err
+
+
 def parse_sizes(text: str) -> tuple[int, ...]:
     """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``) into a tuple of positive ints."""
-    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
     try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
+        values = tuple(split_items(text, int))
+    except ConfigError:
         values = ()
     if not values or min(values) < 1:
         raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{text}`")
@@ -274,7 +290,7 @@ def params(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
-    from satseg.engine.params import compare_models, split_items
+    from satseg.engine.params import compare_models
 
     rows = compare_models(
         None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,

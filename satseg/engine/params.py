@@ -21,28 +21,11 @@ from satseg.errors import ConfigError, look_up_option
 from satseg.nn import build_model, list_gates, list_models
 from satseg.nn.base import SegmentationNet
 
-__all__ = ["compare_variants", "compare_models", "default_patch", "measure_variant", "split_items"]
+__all__ = ["compare_variants", "compare_models", "default_patch", "measure_variant", "LiveTensorBytes"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATCH = {2: (64, 64), 3: (32, 32, 32)}
-
-
-def split_items(text: str | None, kind: type = str) -> list | None:
-    """Split a CLI list such as ``"org,st sat"`` or ``"96x96x96"`` into items of ``kind`` (None stays None).
-
-    Raises:
-        ConfigError: an item is not a valid ``kind``.
-    """
-    if text is None:
-        return None
-    items = (
-        [t for t in text.replace(",", " ").replace("x", " ").split()] if kind is int else text.replace(",", " ").split()
-    )
-    try:
-        return [kind(t) for t in items]
-    except ValueError as err:
-        raise ConfigError(f"cannot read `{text}` as a list of {kind.__name__}", hint="e.g. 96,96,96") from err
 
 
 def default_patch(net: str) -> tuple[int, ...]:
@@ -50,7 +33,7 @@ def default_patch(net: str) -> tuple[int, ...]:
     return DEFAULT_PATCH[int(net[-2])]
 
 
-class _LiveTensorBytes(TorchDispatchMode):
+class LiveTensorBytes(TorchDispatchMode):
     """Tracks the bytes of tensor storage that operators allocate and that are alive at once.
 
     Each storage an operator returns is counted once, from its creation until the last tensor viewing it
@@ -111,7 +94,7 @@ def _peak_memory(model: SegmentationNet, x: Tensor) -> int:
             model(x)
         torch.cuda.synchronize(x.device)
         return int(torch.cuda.max_memory_allocated(x.device) - base)
-    tracker = _LiveTensorBytes()
+    tracker = LiveTensorBytes()
     with torch.no_grad(), tracker:
         model(x)
     return int(tracker.peak)
