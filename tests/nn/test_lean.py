@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_backbones import IN_CH, OUT_CH, PARAMS
 
-from satseg.engine.params import _LiveTensorBytes
+from satseg.engine.params import LiveTensorBytes
 from satseg.errors import ConfigError
 from satseg.nn import build_model, list_gates, list_models
 from satseg.nn.lean import LeanGate, make_lean, prune_report
@@ -121,7 +121,7 @@ def test_lean_sat_holds_less_memory_than_the_eager_model():
     x = torch.randn(1, 1, 32, 32, 32)
     peaks = []
     for net in (model, make_lean(model)):
-        tracker = _LiveTensorBytes()
+        tracker = LiveTensorBytes()
         with torch.no_grad(), tracker:
             net(x)
         peaks.append(tracker.peak)
