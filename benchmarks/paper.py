@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from profiles import PROFILES, SKIPS, Profile  # noqa: E402
+from profiles import PROFILES, SKIPS, VARIANTS, Profile  # noqa: E402
 from runner import git_commit, prepare_dataset, run_config, time_variants, write_json  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -59,9 +59,9 @@ def plan_jobs(
                     continue
                 if seed >= (spec.seeds or profile.seeds):
                     continue
-                for skip in profile.tiramisu_skips if net_key == "tiramisu" else SKIPS:
-                    if skips is None or skip in skips:
-                        jobs.append(("train", ds, net_key, skip, seed))
+                default = profile.tiramisu_skips if net_key == "tiramisu" else SKIPS
+                for skip in skips or default:
+                    jobs.append(("train", ds, net_key, skip, seed))
     return jobs
 
 
@@ -100,7 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, help="default: every dataset of the profile")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
     parser.add_argument("--only", nargs="+", default=None, help="nets to run, e.g. unet vnet")
-    parser.add_argument("--skips", nargs="+", default=None, help="gates to train, e.g. org sat (default: all)")
+    parser.add_argument(
+        "--skips",
+        nargs="+",
+        default=None,
+        choices=sorted(VARIANTS),
+        metavar="VARIANT",
+        help="skip variants to train, e.g. org sat sat-k2-bn (default: org at st sat); "
+        f"known: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--no-timing", action="store_true", help="leave out the side-by-side timing sets")
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--cache", default=str(HERE / ".cache"), help="preprocessed data and checkpoints")

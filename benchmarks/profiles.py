@@ -12,10 +12,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS"]
+__all__ = ["DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS", "Variant", "VARIANTS"]
 
 SKIPS = ("org", "at", "st", "sat")
 """Skip gates of Table 1, in the paper's row order."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named skip configuration: a gate, its options and any training settings it needs."""
+
+    name: str
+    skip: str
+    gate: dict[str, Any] = field(default_factory=dict)  # satseg.nn.gates.build_gate options
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (select_l1, …)
+    about: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("org", "org", about="plain skip: every channel"),
+        Variant("at", "at", about="attend only: one sigmoid map of all channels"),
+        Variant("st", "st", about="select only: every channel times trelu(W)"),
+        Variant("sat", "sat", about="the paper's gate: W = 0.5, one map, no BN on K"),
+        Variant("sat-bn", "sat", {"attend_norm": True}, about="sat with BN between K and the sigmoid"),
+        Variant("sat-k2", "sat", {"attend_channels": 2}, about="sat transferring 2 maps"),
+        Variant("sat-k2-bn", "sat", {"attend_channels": 2, "attend_norm": True}, about="2 maps, BN"),
+        Variant("sat-k4-bn", "sat", {"attend_channels": 4, "attend_norm": True}, about="4 maps, BN"),
+        Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),
+        Variant(
+            "sat-l1",
+            "sat",
+            train={"select_l1": 1e-3, "select_lr_scale": 20.0},
+            about="W = 0.5, L1 1e-3 on trelu(W), 20x learning rate on W",
+        ),
+    )
+}
+"""Skip variants a suite can train (``--skips``); the four paper gates keep their Table 1 names."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +147,22 @@ PROFILES: dict[str, Profile] = {
         notes=["Paper-like widths (satseg defaults) and 5,000 steps per run."],
     ),
 }
+
+PROFILES["cpu-conv"] = replace(
+    PROFILES["cpu"],
+    name="cpu-conv",
+    train={
+        "hippocampus": {**PROFILES["cpu"].train["hippocampus"], "epochs": 120, "max_minutes": None},
+        "ph2": {**PROFILES["cpu"].train["ph2"], "epochs": 80, "max_minutes": None},
+    },
+    seeds=3,
+    notes=[
+        "Convergence study on CPU: the `cpu` widths trained 3,000 steps on hippocampus and 2,400 on PH2 "
+        "(20x and 10x the `cpu` budget), poly LR over the planned steps, no time budget. Each run is also "
+        "scored at half its budget: the change from half to full budget shows whether Dice has levelled off.",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
 
 PROFILES["cpu-long"] = replace(
     PROFILES["cpu"],

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from profiles import DatasetSpec, Profile
+from profiles import VARIANTS, DatasetSpec, Profile
 
 from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image
@@ -164,42 +164,71 @@ def score_model(model, preprocessed: Path, cases: list[str], patch, device: str)
     return rows
 
 
+def _score_half(
+    run_dir: Path, epochs: int, preprocessed: Path, cases: list[str], patch, device: str
+) -> dict[str, Any] | None:
+    """Mean test Dice of the weights saved after ``epochs`` (half the budget); None when the run kept none."""
+    half = run_dir / "checkpoint_half.pt"
+    if not half.is_file():
+        return None
+    model, _ = load_run(half)
+    rows = score_model(model.to(device), preprocessed, cases, patch, device)
+    return {"epochs": epochs, "dice": float(np.nanmean([r["dice"] for r in rows]))}
+
+
 def run_config(
     profile: Profile,
     spec: DatasetSpec,
     preprocessed: Path,
     net_key: str,
-    skip: str,
+    variant_name: str,
     seed: int,
     runs_dir: Path,
     results: Path,
     commit: str,
 ) -> dict[str, Any]:
-    """Train one (dataset, net, skip, seed) with the profile's budget, score it on the test fold, save JSON."""
+    """Train one (dataset, net, skip variant, seed) with the profile's budget, score it on the test fold.
+
+    Besides the final weights, the weights at half the budget are scored (has Dice levelled off?), and
+    the selection of the freshly initialised model is recorded (channels off at init vs at the end).
+    """
+    variant = VARIANTS[variant_name]
     net_spec = profile.nets[spec.name][net_key]
     net = model_name(net_key, spec.spatial_dims)
     budget = profile.train[spec.name]
+    options = dict(net_spec.options) | ({"gate_options": dict(variant.gate)} if variant.gate else {})
     config = TrainConfig(
         net=net,
-        skip=skip,
+        skip=variant.skip,
         fold=0,
         seed=seed,
         device=profile.device,
-        model_options=dict(net_spec.options),
+        model_options=options,
         val_every=budget["epochs"],
         **{k: v for k, v in budget.items()},
+        **variant.train,
     )
-    run_dir = runs_dir / f"{spec.name}-{net_key}-{skip}-s{seed}"
+    plan = load_plan(preprocessed)
+    torch.manual_seed(seed)  # as the trainer does, so this is the run's own initial model
+    gates_init = gate_report(build_model(net, variant.skip, int(plan["num_channels"]), len(plan["labels"]), **options))
+    run_dir = runs_dir / f"{spec.name}-{net_key}-{variant_name}-s{seed}"
     if run_dir.exists():  # an interrupted earlier attempt: start it over
         shutil.rmtree(run_dir)
+    half_epoch = config.epochs // 2
+
+    def keep_half(epoch: int, row: dict[str, Any]) -> None:
+        if epoch + 1 == half_epoch:
+            shutil.copy(run_dir / "checkpoint_last.pt", run_dir / "checkpoint_half.pt")
+
     started = time.perf_counter()
-    result = train(train_view(preprocessed), run_dir, config, progress=False)
+    result = train(train_view(preprocessed), run_dir, config, progress=False, callbacks=[keep_half])
     train_s = time.perf_counter() - started
     model, _ = load_run(run_dir, "last")
     device = "cuda" if profile.device == "cuda" and torch.cuda.is_available() else "cpu"
     model.to(device)
     cases = test_cases(spec, preprocessed)
     rows = score_model(model, preprocessed, cases, config.patch, device)
+    half = _score_half(run_dir, half_epoch, preprocessed, cases, config.patch, device)
     steps = sum(1 for _ in result.history) * config.iters_per_epoch
     epoch_s = [float(r["seconds"]) for r in result.history]
     measured = measure_variant(model.cpu(), config.patch, flops=False, memory=False)
@@ -207,7 +236,9 @@ def run_config(
         "dataset": spec.name,
         "net": net_key,
         "model": net,
-        "skip": skip,
+        "skip": variant.skip,
+        "variant": variant_name,
+        "gate_options": dict(variant.gate),
         "seed": seed,
         "profile": profile.name,
         "train_config": config.to_dict(),
@@ -222,6 +253,8 @@ def run_config(
         "num_test_cases": len(cases),
         "cases": rows,
         "gates": gate_report(model),
+        "gates_init": gates_init,
+        "half_budget": half,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "machine": machine_info(),
         "commit": commit,

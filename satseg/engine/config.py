@@ -31,7 +31,9 @@ class TrainConfig:
         batch: patches per batch; ``None`` picks 2 for 3D and 12 for 2D.
         optimizer: ``adadelta`` (paper), ``adam`` or ``sgd`` (Nesterov momentum 0.99).
         lr: learning rate; ``None`` takes the optimizer's default (Adadelta 1.0, Adam 1e-3, SGD 1e-2).
-        scheduler: ``poly`` (lr × (1 − epoch/epochs)^0.9) or ``constant``.
+        scheduler: ``poly`` (lr × (1 − epoch/epochs)^0.9) or ``constant`` (the paper: Adadelta with
+            decay 0). Either follows the planned epochs only: ``max_minutes`` stops a run early but never
+            changes its learning rate, so a result does not depend on the machine's load.
         loss: ``dice+ce``, ``dice`` or ``ce``.
         weight_decay: L2 weight decay.
         foreground_fraction: share of patches centred on a foreground voxel.
@@ -46,6 +48,10 @@ class TrainConfig:
         val_every: validate every this many epochs (and at the last epoch).
         workers: data-loading worker processes (0: in the main process).
         max_minutes: stop after the epoch that passes this wall-time budget (``None``: no budget).
+        select_l1: weight λ of an L1 term ``λ · Σ trelu(W)`` over every selection weight of every
+            ``st``/``sat`` gate (Keras' ``l1(λ)`` regulariser convention: a sum), pushing channels off.
+        select_lr_scale: learning-rate multiplier of the selection weights ``W`` (Adadelta moves a weight
+            about 1e-4 per step at first, too little for a channel to travel from 0.5 to 0 in a short run).
         model_options: extra backbone options, e.g. ``{"features": [16, 32, 64]}``.
     """
 
@@ -73,6 +79,8 @@ class TrainConfig:
     val_every: int = 1
     workers: int = 0
     max_minutes: float | None = None
+    select_l1: float = 0.0
+    select_lr_scale: float = 1.0
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +97,10 @@ class TrainConfig:
             raise ConfigError(f"`workers` must be 0 or more, got {self.workers}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ConfigError(f"`foreground_fraction` must be in [0, 1], got {self.foreground_fraction}")
+        if self.select_l1 < 0 or self.select_lr_scale <= 0:
+            raise ConfigError(
+                f"need select_l1 ≥ 0 and select_lr_scale > 0, got {self.select_l1} and {self.select_lr_scale}"
+            )
         if self.patch is not None:
             object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
 

@@ -80,6 +80,22 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(int(np.random.default_rng([seed, epoch, rank, 99]).integers(2**62)))
 
 
+def _param_groups(model: SegmentationNet, config: TrainConfig) -> list[dict[str, Any]]:
+    """Every parameter in one group, or two when the selection weights get their own learning-rate scale."""
+    select = [g.select_weight for _, g in model.skip_gates() if hasattr(g, "select_weight")]
+    if config.select_lr_scale == 1.0 or not select:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    ids = {id(p) for p in select}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": select, "lr_scale": config.select_lr_scale}]
+
+
+def selection_penalty(model: SegmentationNet) -> torch.Tensor | None:
+    """``Σ trelu(W)`` over the selection weights of every selecting gate (None when there are none)."""
+    terms = [g.selection_weights().sum() for _, g in model.skip_gates() if hasattr(g, "select_weight")]
+    return torch.stack(terms).sum() if terms else None
+
+
 def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     lr, wd = config.learning_rate, config.weight_decay
     if config.optimizer == "adadelta":
@@ -89,14 +105,15 @@ def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
 
 
-def _lr_at(config: TrainConfig, epoch: int, elapsed_s: float = 0.0) -> float:
-    """Poly decay over the run; with a time budget, over whichever of epochs or time runs out first."""
+def _lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch``: constant, or poly decay over the planned epochs.
+
+    It depends on the epoch only, never on elapsed time: ``max_minutes`` may stop a run early, but the
+    schedule (and so the result of every epoch that runs) is the same on an idle or a loaded machine.
+    """
     if config.scheduler == "constant":
         return config.learning_rate
-    done = epoch / config.epochs
-    if config.max_minutes is not None:
-        done = max(done, elapsed_s / (60 * config.max_minutes))
-    return config.learning_rate * max(0.0, 1 - done) ** 0.9
+    return config.learning_rate * max(0.0, 1 - epoch / config.epochs) ** 0.9
 
 
 def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
@@ -274,7 +291,7 @@ def _run(
     model.to(device)
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d)
-    optimizer = _make_optimizer(config, model.parameters())
+    optimizer = _make_optimizer(config, _param_groups(model, config))
     amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
     use_amp = cuda and config.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -306,9 +323,9 @@ def _run(
     with progress:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
-            lr = _lr_at(config, epoch, time.perf_counter() - started)
+            lr = _lr_at(config, epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             _seed_epoch(config.seed, epoch, ctx.rank)
             aug_gen.manual_seed(int(np.random.default_rng([config.seed, epoch, ctx.rank, 7]).integers(2**62)))
             indices = None
@@ -342,6 +359,10 @@ def _run(
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     outputs = step_model(image)
                 loss = deep_supervision_loss(outputs, label, config.loss)
+                if config.select_l1:
+                    penalty = selection_penalty(model)
+                    if penalty is not None:
+                        loss = loss + config.select_l1 * penalty
                 if not torch.isfinite(loss):
                     raise ConfigError(
                         f"training diverged at epoch {epoch} (loss {loss.item()})",

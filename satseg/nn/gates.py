@@ -7,7 +7,9 @@ skip transfers to the decoder: ``C`` channels (``org``, ``st``) or one attention
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,15 +26,49 @@ __all__ = [
     "trelu",
     "build_gate",
     "list_gates",
+    "selection_init",
+    "gate_option_names",
+    "SELECT_INITS",
 ]
 
 
 def trelu(z: Tensor) -> Tensor:
-    """Truncated ReLU (paper eq. 2): ``z`` clipped to ``[0, 1]``."""
+    """Truncated ReLU (paper eq. 2): ``z`` clipped to ``[0, 1]``.
+
+    Its gradient is 1 inside ``(0, 1)`` and 0 outside: a selection weight below 0 (channel off) or above 1
+    (fully on) gets no gradient from the task loss — the dead zone. Only a term acting on ``W`` itself
+    (none in the paper) could move it back; an L1 term on ``trelu(W)`` pushes weights *into* the dead zone.
+    """
     return z.clamp(0.0, 1.0)
 
 
 _CONV_FN: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+SELECT_INITS = ("keras-glorot", "tf-glorot")
+"""Named initialisations of the selection vector ``W`` (besides a constant), see :func:`selection_init`."""
+
+
+def selection_init(init: float | str, channels: int) -> Tensor:
+    """Initial selection vector ``W`` of shape ``(channels,)``.
+
+    Args:
+        init: a constant (e.g. ``0.5``: every channel half on, inside trelu's live zone), or the paper's
+            Glorot uniform as its framework computes it for a 1-D weight (an inference: the paper names
+            Keras 2 with TensorFlow and Glorot uniform for all weights, not the fans):
+
+            * ``keras-glorot``: Keras 2.x ``_compute_fans`` gives a 1-D shape ``fan_in = fan_out = sqrt(C)``,
+              so ``W ~ U(-a, a)`` with ``a = sqrt(3 / sqrt(C))``;
+            * ``tf-glorot``: tf.keras gives ``fan_in = fan_out = C``, so ``a = sqrt(3 / C)``.
+
+            With either, about half the channels start below 0, where trelu outputs exactly 0 and passes no
+            gradient: they are off from the first step and stay off (the dead zone, see :func:`trelu`).
+    """
+    if isinstance(init, str):
+        mode = look_up_option(init, SELECT_INITS, "select_init")
+        fan = math.sqrt(channels) if mode == "keras-glorot" else float(channels)
+        bound = math.sqrt(6.0 / (fan + fan))
+        return torch.empty(channels).uniform_(-bound, bound)
+    return torch.full((channels,), float(init))
 
 
 class SkipGate(nn.Module):
@@ -48,6 +84,7 @@ class SkipGate(nn.Module):
     """
 
     transfers_attention: bool = False
+    attend_channels: int = 1
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
@@ -63,7 +100,7 @@ class SkipGate(nn.Module):
     @property
     def out_channels(self) -> int:
         """Channels this gate transfers to the decoder."""
-        return 1 if self.transfers_attention else self.channels
+        return self.attend_channels if self.transfers_attention else self.channels
 
     def selection(self) -> Tensor | None:
         """``trelu(W)`` per channel (detached), or None for gates that do not select."""
@@ -93,13 +130,18 @@ class IdentityGate(SkipGate):
 class _Selecting(SkipGate):
     """A gate with a learned per-channel selection vector ``W`` (paper eq. 1)."""
 
-    def __init__(self, spatial_dims: int, channels: int, select_init: float = 0.5) -> None:
-        super().__init__(spatial_dims, channels)
-        # Start inside (0, 1), where trelu passes gradients, so each channel can drift on or off.
-        self.select_weight = nn.Parameter(torch.full((channels,), float(select_init)))
+    def __init__(self, spatial_dims: int, channels: int, select_init: float | str = 0.5, **kwargs: Any) -> None:
+        super().__init__(spatial_dims, channels, **kwargs)
+        # Default 0.5: inside (0, 1), where trelu passes gradients, so each channel can drift on or off.
+        self.select_init = select_init
+        self.select_weight = nn.Parameter(selection_init(select_init, channels))
 
     def selection(self) -> Tensor:
         return trelu(self.select_weight.detach())
+
+    def selection_weights(self) -> Tensor:
+        """``trelu(W)`` with its gradient (what an L1 term on the selection acts on)."""
+        return trelu(self.select_weight)
 
     def _broadcast(self, w: Tensor) -> Tensor:
         return w.view(1, -1, *([1] * self.spatial_dims))
@@ -113,43 +155,61 @@ class SelectGate(_Selecting):
 
 
 class _Attending(SkipGate):
-    """A gate with a 1×1(×1) convolution ``K`` to one channel followed by a sigmoid (eq. 3–4)."""
+    """A gate with a 1×1(×1) convolution ``K`` to ``k`` channels, optional BN, then a sigmoid (eq. 3–4).
+
+    Args:
+        attend_channels: ``k``, attention maps transferred (the paper: 1).
+        attend_norm: BatchNorm on ``U = K ⋆ f_s`` before the sigmoid (the paper puts BN "after each
+            convolution layer"; whether that includes ``K`` is not said).
+    """
 
     transfers_attention = True
 
-    def __init__(self, spatial_dims: int, channels: int, **kwargs) -> None:
+    def __init__(
+        self, spatial_dims: int, channels: int, attend_channels: int = 1, attend_norm: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(spatial_dims, channels, **kwargs)
+        if int(attend_channels) < 1:
+            raise ConfigError(f"`attend_channels` must be at least 1, got {attend_channels}")
+        self.attend_channels = int(attend_channels)
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.attend = conv(channels, 1, kernel_size=1)
+        self.attend = conv(channels, self.attend_channels, kernel_size=1)
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        self.attend_norm = norm(self.attend_channels) if attend_norm else None
+
+    def _attention(self, u: Tensor) -> Tensor:
+        if self.attend_norm is not None:
+            u = self.attend_norm(u)
+        return self._remember(torch.sigmoid(u))
 
 
 class AttendGate(_Attending):
-    """``at``: attend only, ``sigmoid(K ⋆ f)`` (W fixed to ones); one channel transferred."""
+    """``at``: attend only, ``sigmoid(K ⋆ f)`` (W fixed to ones); ``k`` (default one) channels transferred."""
 
     def forward(self, f: Tensor) -> Tensor:
-        return self._remember(torch.sigmoid(self.attend(f)))
+        return self._attention(self.attend(f))
 
 
 class SelectAttendGate(_Attending, _Selecting):
-    """``sat``: select then attend, ``sigmoid(K ⋆ (f * trelu(W)))``; one channel transferred.
+    """``sat``: select then attend, ``sigmoid(K ⋆ (f * trelu(W)))``; ``k`` (default one) channels transferred.
 
     The selection is folded into the 1×1 convolution's weights (``K · trelu(W)``), which is exactly
     equal to eq. 1–4 and never materialises the full-size ``f_s``.
     """
 
     def folded_weight(self) -> Tensor:
-        """The attention kernel with the selection folded in, ``(1, C, 1, …)``."""
+        """The attention kernel with the selection folded in, ``(k, C, 1, …)``."""
         return self.attend.weight * self._broadcast(trelu(self.select_weight))
 
     def forward(self, f: Tensor) -> Tensor:
         weight = self.folded_weight().to(f.dtype)
         bias = self.attend.bias.to(f.dtype) if self.attend.bias is not None else None
-        return self._remember(torch.sigmoid(_CONV_FN[self.spatial_dims](f, weight, bias)))
+        return self._attention(_CONV_FN[self.spatial_dims](f, weight, bias))
 
     def forward_literal(self, f: Tensor) -> Tensor:
         """Eq. 1–4 computed literally (materialising ``f_s``); for tests and the paper's Fig. 5."""
         f_s = f * self._broadcast(trelu(self.select_weight))
-        return torch.sigmoid(self.attend(f_s))
+        return self._attention(self.attend(f_s))
 
 
 _GATES: dict[str, type[SkipGate]] = {
@@ -165,16 +225,34 @@ def list_gates() -> list[str]:
     return list(_GATES)
 
 
-def build_gate(skip: str, spatial_dims: int, channels: int, **options) -> SkipGate:
+_SELECT_OPTIONS = ("select_init",)
+_ATTEND_OPTIONS = ("attend_channels", "attend_norm")
+
+
+def gate_option_names() -> tuple[str, ...]:
+    """Every gate option :func:`build_gate` accepts (each gate uses those that apply to it)."""
+    return _SELECT_OPTIONS + _ATTEND_OPTIONS
+
+
+def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> SkipGate:
     """Build the gate named ``skip`` for a ``channels``-channel feature map.
 
     Args:
         skip: one of :func:`list_gates`.
         spatial_dims: 2 or 3.
         channels: channels of the encoder feature map.
-        **options: ``select_init`` for the selecting gates (``st``, ``sat``).
+        **options: gate options (:func:`gate_option_names`); each gate takes those that apply to it
+            (``select_init`` for ``st``/``sat``; ``attend_channels``, ``attend_norm`` for ``at``/``sat``)
+            and ignores the rest, so one set of options serves every gate of a comparison.
+
+    Raises:
+        ConfigError: unknown gate or option.
     """
     cls = _GATES[look_up_option(skip, _GATES, "skip")]
-    if not issubclass(cls, _Selecting):
-        options.pop("select_init", None)
-    return cls(spatial_dims, channels, **options)
+    for key in options:
+        look_up_option(key, gate_option_names(), "gate option")
+    applies = (_SELECT_OPTIONS if issubclass(cls, _Selecting) else ()) + (
+        _ATTEND_OPTIONS if issubclass(cls, _Attending) else ()
+    )
+    return cls(spatial_dims, channels, **{k: v for k, v in options.items() if k in applies})
+

@@ -104,11 +104,13 @@ class LeanGate(nn.Module):
             if isinstance(gate, SelectAttendGate):
                 with torch.no_grad():
                     self.conv.weight.copy_(gate.folded_weight())
+            if gate.attend_norm is not None:
+                self.conv = fold_bn(self.conv, gate.attend_norm)
         self.register_buffer("keep", keep, persistent=False)
         self.pruned = len(keep) < gate.channels
         # Selection of the held channels, to be folded into whatever reads them.
         self.register_buffer("scale", scale[keep].clone(), persistent=False)
-        self.out_channels = 1 if self.attention else len(keep)
+        self.out_channels = gate.out_channels if self.attention else len(keep)
 
     def forward(self, f: Tensor) -> Tensor | None:
         if self.conv is not None:
@@ -270,7 +272,7 @@ class _LeanVNet(LeanNet):
             y[:, :width] += u  # the residual is cat(up, skip) zero-padded to 2·width channels
             del u
             if skip is not None:
-                channels = width + (gate.keep if not gate.attention else torch.zeros(1, dtype=torch.long))
+                channels = width + gate.keep  # at/sat: keep is arange(k), the attention maps
                 shape = (1, -1, *[1] * (skip.ndim - 2))
                 y.index_add_(1, channels.to(y.device), skip if gate.attention else skip * gate.scale.view(shape))
             x = self.up_acts[i](y)

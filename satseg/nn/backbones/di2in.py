@@ -32,7 +32,9 @@ out_channels=1`` the 3D default has 2,353,148 trainable parameters with ``org`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +70,8 @@ class DI2IN(SegmentationNet):
         deep_supervision: return the auxiliary logits too in training mode.
         norm: normalisation after every conv.
         act: activation.
-        select_init: initial selection weight of ``st``/``sat`` gates.
+        gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
+            ``{"select_init": "keras-glorot", "attend_channels": 2}``.
     """
 
     def __init__(
@@ -84,7 +87,7 @@ class DI2IN(SegmentationNet):
         deep_supervision: bool = True,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
-        select_init: float = 0.5,
+        gate_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         widths = tuple(int(f) for f in features)
@@ -112,7 +115,7 @@ class DI2IN(SegmentationNet):
             convs(in_channels if lvl == 0 else widths[lvl - 1], widths[lvl], enc[lvl], stride=1 if lvl == 0 else 2)
             for lvl in range(len(widths))
         )
-        self.gates = nn.ModuleList(build_gate(skip, dims, w, select_init=select_init) for w in widths[:-1])
+        self.gates = nn.ModuleList(build_gate(skip, dims, w, **(gate_options or {})) for w in widths[:-1])
         self.up_convs, self.decoder = nn.ModuleList(), nn.ModuleList()
         self.heads = nn.ModuleDict()
         conv1 = layer_type("conv", dims)

@@ -23,7 +23,9 @@ one passes ``cat(gate(x), y_1, …, y_n)`` to the head, as in the original code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +68,8 @@ class DenseBlock(nn.Module):
         dropout: dropout after each conv.
         norm: normalisation (before each conv).
         act: activation.
-        select_init: initial selection weight of ``st``/``sat`` gates.
+        gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
+            ``{"select_init": "keras-glorot", "attend_channels": 2}``.
         returns_input: whether the caller uses the first output (the carried input with the new features).
     """
 
@@ -80,13 +83,13 @@ class DenseBlock(nn.Module):
         dropout: float = 0.2,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
-        select_init: float = 0.5,
+        gate_options: Mapping[str, Any] | None = None,
         returns_input: bool = True,
     ) -> None:
         super().__init__()
         # A one-layer block whose caller keeps only the new features never uses the carried input: no gate.
         used = returns_input or num_layers > 1
-        self.gate = build_gate(skip, spatial_dims, in_channels, select_init=select_init) if used else None
+        self.gate = build_gate(skip, spatial_dims, in_channels, **(gate_options or {})) if used else None
         carried = self.gate.out_channels if used else 0
         self.layers = nn.ModuleList(
             _bn_act_conv(
@@ -124,7 +127,8 @@ class Tiramisu(SegmentationNet):
         dropout: dropout probability after each conv (0.2 in the paper).
         norm: normalisation.
         act: activation.
-        select_init: initial selection weight of ``st``/``sat`` gates.
+        gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
+            ``{"select_init": "keras-glorot", "attend_channels": 2}``.
         gate_dense_blocks: gate the carried input inside every dense block too (the paper's Fig. 4); with
             False only the long skips are gated and the dense blocks keep plain (``org``) skips.
     """
@@ -142,7 +146,7 @@ class Tiramisu(SegmentationNet):
         dropout: float = 0.2,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
-        select_init: float = 0.5,
+        gate_options: Mapping[str, Any] | None = None,
         gate_dense_blocks: bool = True,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
@@ -162,7 +166,7 @@ class Tiramisu(SegmentationNet):
         n_pool = len(layers) // 2
         self.layers_per_block, self.growth_rate = layers, k
         self.input_divisor = 2**n_pool
-        opts = {"dropout": dropout, "norm": norm, "act": act, "select_init": select_init}
+        opts = {"dropout": dropout, "norm": norm, "act": act, "gate_options": gate_options}
         dims = spatial_dims
         self.first = layer_type("conv", dims)(in_channels, first_features, 3, padding=1)
         self.gates = nn.ModuleList()  # long skips, registered first so skip_gates() lists them first
@@ -177,7 +181,7 @@ class Tiramisu(SegmentationNet):
                 nn.Sequential(_bn_act_conv(dims, ch, ch, 1, dropout, norm, act), layer_type("maxpool", dims)(2))
             )
         for c in skip_channels:
-            self.gates.append(build_gate(skip, dims, c, select_init=select_init))
+            self.gates.append(build_gate(skip, dims, c, **(gate_options or {})))
         self.bottleneck = DenseBlock(dims, ch, layers[n_pool], k, inner, **opts, returns_input=False)
         up_in = self.bottleneck.new_channels
         self.trans_up, self.up_blocks = nn.ModuleList(), nn.ModuleList()

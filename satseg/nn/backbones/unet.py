@@ -6,7 +6,9 @@ through a skip gate, so the decoder's input channels follow from what the gate t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +35,8 @@ class UNet(SegmentationNet):
             input must be divisible by ``2 ** (len(features) - 1)``.
         norm: normalisation after every conv.
         act: activation.
-        select_init: initial selection weight of ``st``/``sat`` gates.
+        gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
+            ``{"select_init": "keras-glorot", "attend_channels": 2}``.
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
@@ -48,7 +51,7 @@ class UNet(SegmentationNet):
         features: Sequence[int] = (16, 32, 64, 128, 256),
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
-        select_init: float = 0.5,
+        gate_options: Mapping[str, Any] | None = None,
         align_channels: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
@@ -65,7 +68,7 @@ class UNet(SegmentationNet):
             in_ch = width
         self.pool = layer_type("maxpool", spatial_dims)(2)
         self.gates = nn.ModuleList(
-            build_gate(skip, spatial_dims, width, select_init=select_init) for width in features[:-1]
+            build_gate(skip, spatial_dims, width, **(gate_options or {})) for width in features[:-1]
         )
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()

@@ -14,7 +14,9 @@ what the SAT paper's Table 3 V-Net counts imply (its ``org`` − ``sat`` differe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +124,8 @@ class VNet(SegmentationNet):
         kernel_size: odd kernel of the stage convolutions (5 in the paper).
         norm: normalisation after every conv.
         act: activation (PReLU in the paper).
-        select_init: initial selection weight of ``st``/``sat`` gates.
+        gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
+            ``{"select_init": "keras-glorot", "attend_channels": 2}``.
     """
 
     def __init__(
@@ -136,7 +139,7 @@ class VNet(SegmentationNet):
         kernel_size: int = 5,
         norm: LayerSpec = "batch",
         act: LayerSpec = "prelu",
-        select_init: float = 0.5,
+        gate_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         convs = tuple(int(n) for n in convs_per_stage)
@@ -161,7 +164,7 @@ class VNet(SegmentationNet):
             _Down(spatial_dims, widths[s - 1], widths[s], convs[s], kernel_size, norm, act)
             for s in range(1, len(convs))
         )
-        self.gates = nn.ModuleList(build_gate(skip, spatial_dims, w, select_init=select_init) for w in widths[:-1])
+        self.gates = nn.ModuleList(build_gate(skip, spatial_dims, w, **(gate_options or {})) for w in widths[:-1])
         self.ups = nn.ModuleList()
         cin = widths[-1]
         for s in reversed(range(len(convs) - 1)):
