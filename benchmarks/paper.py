@@ -39,7 +39,12 @@ def default_data_root() -> Path:
 
 
 def plan_jobs(
-    profile: Profile, datasets: list[str], only: list[str] | None, skips: list[str] | None = None, timing: bool = True
+    profile: Profile,
+    datasets: list[str],
+    only: list[str] | None,
+    skips: list[str] | None = None,
+    timing: bool = True,
+    seed_from: int = 0,
 ) -> list[tuple]:
     """Every configuration of the profile, seed-major (all variants of seed 0 first, then seed 1, …),
     so a suite stopped early still has the same seeds for every variant. Timing jobs come first.
@@ -52,7 +57,7 @@ def plan_jobs(
             if timing:
                 jobs.append(("timing", ds, net_key, profile.tiramisu_skips if net_key == "tiramisu" else SKIPS, None))
     max_seeds = profile.seeds
-    for seed in range(max_seeds):
+    for seed in range(seed_from, max_seeds):
         for ds in datasets:
             for net_key, spec in profile.nets[ds].items():
                 if only and net_key not in only:
@@ -76,7 +81,7 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
     cache = Path(args.cache)
     commit = git_commit(ROOT)
     prepared = {ds: prepare_dataset(profile.datasets[ds], Path(args.data), cache) for ds in args.datasets}
-    jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing)
+    jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing, args.seed_from)
     todo = [j for j in jobs if not job_file(runs, j).is_file()]
     log.info("%d configurations, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
     started = time.perf_counter()
@@ -99,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--datasets", nargs="+", default=None, help="default: every dataset of the profile")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
+    parser.add_argument(
+        "--seed-from", type=int, default=0, help="first seed to run (with --seeds N: seeds seed-from … N-1)"
+    )
     parser.add_argument("--only", nargs="+", default=None, help="nets to run, e.g. unet vnet")
     parser.add_argument(
         "--skips",
