@@ -26,6 +26,7 @@ class Variant:
     skip: str
     gate: dict[str, Any] = field(default_factory=dict)  # satseg.nn.gates.build_gate options
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (select_l1, …)
+    model: dict[str, Any] = field(default_factory=dict)  # backbone options (U-Net's transfer)
     about: str = ""
 
 
@@ -40,6 +41,14 @@ VARIANTS: dict[str, Variant] = {
         Variant("sat-k2", "sat", {"attend_channels": 2}, about="sat transferring 2 maps"),
         Variant("sat-k2-bn", "sat", {"attend_channels": 2, "attend_norm": True}, about="2 maps, BN"),
         Variant("sat-k4-bn", "sat", {"attend_channels": 4, "attend_norm": True}, about="4 maps, BN"),
+        Variant("sat-mod", "sat", model={"transfer": "modulate"}, about="U-Net: the map also scales the decoder"),
+        Variant(
+            "sat-k2-bn-mod",
+            "sat",
+            {"attend_channels": 2, "attend_norm": True},
+            model={"transfer": "modulate"},
+            about="U-Net: 2 maps, BN, maps also scale the decoder",
+        ),
         Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),
         Variant(
             "sat-l1",

@@ -196,7 +196,7 @@ def run_config(
     net_spec = profile.nets[spec.name][net_key]
     net = model_name(net_key, spec.spatial_dims)
     budget = profile.train[spec.name]
-    options = dict(net_spec.options) | ({"gate_options": dict(variant.gate)} if variant.gate else {})
+    options = dict(net_spec.options) | variant.model | ({"gate_options": dict(variant.gate)} if variant.gate else {})
     config = TrainConfig(
         net=net,
         skip=variant.skip,

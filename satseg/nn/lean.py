@@ -207,6 +207,7 @@ class _LeanUNet(LeanNet):
         self.gates = nn.ModuleList(LeanGate(g, prune) for g in m.gates)
         self.ups = m.ups
         align = getattr(m, "align_channels", False)
+        self.modulate = m.transfer == "modulate" and m.gates[0].transfers_attention
         self.first, self.rest = nn.ModuleList(), nn.ModuleList()
         for up, block, level in zip(m.ups, m.decoder, reversed(range(len(m.gates))), strict=True):
             first, rest = _split_first(block, up.up.out_channels, self.gates[level], concat=align)
@@ -222,9 +223,11 @@ class _LeanUNet(LeanNet):
             if level < len(self.gates):
                 held.append(self.gates[level](x))
         for up, first, rest in zip(self.ups, self.first, self.rest, strict=True):
-            box = [up(x)]
+            box, skip = [up(x)], held.pop()
             del x  # the coarser level is no longer needed
-            x = rest(first.run(box, held.pop()))
+            if self.modulate:
+                box[0].mul_(skip.mean(dim=1, keepdim=True).add_(1))
+            x = rest(first.run(box, skip))
         return self.head(x)
 
 

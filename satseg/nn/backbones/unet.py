@@ -13,14 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from satseg.errors import ConfigError
+from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, layer_type
 from satseg.nn.registry import register_model
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "TRANSFERS"]
+
+TRANSFERS = ("concat", "modulate")
 
 
 class UNet(SegmentationNet):
@@ -37,6 +39,9 @@ class UNet(SegmentationNet):
         act: activation.
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
+        transfer: how an attending gate's maps enter the decoder: ``concat`` (the paper: concatenated with the
+            up-sampled features) or ``modulate`` (also multiply the up-sampled features by ``1 + a``, ``a``
+            the mean of the maps, so one map acts on every decoder channel); no effect with ``org``/``st``.
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
@@ -53,12 +58,14 @@ class UNet(SegmentationNet):
         act: LayerSpec = "relu",
         gate_options: Mapping[str, Any] | None = None,
         align_channels: bool = False,
+        transfer: str = "concat",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
         if len(features) < 2 or min(features) < 1:
             raise ConfigError(f"`features` needs at least two positive widths, got {features}")
         self.features = features
+        self.transfer = look_up_option(transfer, TRANSFERS, "transfer")
         self.align_channels = bool(align_channels)
         self.input_divisor = 2 ** (len(features) - 1)
         self.encoder = nn.ModuleList()
@@ -88,8 +95,12 @@ class UNet(SegmentationNet):
             if level < len(self.gates):
                 # Gate as soon as the level is computed: only the gate's output is kept for the decoder.
                 skips.append(self.gates[level](x))
+        modulate = self.transfer == "modulate" and self.gates[0].transfers_attention
         for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
-            x = block(torch.cat([up(x), skip], dim=1))
+            x = up(x)
+            if modulate:
+                x = x * (1 + skip.mean(dim=1, keepdim=True))
+            x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
 
 
