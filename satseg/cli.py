@@ -107,6 +107,29 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_settings(text: str | None) -> dict[str, Any]:
+    """Parse ``key=value`` items (``"attend_channels=2,attend_norm=true"``) into a dict of typed values.
+
+    Values read as int, then float, then ``true``/``false``, else stay text.
+    """
+    settings: dict[str, Any] = {}
+    for item in split_items(text) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"cannot read `{item}` as key=value", hint="e.g. --gate attend_channels=2")
+        settings[key] = _typed(raw)
+    return settings
+
+
+def _typed(raw: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout (for ``--json``)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -137,9 +160,21 @@ def train(
         float | None, typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].")
     ] = None,
     loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.")] = "dice+ce",
+    scheduler: Annotated[
+        str, typer.Option(help="poly (decay over the planned epochs) or constant (the paper: Adadelta decay 0).")
+    ] = "poly",
     features: Annotated[
         str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
     ] = None,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY=VALUE,…",
+            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm.",
+        ),
+    ] = None,
+    select_l1: Annotated[float, typer.Option(help="Weight of an L1 term on trelu(W) (st/sat selection).")] = 0.0,
+    select_lr_scale: Annotated[float, typer.Option(help="Learning-rate multiplier of the selection W.")] = 1.0,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -175,12 +210,16 @@ def train(
         fold=fold,
         optimizer=optimizer,
         loss=loss,
+        scheduler=scheduler,
+        select_l1=select_l1,
+        select_lr_scale=select_lr_scale,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
         seed=seed,
         deterministic=deterministic,
-        model_options={"features": list(parse_sizes(features))} if features else {},
+        model_options=({"features": list(parse_sizes(features))} if features else {})
+        | ({"gate_options": parse_settings(gate)} if gate else {}),
         **options,
     )
     result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)

@@ -62,7 +62,9 @@ def test_cli_net_all_table_and_alias(monkeypatch):
     assert sorted({r["net"] for r in rows}) == list_models()
     for r in rows:
         if r["skip"] == "sat":
-            assert r["params_change_pct"] < 0 and set(r["skip_channels"]) == {1}
+            assert r["params_change_pct"] < 0 and 1 in r["skip_channels"]
+            if not r["net"].startswith("tiramisu"):  # Tiramisu's default keeps its long skips plain
+                assert set(r["skip_channels"]) == {1}
     assert "count-params" not in runner.invoke(app, ["--help"]).output
 
 

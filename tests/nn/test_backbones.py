@@ -6,6 +6,7 @@ import torch
 from satseg.errors import ConfigError
 from satseg.nn import build_model, list_gates, list_models
 
+_TIRAMISU = {"layers_per_block": (2, 1, 2), "growth_rate": 3, "first_features": 4, "dropout": 0.0}
 # Per-model tiny options, input side and number of outputs in training mode (deep supervision).
 PARAMS = {
     "unet2d": {"options": {"features": (2, 4, 8)}, "side": 8, "outputs": 1},
@@ -20,13 +21,14 @@ PARAMS = {
         "side": 8,
         "outputs": 1,
     },
+    # Tiramisu with every skip gated (long skips and inside every dense block), so each gate is `skip`.
     "tiramisu2d": {
-        "options": {"layers_per_block": (2, 1, 2), "growth_rate": 3, "first_features": 4, "dropout": 0.0},
+        "options": {**_TIRAMISU, "dense_gating": "all", "gate_long_skips": True},
         "side": 8,
         "outputs": 1,
     },
     "tiramisu3d": {
-        "options": {"layers_per_block": (2, 1, 2), "growth_rate": 3, "first_features": 4, "dropout": 0.0},
+        "options": {**_TIRAMISU, "dense_gating": "all", "gate_long_skips": True},
         "side": 8,
         "outputs": 1,
     },
@@ -175,7 +177,7 @@ def test_unknown_net_lists_valid_names():
 
 @pytest.mark.parametrize("net", sorted(PARAMS))
 def test_unknown_option_lists_valid_options(net):
-    with pytest.raises(ConfigError, match="select_init"):
+    with pytest.raises(ConfigError, match="gate_options"):
         build_model(net, no_such_option=1)
 
 

@@ -69,3 +69,31 @@ def test_tiramisu_fcdensenet103_matches_hand_count():
     total += ch * 12 + 12
     assert _n(build_model("tiramisu2d", "org", in_channels=3, out_channels=12, preset="fcdensenet103")) == total
     assert 9.2e6 < total < 9.5e6  # Jégou et al. report 9.4M parameters
+
+
+def test_tiramisu_default_sat_reproduces_the_paper_saving():
+    # FC-DenseNet67 2D, 3 input channels, 1 output: the paper's skin Tiramisu (Table 3: 3,459,185 → 2,869,312).
+    layers, k, first = 5, 16, 48
+    n_org = _n(build_model("tiramisu2d", "org", in_channels=3, out_channels=1, preset="fcdensenet67"))
+    n_sat = _n(build_model("tiramisu2d", "sat", in_channels=3, out_channels=1, preset="fcdensenet67"))
+    # Gates sit inside the five down-path blocks: layers 2..n read 1 + j·k channels instead of C + j·k
+    # (C − 1 fewer inputs to a BN (2 params each) and a 3×3 conv), and each gate costs 2C + 1.
+    saved, c = 0, first
+    for _ in range(5):
+        saved += (layers - 1) * (c - 1) * (9 * k + 2) - (2 * c + 1)
+        c += layers * k
+    assert n_org - n_sat == saved
+    assert abs(n_org - 3_459_185) / 3_459_185 < 1e-3
+    assert 100 * saved / n_org == pytest.approx(17.05, abs=1.0)  # the paper's Table 3 saving
+
+
+def test_tiramisu_gating_options_order_their_savings():
+    opts = {"in_channels": 1, "out_channels": 2, "preset": "fcdensenet56"}
+    n_org = _n(build_model("tiramisu2d", "org", **opts))
+    saving = {
+        (g, long): 1 - _n(build_model("tiramisu2d", "sat", dense_gating=g, gate_long_skips=long, **opts)) / n_org
+        for g in ("none", "down", "all")
+        for long in (False, True)
+    }
+    assert saving[("none", False)] == 0  # nothing gated: sat is org plus nothing
+    assert 0 < saving[("down", False)] < saving[("none", True)] < saving[("down", True)] < saving[("all", True)]

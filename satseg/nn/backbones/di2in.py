@@ -33,7 +33,6 @@ out_channels=1`` the 3D default has 2,353,148 trainable parameters with ``org`` 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
 from typing import Any
 
 import torch

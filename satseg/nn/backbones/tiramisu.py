@@ -24,7 +24,6 @@ one passes ``cat(gate(x), y_1, …, y_n)`` to the head, as in the original code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
 from typing import Any
 
 import torch
@@ -36,7 +35,10 @@ from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
 from satseg.nn.registry import register_model
 
-__all__ = ["Tiramisu", "DenseBlock", "PRESETS"]
+__all__ = ["Tiramisu", "DenseBlock", "PRESETS", "DENSE_GATINGS"]
+
+DENSE_GATINGS = ("down", "all", "none")
+"""Where gates sit inside dense blocks; see :class:`Tiramisu`'s ``dense_gating``."""
 
 PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
     "fcdensenet56": ((4,) * 11, 12),
@@ -85,6 +87,7 @@ class DenseBlock(nn.Module):
         act: LayerSpec = "relu",
         gate_options: Mapping[str, Any] | None = None,
         returns_input: bool = True,
+        gate_output: bool = True,
     ) -> None:
         super().__init__()
         # A one-layer block whose caller keeps only the new features never uses the carried input: no gate.
@@ -98,7 +101,8 @@ class DenseBlock(nn.Module):
             for j in range(num_layers)
         )
         self.new_channels = num_layers * growth_rate
-        self.out_channels = carried + self.new_channels
+        self.gate_output = gate_output or not used
+        self.out_channels = (carried if self.gate_output else in_channels if used else 0) + self.new_channels
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         new = [self.layers[0](x)]
@@ -108,7 +112,7 @@ class DenseBlock(nn.Module):
         for layer in self.layers[1:]:
             new.append(layer(torch.cat([carried, *new], dim=1)))
         new_features = torch.cat(new, dim=1)
-        return torch.cat([carried, new_features], dim=1), new_features
+        return torch.cat([carried if self.gate_output else x, new_features], dim=1), new_features
 
 
 class Tiramisu(SegmentationNet):
@@ -129,8 +133,14 @@ class Tiramisu(SegmentationNet):
         act: activation.
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
-        gate_dense_blocks: gate the carried input inside every dense block too (the paper's Fig. 4); with
-            False only the long skips are gated and the dense blocks keep plain (``org``) skips.
+        dense_gating: gates inside dense blocks (the paper's Fig. 4): ``down`` (default) gates what the
+            layers of each down-path block read (the block still passes its whole input on); ``all`` gates
+            the carried input of every block, in what the layers read and in the block output (so the down
+            path never accumulates channels: ~80 % fewer parameters); ``none`` keeps plain dense blocks.
+        gate_long_skips: gate the encoder–decoder skips too (default False). The default pair reproduces the
+            paper's Table 3 saving (17.4 % for FC-DenseNet67 2D vs the paper's 17.05 %; its text says
+            ~20.7 %); gating the long skips as well, as the paper's text describes, saves at least 25 % with
+            any dense gating, so the paper's count implies they were not gated — an inference.
     """
 
     def __init__(
@@ -147,10 +157,14 @@ class Tiramisu(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         gate_options: Mapping[str, Any] | None = None,
-        gate_dense_blocks: bool = True,
+        dense_gating: str = "down",
+        gate_long_skips: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
-        inner = skip if gate_dense_blocks else "org"
+        dense_gating = look_up_option(dense_gating, DENSE_GATINGS, "dense_gating")
+        inner_down = skip if dense_gating != "none" else "org"
+        inner_rest = skip if dense_gating == "all" else "org"
+        self.dense_gating, self.gate_long_skips = dense_gating, bool(gate_long_skips)
         preset_layers, preset_k = PRESETS[look_up_option(preset, PRESETS, "Tiramisu preset")]
         layers = tuple(int(n) for n in (preset_layers if layers_per_block is None else layers_per_block))
         k = int(preset_k if growth_rate is None else growth_rate)
@@ -166,14 +180,20 @@ class Tiramisu(SegmentationNet):
         n_pool = len(layers) // 2
         self.layers_per_block, self.growth_rate = layers, k
         self.input_divisor = 2**n_pool
-        opts = {"dropout": dropout, "norm": norm, "act": act, "gate_options": gate_options}
+        opts = {
+            "dropout": dropout,
+            "norm": norm,
+            "act": act,
+            "gate_options": gate_options,
+            "gate_output": dense_gating == "all",
+        }
         dims = spatial_dims
         self.first = layer_type("conv", dims)(in_channels, first_features, 3, padding=1)
         self.gates = nn.ModuleList()  # long skips, registered first so skip_gates() lists them first
         self.down_blocks, self.trans_down = nn.ModuleList(), nn.ModuleList()
         skip_channels, ch = [], first_features
         for i in range(n_pool):
-            block = DenseBlock(dims, ch, layers[i], k, inner, **opts)
+            block = DenseBlock(dims, ch, layers[i], k, inner_down, **opts)
             ch = block.out_channels
             skip_channels.append(ch)
             self.down_blocks.append(block)
@@ -181,8 +201,8 @@ class Tiramisu(SegmentationNet):
                 nn.Sequential(_bn_act_conv(dims, ch, ch, 1, dropout, norm, act), layer_type("maxpool", dims)(2))
             )
         for c in skip_channels:
-            self.gates.append(build_gate(skip, dims, c, **(gate_options or {})))
-        self.bottleneck = DenseBlock(dims, ch, layers[n_pool], k, inner, **opts, returns_input=False)
+            self.gates.append(build_gate(skip if gate_long_skips else "org", dims, c, **(gate_options or {})))
+        self.bottleneck = DenseBlock(dims, ch, layers[n_pool], k, inner_rest, **opts, returns_input=False)
         up_in = self.bottleneck.new_channels
         self.trans_up, self.up_blocks = nn.ModuleList(), nn.ModuleList()
         for i in range(n_pool):
@@ -192,7 +212,7 @@ class Tiramisu(SegmentationNet):
             )
             cin = up_in + self.gates[level].out_channels
             last = i == n_pool - 1
-            block = DenseBlock(dims, cin, layers[n_pool + 1 + i], k, inner, **opts, returns_input=last)
+            block = DenseBlock(dims, cin, layers[n_pool + 1 + i], k, inner_rest, **opts, returns_input=last)
             self.up_blocks.append(block)
             up_in = block.new_channels
         self.head = layer_type("conv", dims)(self.up_blocks[-1].out_channels, out_channels, 1)

@@ -7,7 +7,6 @@ through a skip gate, so the decoder's input channels follow from what the gate t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
 from typing import Any
 
 import torch

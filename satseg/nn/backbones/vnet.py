@@ -15,7 +15,6 @@ what the SAT paper's Table 3 V-Net counts imply (its ``org`` − ``sat`` differe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
 from typing import Any
 
 import torch
