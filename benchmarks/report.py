@@ -77,7 +77,7 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Per (dataset, net, skip): seed-averaged per-case metrics, over-case and over-seed statistics."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], run["net"], run["skip"])].append(run)
+        groups[(run["dataset"], run["net"], run.get("variant", run["skip"]))].append(run)
     out = {}
     for key, group in groups.items():
         group.sort(key=lambda r: r["seed"])

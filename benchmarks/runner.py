@@ -249,6 +249,7 @@ def run_config(
         "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
         "params": measured["params"],
         "skip_channels": measured["skip_channels"],
+        "skip_bytes_per_patch": measured["skip_bytes"],
         "test_fold": spec.test_fold,
         "num_test_cases": len(cases),
         "cases": rows,
