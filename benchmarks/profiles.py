@@ -53,8 +53,8 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "sat-l1",
             "sat",
-            train={"select_l1": 1e-3, "select_lr_scale": 20.0},
-            about="W = 0.5, L1 1e-3 on trelu(W), 20x learning rate on W",
+            train={"select_l1": 3e-4, "select_lr_scale": 10.0},
+            about="W = 0.5, L1 3e-4 on trelu(W) (task gradients on W are 1e-4 to 3e-3 at init), 10x LR on W",
         ),
     )
 }
