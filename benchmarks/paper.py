@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,12 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
     jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing, args.seed_from)
     todo = [j for j in jobs if not job_file(runs, j).is_file()]
     log.info("%d configurations, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+    if args.parallel > 1:
+        run_parallel(args)
+        return
+    if args.shard:
+        index, count = args.shard
+        todo = todo[index::count]
     started = time.perf_counter()
     for i, job in enumerate(todo, 1):
         kind, ds, net_key, skip, seed = job
@@ -97,6 +104,34 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
         write_json(job_file(runs, job), data)
         log.info("[%d/%d] %s done in %.0f s (suite %.1f min)", i, len(todo), job_file(runs, job).name,
                  time.perf_counter() - t, (time.perf_counter() - started) / 60)  # fmt: skip
+
+
+def run_parallel(args: argparse.Namespace) -> None:
+    """Run the suite as ``--parallel`` processes on disjoint shards of the jobs (e.g. several trainings on
+    one GPU at once). Each finished job is its own JSON file, so the shards never write the same file."""
+    argv, skip_next = [], False
+    for a in args.argv:  # the same command line without --parallel
+        if skip_next or a.startswith("--parallel="):
+            skip_next = False
+            continue
+        if a == "--parallel":
+            skip_next = True
+            continue
+        argv.append(a)
+    procs = [
+        subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--shard", f"{k}/{args.parallel}"])
+        for k in range(args.parallel)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"{sum(1 for c in codes if c)} of {len(codes)} shards failed (exit codes {codes})")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text}")
+    return int(index), int(count)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, 2 test cases: checks the pipeline")
     parser.add_argument("--report", action="store_true", help="aggregate finished runs into tables and figures")
+    parser.add_argument("--parallel", type=int, default=1, help="run the jobs in this many processes at once")
+    parser.add_argument("--shard", type=_shard, default=None, help="run only every N-th job from the I-th: I/N")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("satseg").setLevel(logging.WARNING)
 

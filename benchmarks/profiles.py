@@ -173,6 +173,19 @@ PROFILES["cpu-conv"] = replace(
     ],
 )
 
+PROFILES["gpu-conv"] = replace(
+    PROFILES["cpu-conv"],
+    name="gpu-conv",
+    seeds=5,
+    device="cuda",
+    notes=[
+        "The `cpu-conv` study on one GPU with 5 seeds: the same widths, steps and data, so its figures extend "
+        "the CPU ones. The nets are tiny for a GPU, so run many trainings at once: "
+        "`python benchmarks/paper.py --profile gpu-conv --no-timing --only unet vnet --skips org sat … "
+        "--parallel 12` (one torch CPU thread per process). Planned for about 10 minutes of an H100.",
+    ],
+)
+
 PROFILES["cpu-long"] = replace(
     PROFILES["cpu"],
     name="cpu-long",
