@@ -30,12 +30,24 @@ from profiles import VARIANTS  # noqa: E402
 from report import aggregate, load_runs, paired_test  # noqa: E402
 from runner import write_json  # noqa: E402
 
+from satseg.engine.params import measure_variant  # noqa: E402
+from satseg.nn import build_model  # noqa: E402
+
 __all__ = ["study_rows", "study_markdown", "main"]
 
 
 def _pct_off(runs: list[dict], key: str) -> float:
     values = [100.0 * g["fraction_off"] for r in runs for g in r.get(key) or []]
     return float(np.mean(values)) if values else math.nan
+
+
+def skip_bytes(run: dict) -> int:
+    """Bytes the skips of ``run``'s model hand to the decoder for one training patch (batch 1, fp32)."""
+    cfg = run["train_config"]
+    channels = 3 if run["dataset"] == "ph2" else 1
+    classes = len(run["cases"][0]["classes"]) + 1
+    model = build_model(run["model"], cfg["skip"], channels, classes, **cfg["model_options"])
+    return int(measure_variant(model, cfg["patch"], flops=False, memory=False)["skip_bytes"])
 
 
 def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
@@ -73,7 +85,7 @@ def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
                 "pct_off_end": _pct_off(group, "gates"),
                 "params": entry["params"],
                 "skip_channels": entry["skip_channels"],
-                "skip_bytes_per_patch": group[0].get("skip_bytes_per_patch"),
+                "skip_bytes_per_patch": skip_bytes(group[0]),
             }
         )
     return rows
