@@ -405,20 +405,34 @@ def segment(
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG of the mask over the image.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Leave out inputs whose mask exists (resume a run).")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Segment only shard I of N (I/N, or auto from torchrun/SLURM); skips existing masks.",
+            metavar="I/N|auto",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
     ] = False,
 ) -> None:
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
-    from satseg.engine.segment import segment_inputs
+    from satseg.engine.segment import parse_shard, segment_inputs
 
     report = segment_inputs(
         inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
         tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, progress=_status("segmenting"),
+        overwrite=overwrite, skip_existing=skip_existing, shard=None if shard is None else parse_shard(shard),
+        progress=_status("segmenting"),
     )  # fmt: skip
+    if report.skipped:
+        where = f"shard {report.shard[0]}/{report.shard[1]}: " if report.shard else ""
+        err.print(f"{where}skipped {len(report.skipped)} input(s) whose mask exists already", highlight=False)
     if as_json:
-        print_json({"results": report.results, "failures": report.failures})
+        print_json({"results": report.results, "failures": report.failures, "skipped": report.skipped})
     else:
         for result in report.results:
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())

@@ -7,6 +7,7 @@ recorded and the batch goes on; the report lists every failure.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +21,17 @@ from satseg.data.io import Image, image_stem, is_supported_image, read_image, wr
 from satseg.engine.preview import overlay_png
 from satseg.engine.segmenter import Segmenter, load_segmenter
 from satseg.engine.zoo import default_model_for
-from satseg.errors import DataError, SatsegError
+from satseg.errors import ConfigError, DataError, SatsegError
 
-__all__ = ["SegmentReport", "segment_inputs", "expand_inputs", "output_path", "label_volumes"]
+__all__ = [
+    "SegmentReport",
+    "segment_inputs",
+    "expand_inputs",
+    "output_path",
+    "label_volumes",
+    "parse_shard",
+    "shard_inputs",
+]
 
 logger = logging.getLogger("satseg.segment")
 
@@ -38,6 +47,11 @@ class SegmentReport:
     results: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    """Inputs whose mask existed already (``skip_existing`` / ``shard``): finished by an earlier run."""
+    shard: tuple[int, int] | None = None
+    total_inputs: int = 0
+    """Inputs of the whole run, before sharding."""
 
     @property
     def ok(self) -> bool:
@@ -63,6 +77,47 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path | None]
         else:
             found.append((item, None))
     return found
+
+
+# (index, count) from the environment of a cluster launcher: torchrun, srun, a SLURM job array.
+_SHARD_ENVIRONMENTS = (
+    ("RANK", "WORLD_SIZE", None),
+    ("SLURM_PROCID", "SLURM_NTASKS", None),
+    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+)
+
+
+def parse_shard(text: str, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` (0 ≤ I < N) or ``"auto"`` → ``(I, N)``.
+
+    ``auto`` reads the launcher's environment: ``RANK``/``WORLD_SIZE`` (torchrun), ``SLURM_PROCID``/
+    ``SLURM_NTASKS`` (srun), or ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN``/``SLURM_ARRAY_TASK_COUNT``
+    (a job array); ``0/1`` when none is set.
+
+    Raises:
+        ConfigError: not ``I/N`` with ``0 <= I < N``.
+    """
+    environ = os.environ if environ is None else environ
+    if text.strip().lower() == "auto":
+        for index_key, count_key, offset_key in _SHARD_ENVIRONMENTS:
+            if index_key in environ and count_key in environ:
+                offset = int(environ.get(offset_key, "0")) if offset_key else 0
+                text = f"{int(environ[index_key]) - offset}/{environ[count_key]}"
+                break
+        else:
+            return 0, 1
+    index, sep, count = text.strip().partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ConfigError(f"cannot read `{text}` as a shard", hint="give I/N with 0 <= I < N, e.g. 0/4, or auto")
+    return int(index), int(count)
+
+
+def shard_inputs(pairs: Sequence[tuple[Path, Path | None]], index: int, count: int) -> list[tuple[Path, Path | None]]:
+    """Shard ``index`` of ``count``: every ``count``-th input from the ``index``-th, in sorted order.
+
+    Every shard sorts the same list the same way, so the shards are disjoint and together cover it.
+    """
+    return sorted(pairs, key=lambda pair: str(pair[0]))[index::count]
 
 
 def _own_outputs(members: Sequence[Path]) -> list[Path]:
@@ -124,16 +179,28 @@ def segment_inputs(
     save_attention: bool = False,
     preview: bool = False,
     overwrite: bool = False,
+    skip_existing: bool = False,
+    shard: tuple[int, int] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SegmentReport:
     """Segment every input; see ``satseg segment --help`` for the options.
 
+    Args:
+        skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
+            last, so its presence means every output of that input is complete). ``overwrite`` wins.
+        shard: ``(I, N)``: segment only shard ``I`` of ``N`` (see :func:`shard_inputs`); implies
+            ``skip_existing``, so a shard that is run again resumes where it stopped.
+
     Returns:
-        A report with, per input, the files written, per-label volumes and timings, and the failures.
+        A report with, per input, the files written, per-label volumes and timings, the failures and the
+        inputs skipped.
     """
     pairs = expand_inputs(inputs)
-    multiple = len(pairs) > 1
-    report = SegmentReport()
+    multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
+    report = SegmentReport(shard=shard, total_inputs=len(pairs))
+    if shard is not None:
+        pairs = shard_inputs(pairs, *shard)
+        skip_existing = True
     cache: dict[str, Segmenter] = {}
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
         cache[str(model)] = load_segmenter(model, device=device, backend=backend)
@@ -143,6 +210,9 @@ def segment_inputs(
         started = time.perf_counter()
         try:
             target = output_path(source, output, folder, multiple)
+            if skip_existing and not overwrite and target.exists():
+                report.skipped.append(str(source))
+                continue
             if target.exists() and not overwrite:
                 raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
             image = read_image(source)
@@ -187,10 +257,11 @@ def _write_outputs(source, target, image, seg, segmenter, preview, save_probabil
     existing = [p for p in [target, *(p for p, _ in extras)] if p.exists()]
     if existing and not overwrite:
         raise DataError(f"`{existing[0]}`: output exists", hint="pass --overwrite or choose another -o")
-    write_image(seg.labels, target, overwrite=overwrite)
     for path, extra in extras:
         if extra is not None:
             write_image(extra, path, overwrite=overwrite)
         else:
             overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+    # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
+    write_image(seg.labels, target, overwrite=overwrite)
     return [target, *(p for p, _ in extras)]

@@ -7,6 +7,7 @@ inference, and maps the prediction back onto the input's exact grid.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,7 +181,8 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
     """
     path = resolve_model_path(model)
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
-    torch_device = resolve_device(device)
+    # Under torchrun (e.g. `segment --shard auto`) each process takes its own GPU.
+    torch_device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if backend == "onnx":
         if path.suffix != ".onnx":
             raise CheckpointError(
