@@ -400,6 +400,13 @@ def segment(
     backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
     overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
     sw_batch: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
+    tile: Annotated[
+        str,
+        typer.Option(
+            help="Sliding window: auto (CPU: the largest that fits memory, one per pass; GPU: the training "
+            "patch), patch, or sides like 128,128,128.",
+        ),
+    ] = "auto",
     tta: Annotated[bool, typer.Option("--tta", help="Average over all mirrorings.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write probabilities.")] = False,
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
@@ -424,9 +431,9 @@ def segment(
 
     report = segment_inputs(
         inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
-        tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, skip_existing=skip_existing, shard=None if shard is None else parse_shard(shard),
-        progress=_status("segmenting"),
+        tile=tile if tile in ("auto", "patch") else parse_sizes(tile), tta=tta, save_probabilities=save_probabilities,
+        save_attention=save_attention, preview=preview, overwrite=overwrite, skip_existing=skip_existing,
+        shard=None if shard is None else parse_shard(shard), progress=_status("segmenting"),
     )  # fmt: skip
     if report.skipped:
         where = f"shard {report.shard[0]}/{report.shard[1]}: " if report.shard else ""

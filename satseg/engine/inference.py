@@ -32,7 +32,13 @@ from torch.nn import functional as F
 
 from satseg.errors import ConfigError
 
-__all__ = ["SlidingWindowResult", "sliding_window_inference", "window_starts", "gaussian_importance"]
+__all__ = [
+    "SlidingWindowResult",
+    "sliding_window_inference",
+    "window_starts",
+    "gaussian_importance",
+    "throughput_tile",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,48 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     count = math.ceil((size - patch) / max_step) + 1
     step = (size - patch) / (count - 1)
     return [round(i * step) for i in range(count)]
+
+
+def throughput_tile(
+    shape: Sequence[int], patch: Sequence[int], divisor: int, overlap: float, max_voxels: int
+) -> tuple[int, ...]:
+    """The window that computes the fewest voxels in all, among those of at most ``max_voxels`` voxels.
+
+    Fully convolutional networks take windows of any size divisible by their ``divisor``. With overlap
+    ``o``, windows of the training patch compute most voxels several times (``≈ 1/(1 - o)`` times per
+    axis); the whole scan in one window computes each voxel once. Per axis, ``n`` windows cover a side ``S``
+    with windows of side ``S / (1 + (n - 1)(1 - o))`` (rounded up to ``divisor``); every combination of
+    window counts, from one per axis to the training patch's, is scored by the voxels its windows compute
+    (``windows × window voxels``, as :func:`window_starts` tiles them) and the cheapest that fits is taken.
+
+    Args:
+        shape: the (preprocessed) scan's spatial shape.
+        patch: the training patch; no side goes below it (nor below ``divisor``).
+        divisor: every side is a multiple of it (the network's ``input_divisor``).
+        overlap: the sliding-window overlap in ``[0, 1)``.
+        max_voxels: largest window, in voxels (memory bound).
+
+    Returns:
+        Window sides; ``patch`` itself when even it is over ``max_voxels``.
+    """
+    floors = [max(int(p), divisor) for p in patch]
+    options = []  # per axis: (side, windows along the axis)
+    for size, floor in zip(shape, floors, strict=True):
+        most = len(window_starts(max(size, floor), floor, overlap))
+        sides = set()
+        for count in range(1, most + 1):
+            wanted = math.ceil(size / (1 + (count - 1) * (1 - overlap)))
+            sides.add(max(floor, -(-wanted // divisor) * divisor))
+        options.append([(t, len(window_starts(max(size, t), t, overlap))) for t in sorted(sides)])
+    best: tuple[int, int, tuple[int, ...]] | None = None
+    for combo in itertools.product(*options):
+        sides = tuple(t for t, _ in combo)
+        if math.prod(sides) > max_voxels:
+            continue
+        windows = math.prod(n for _, n in combo)
+        key = (windows * math.prod(sides), windows, sides)
+        best = key if best is None or key < best else best
+    return best[2] if best is not None else tuple(int(p) for p in patch)
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = _SIGMA_SCALE) -> Tensor:

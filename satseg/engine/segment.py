@@ -174,6 +174,7 @@ def segment_inputs(
     backend: str | None = None,
     overlap: float = 0.5,
     sw_batch: int = 4,
+    tile: str | Sequence[int] = "auto",
     tta: bool = False,
     save_probabilities: bool = False,
     save_attention: bool = False,
@@ -186,6 +187,8 @@ def segment_inputs(
     """Segment every input; see ``satseg segment --help`` for the options.
 
     Args:
+        tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
+            throughput; on a GPU the training patch), ``patch``, or sides (see ``Segmenter.window``).
         skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
             last, so its presence means every output of that input is complete). ``overwrite`` wins.
         shard: ``(I, N)``: segment only shard ``I`` of ``N`` (see :func:`shard_inputs`); implies
@@ -220,7 +223,7 @@ def segment_inputs(
             report.models[str(source)] = segmenter.name
             seg = segmenter.segment(
                 image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
-                attention=save_attention, source=source,
+                attention=save_attention, tile=tile, source=source,
             )  # fmt: skip
             written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
         except SatsegError as error:
@@ -235,6 +238,7 @@ def segment_inputs(
                 "outputs": [str(p) for p in written],
                 "shape": list(labels.shape),
                 "spacing": list(image.spacing),
+                "window": list(seg.window),
                 "unit": "ml" if labels.ndim == 3 else "mm2",
                 "volumes": label_volumes(labels, image.spacing, segmenter.labels),
                 "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +23,33 @@ from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_labels, restore_probabilities
 from satseg.engine.checkpoint import load_run
 from satseg.engine.distributed import resolve_device
-from satseg.engine.inference import sliding_window_inference
+from satseg.engine.inference import sliding_window_inference, throughput_tile
+from satseg.engine.params import LiveTensorBytes
 from satseg.engine.zoo import resolve_model_path
-from satseg.errors import CheckpointError, DataError, look_up_option
-from satseg.nn import SegmentationNet
+from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
+from satseg.nn import SegmentationNet, build_model
 from satseg.nn.lean import make_lean
 
-__all__ = ["Segmenter", "Segmentation", "load_segmenter", "BACKENDS"]
+__all__ = ["Segmenter", "Segmentation", "load_segmenter", "BACKENDS", "TILES"]
 
 BACKENDS = ("torch", "onnx")
+TILES = ("auto", "patch")
+"""Window choices besides explicit sides: ``auto`` (CPU: :func:`throughput_tile`; GPU: the training patch)."""
 ONNX_CONFIG_KEY = "satseg_config"
 """ONNX metadata key holding the run configuration (model, plan) as JSON."""
+
+_CPU_WINDOW_BYTES = 4 * 2**30  # one CPU window's forward may take this much memory …
+_CPU_MEMORY_SHARE = 0.25  # … and at most this share of the memory available now
+_WINDOW_SLACK = 1.5  # allocator slack and ONNX Runtime's arena over the live tensors torch counts
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as info:
+            return next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 @dataclass
@@ -44,6 +60,8 @@ class Segmentation:
     probabilities: Image | None = None
     attention: dict[str, Image] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    window: tuple[int, ...] = ()
+    """The sliding window used, on the model's grid."""
 
 
 @dataclass
@@ -79,6 +97,63 @@ class Segmenter:
         train = self.config.get("train", {})
         return tuple(train.get("patch") or self.plan["patch_size"])
 
+    def reference_model(self) -> SegmentationNet:
+        """The torch model; for an ONNX file one rebuilt, untrained, from its configuration (for its input
+        divisor and memory only: never for predictions, so ``model`` stays None)."""
+        if self.model is not None:
+            return self.model
+        if "_shape_model" not in self.__dict__:
+            self.__dict__["_shape_model"] = build_model(**self.config["model"]).eval()
+        return self.__dict__["_shape_model"]
+
+    def window_bytes_per_voxel(self) -> float:
+        """Bytes one window's forward needs per voxel: the lean model's peak of live tensors on a small
+        window (activations scale with the voxels), plus the window, its softmax and its weighted copy."""
+        if "_voxel_bytes" not in self.__dict__:
+            model = self.reference_model()
+            lean = make_lean(model).cpu()
+            side = max(16, 2 * model.input_divisor)
+            x = torch.zeros(1, model.in_channels, *[side] * model.spatial_dims)
+            tracker = LiveTensorBytes()
+            with torch.no_grad(), tracker:
+                lean(x)
+            extra = 4 * (2 * model.out_channels + model.in_channels)
+            self.__dict__["_voxel_bytes"] = tracker.peak / side**model.spatial_dims + extra
+        return self.__dict__["_voxel_bytes"]
+
+    def window(
+        self, shape: Sequence[int], tile: str | Sequence[int] = "auto", overlap: float = 0.5, sw_batch: int = 4
+    ) -> tuple[tuple[int, ...], int]:
+        """Window sides and windows per forward for a preprocessed scan of spatial ``shape``.
+
+        ``auto`` on the CPU picks :func:`throughput_tile` (the whole scan when its forward fits in
+        ``_CPU_WINDOW_BYTES`` and a quarter of the available memory, else the fewest windows that fit) and one
+        window per forward: large windows keep the cores busy, batching them would only multiply memory.
+        ``auto`` on a GPU and ``patch`` use the training patch; explicit sides are checked against the net.
+
+        Raises:
+            ConfigError: unknown ``tile``, or sides of the wrong count or not divisible by the net's divisor.
+        """
+        if isinstance(tile, str):
+            tile = look_up_option(tile, TILES, "tile")
+            if tile == "patch" or self.device.type != "cpu":
+                return self.patch, sw_batch
+            budget = _CPU_WINDOW_BYTES
+            available = _available_memory()
+            if available is not None:
+                budget = min(budget, int(available * _CPU_MEMORY_SHARE))
+            max_voxels = int(budget / (self.window_bytes_per_voxel() * _WINDOW_SLACK))
+            divisor = self.reference_model().input_divisor
+            return throughput_tile(shape, self.patch, divisor, overlap, max_voxels), 1
+        sides = tuple(int(t) for t in tile)
+        divisor = self.reference_model().input_divisor
+        if len(sides) != len(shape) or any(t < 1 or t % divisor for t in sides):
+            raise ConfigError(
+                f"tile {'x'.join(map(str, sides))} does not fit model `{self.name}`",
+                hint=f"give {len(shape)} sides, each a multiple of {divisor}, or auto / patch",
+            )
+        return sides, sw_batch
+
     def check_image(self, image: Image, source: str | Path) -> None:
         """Raise DataError (naming ``source``) when the image's dimensionality or channels do not fit."""
         dims, channels = int(self.plan["spatial_dims"]), int(self.plan["num_channels"])
@@ -97,19 +172,24 @@ class Segmenter:
         tta: bool = False,
         probabilities: bool = False,
         attention: bool = False,
+        tile: str | Sequence[int] = "auto",
         source: str | Path = "image",
     ) -> Segmentation:
-        """Segment one scan; the returned images share the input's grid exactly."""
+        """Segment one scan; the returned images share the input's grid exactly.
+
+        ``tile``: the sliding window, see :meth:`window`.
+        """
         self.check_image(image, source)
         timings = {}
         start = time.perf_counter()
         array, props = preprocess_image(image, self.plan)
         timings["preprocess_s"] = time.perf_counter() - start
         start = time.perf_counter()
+        window, sw_batch = self.window(array.shape[1:], tile, overlap, sw_batch)
         result = sliding_window_inference(
             self.predict,
             torch.from_numpy(array),
-            self.patch,
+            window,
             len(self.labels),
             overlap=overlap,
             sw_batch=sw_batch,
@@ -120,7 +200,7 @@ class Segmenter:
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()
         labels = restore_labels(result.labels.numpy(), props)
-        seg = Segmentation(with_array(image, labels[None].astype(np.uint8)), timings=timings)
+        seg = Segmentation(with_array(image, labels[None].astype(np.uint8)), timings=timings, window=window)
         if probabilities and result.probabilities is not None:
             probs = restore_probabilities(result.probabilities.numpy(), props)
             seg.probabilities = with_array(image, probs)
