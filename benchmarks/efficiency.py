@@ -25,7 +25,9 @@ interrupted run keeps what it measured) and ``efficiency-<device>.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -425,6 +427,185 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 10 else f"{v:.0f}" if isinstance(v, float) else str(v)
 
 
+# --------------------------------------------------------------------------------------------- CPU segment
+SEGMENT_FEATURES = (24, 48, 96, 192)  # the shipped hippocampus model's widths
+SEGMENT_PATCH = (48, 64, 48)  # and its training patch
+SEGMENT_CLASSES = 3
+
+
+def _segment_variants(model, window: tuple[int, ...], threads: int, workdir: Path) -> tuple[dict, dict]:
+    """The predictors compared by ``--cpu-segment``, all with ``model``'s weights: name -> ``run(x) -> labels``."""
+    from satseg.engine.inference import sliding_window_inference
+
+    lean = make_lean(model)
+    notes: dict[str, str] = {}
+
+    def satseg_sw(predict, tile=window, batch=1):
+        def run(x):
+            return sliding_window_inference(predict, x, tile, SEGMENT_CLASSES, overlap=0.5, sw_batch=batch).labels
+
+        return run
+
+    variants = {"torch_lean": satseg_sw(lean), "torch_eager": satseg_sw(model)}
+    try:
+        import onnxruntime as ort
+
+        from satseg.engine.onnx_export import export_onnx
+
+        path = workdir / "lean.onnx"
+        export_onnx(lean, path, example_shape=(1, IN_CH, *SEGMENT_PATCH), metadata={}, check=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def ort_predict(x):
+            return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
+
+        variants["ort_lean"] = satseg_sw(ort_predict)
+    except Exception as err:  # a benchmark reports and goes on
+        notes["ort_lean"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    try:
+        from monai.inferers import sliding_window_inference as monai_sw
+
+        def monai_run(x):
+            with torch.inference_mode():
+                logits = monai_sw(x[None], window, 1, model, overlap=0.5, mode="gaussian")
+            return logits[0].argmax(0).to(torch.uint8)
+
+        variants["monai_eager"] = monai_run
+    except ImportError:
+        notes["monai_eager"] = "MONAI not installed"
+    return variants, notes
+
+
+def cpu_segment(args) -> int:
+    """``segment`` of one volume at model spacing on the CPU: ONNX Runtime lean vs PyTorch eager vs PyTorch lean
+    vs MONAI's sliding window, same weights, same window (``Segmenter.window``'s auto choice), interleaved round by
+    round so the machine's load hits every variant alike; plus the training-patch tiling (the former default),
+    timed on a few of its windows and scaled to all of them."""
+    from satseg.engine.inference import throughput_tile, window_starts
+    from satseg.engine.segmenter import Segmenter
+
+    threads = torch.get_num_threads()
+    volume = tuple(args.volume)
+    torch.manual_seed(0)
+    model = build_model("unet3d", "sat", IN_CH, SEGMENT_CLASSES, features=SEGMENT_FEATURES).eval()
+    config = {"model": {"net": "unet3d", "skip": "sat", "in_channels": IN_CH, "out_channels": SEGMENT_CLASSES,
+                        "features": list(SEGMENT_FEATURES)},
+              "plan": {"labels": {"background": 0, "a": 1, "b": 2}, "patch_size": list(SEGMENT_PATCH)}}  # fmt: skip
+    segmenter = Segmenter(model, config, "benchmark", "torch", torch.device("cpu"), model)
+    window, _ = segmenter.window(volume, "auto", 0.5)
+    x = torch.randn(IN_CH, *volume)
+    workdir = Path(tempfile.mkdtemp())
+    variants, notes = _segment_variants(model, window, threads, workdir)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    labels: dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    for r in range(args.rounds):
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                labels[name] = variants[name](x)
+            times[name].append(time.perf_counter() - t)
+            log(f"[{time.perf_counter() - started:5.0f} s] round {r}: {name} {times[name][-1]:.2f} s")
+        if time.perf_counter() - started > args.budget_s:
+            notes["rounds"] = f"stopped after {r + 1} round(s): --budget-s {args.budget_s:.0f} spent"
+            break
+    # The former default: windows of the training patch (overlap 0.5, 4 per pass), timed on 8 windows.
+    counts = [len(window_starts(max(v, p), p, 0.5)) for v, p in zip(volume, SEGMENT_PATCH, strict=True)]
+    lean = make_lean(model)
+    batch = torch.randn(4, IN_CH, *SEGMENT_PATCH)
+    with torch.inference_mode():
+        lean(batch)
+        t = time.perf_counter()
+        for _ in range(2):
+            lean(batch)
+        per_window = (time.perf_counter() - t) / 8
+    median = {name: statistics.median(v) for name, v in times.items()}
+    best = min(median, key=median.get)
+    reference = labels.get("torch_eager")
+    result = {
+        "mode": "cpu-segment",
+        "device_name": f"CPU ({platform.processor() or platform.machine()}, {threads} threads)",
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "volume": volume,
+        "features": SEGMENT_FEATURES,
+        "classes": SEGMENT_CLASSES,
+        "window": window,
+        "auto_window_fits_memory": tuple(window) == throughput_tile(volume, SEGMENT_PATCH, 8, 0.5, 10**12),
+        "window_bytes_per_voxel": segmenter.window_bytes_per_voxel(),
+        "times_s": times,
+        "median_s": median,
+        "fastest": best,
+        "ratios_vs_torch_lean": {n: round(m / median["torch_lean"], 3) for n, m in median.items()},
+        "ratios_vs_fastest": {n: round(m / median[best], 3) for n, m in median.items()},
+        "label_agreement_vs_torch_eager": {
+            n: float((lab == reference).float().mean()) for n, lab in labels.items() if reference is not None
+        },
+        "training_patch_tiling": {
+            "patch": SEGMENT_PATCH,
+            "windows": math.prod(counts),
+            "per_window_s": per_window,
+            "estimated_s": per_window * math.prod(counts),
+            "ratio_vs_torch_lean_auto_window": round(per_window * math.prod(counts) / median["torch_lean"], 3),
+        },
+        # FLOPs the windows compute (padding and overlap included) over the time they took.
+        "gflops_per_s_torch_lean": round(
+            _flops_volume(lean, window) * math.prod(len(window_starts(max(v, w), w, 0.5)) for v, w in zip(
+                volume, window, strict=True)) / median["torch_lean"], 2
+        ),  # fmt: skip
+        "notes": notes,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(args.out / "cpu-segment.json", result)
+    (args.out / "cpu-segment.md").write_text(_segment_markdown(result))
+    log(_segment_markdown(result))
+    return 0
+
+
+def _flops_volume(model, volume) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        copy.deepcopy(model).to("meta")(torch.zeros(1, IN_CH, *volume, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def _segment_markdown(r: dict) -> str:
+    lines = [
+        f"# CPU segment: {'x'.join(map(str, r['volume']))} volume, U-Net {r['features']} sat, {r['device_name']}",
+        "",
+        f"torch {r['torch']}; {r['date']}; load average {r['load_average']}; window "
+        f"{'x'.join(map(str, r['window']))} (`segment --tile auto`), overlap 0.5, one window per pass.",
+        "Variants interleaved round by round; median seconds; ratios are the comparable figures on a loaded machine.",
+        "",
+        "| backend | median s | vs torch lean | vs fastest | labels equal to eager |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in r["median_s"].items():
+        agree = r["label_agreement_vs_torch_eager"].get(name)
+        lines.append(
+            f"| {name} | {m:.2f} | {r['ratios_vs_torch_lean'][name]:.3f} | {r['ratios_vs_fastest'][name]:.3f} | "
+            f"{'–' if agree is None else f'{agree:.5f}'} |"
+        )
+    t = r["training_patch_tiling"]
+    lines += [
+        "",
+        f"Fastest: **{r['fastest']}**. Lean PyTorch reached {r['gflops_per_s_torch_lean']} GFLOP/s.",
+        f"The training-patch tiling (the former default: {t['windows']} windows of "
+        f"{'x'.join(map(str, t['patch']))}, 4 per pass) would take ~{t['estimated_s']:.1f} s "
+        f"({t['ratio_vs_torch_lean_auto_window']}x the auto window with torch lean; timed on 8 windows).",
+    ]
+    if r["notes"]:
+        lines += ["", *[f"- {k}: {v}" for k, v in r["notes"].items()]]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- main
 def configurations(device: str, nets: list[str], skips: list[str], quick: bool = False) -> list[dict[str, Any]]:
     s = SIZES[device]
@@ -477,7 +658,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this long")
     parser.add_argument("--no-compile", action="store_true", help="skip U-Net sat's compiled training step (CUDA)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--cpu-segment",
+        action="store_true",
+        help="only `segment` of one volume on the CPU: ORT lean vs torch eager vs torch lean vs MONAI",
+    )
+    parser.add_argument("--volume", type=lambda t: [int(v) for v in t.replace("x", ",").split(",")],
+                        default=[256, 256, 128], help="--cpu-segment: volume sides (default 256,256,128)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="--cpu-segment: interleaved rounds")
     args = parser.parse_args(argv)
+    if args.cpu_segment:
+        if args.budget_s is None:
+            args.budget_s = 240.0
+        return cpu_segment(args)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         log("error: --device cuda but CUDA is not available")
