@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
@@ -85,6 +86,9 @@ class UNet(SegmentationNet):
             self.decoder.append(DoubleConv(spatial_dims, up_width + transferred, width, norm, act))
         self.head = layer_type("conv", spatial_dims)(features[0], out_channels, 1)
 
+    concat_free_training = True
+    """Train without the decoder's concatenation buffers (see :func:`_decode_without_concat`); False: concatenate."""
+
     def forward(self, x: Tensor) -> Tensor:
         skips = []
         for level, block in enumerate(self.encoder):
@@ -95,12 +99,58 @@ class UNet(SegmentationNet):
                 # Gate as soon as the level is computed: only the gate's output is kept for the decoder.
                 skips.append(self.gates[level](x))
         modulate = self.transfer == "modulate" and self.gates[0].transfers_attention
+        split = self.concat_free_training and self.training and torch.is_grad_enabled() and not modulate
         for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
+            if split:
+                x = _decode_without_concat(up, block, x, skip)
+                continue
             x = up(x)
             if modulate:
                 x = x * (1 + skip.mean(dim=1, keepdim=True))
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
+
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, skip: Tensor) -> Tensor:
+    """``block(cat([up(coarse), skip]))`` for training, without the concatenation buffer.
+
+    The block's first conv is split by input channels, ``conv_up(u) + conv_skip(skip)``. Autograd would keep
+    ``u = up(coarse)`` for ``conv_up``'s weight gradient: it keeps ``coarse`` instead (the transposed conv
+    keeps it anyway) and recomputes ``u`` in the backward pass (a stride-2, kernel-2 transposed conv: a few
+    per cent of the 3×3 conv's cost). So a decoder level holds no copy of ``up``'s output nor of the skip
+    (only the gate's output, which the gate keeps for its own backward: one channel for ``at``/``sat``).
+    Equal to the concatenating forward up to float summation order (forward and gradients).
+    """
+    u = up(coarse)
+    first = block[0]
+    conv = first[0]
+    n = u.shape[1]
+    if torch.compiler.is_compiling():  # the compiler plans its own recomputation; hooks would break the graph
+        y = conv._conv_forward(u, conv.weight[:, :n], conv.bias)
+    else:
+        key = (u.data_ptr(), u.shape)
+
+        def pack(t: Tensor):
+            return None if (t.data_ptr(), t.shape) == key else t
+
+        def unpack(t):
+            if t is not None:
+                return t
+            with torch.no_grad():
+                return up(coarse)
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            y = conv._conv_forward(u, conv.weight[:, :n], conv.bias)
+    del u
+    conv_fn = _CONV_FN[skip.ndim - 2]
+    y += conv_fn(skip, conv.weight[:, n:], None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = first[2](first[1](y))
+    for later in list(block)[1:]:
+        y = later(y)
+    return y
 
 
 @register_model("unet2d", UNet)
