@@ -14,9 +14,10 @@ from satseg.engine.checkpoint import load_run
 from satseg.engine.onnx_export import ExportReport, export_onnx
 from satseg.engine.segmenter import ONNX_CONFIG_KEY
 from satseg.engine.zoo import resolve_model_path
+from satseg.nn import SegmentationNet
 from satseg.nn.lean import make_lean
 
-__all__ = ["export_run"]
+__all__ = ["export_run", "export_model"]
 
 
 def export_run(run: str | Path, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4) -> ExportReport:
@@ -32,6 +33,13 @@ def export_run(run: str | Path, output: str | Path, *, opset: int = 17, toleranc
         CheckpointError: the run cannot be loaded, or the exported model disagrees with PyTorch.
     """
     model, config = load_run(resolve_model_path(run))
+    return export_model(model, config, output, opset=opset, tolerance=tolerance)
+
+
+def export_model(
+    model: SegmentationNet, config: dict, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4
+) -> ExportReport:
+    """Export a loaded model with its run configuration (see :func:`export_run`)."""
     plan = config["plan"]
     patch = config.get("train", {}).get("patch") or plan["patch_size"]
     metadata = {

@@ -6,7 +6,9 @@ inference, and maps the prediction back onto the input's exact grid.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,8 @@ TILES = ("auto", "patch")
 """Window choices besides explicit sides: ``auto`` (CPU: :func:`throughput_tile`; GPU: the training patch)."""
 ONNX_CONFIG_KEY = "satseg_config"
 """ONNX metadata key holding the run configuration (model, plan) as JSON."""
+
+log = logging.getLogger(__name__)
 
 _CPU_WINDOW_BYTES = 4 * 2**30  # one CPU window's forward may take this much memory …
 _CPU_MEMORY_SHARE = 0.25  # … and at most this share of the memory available now
@@ -257,9 +261,12 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
         model: a run folder, a ``.pt`` checkpoint, an exported ``.onnx`` file, or a shipped model name
             (see ``satseg models``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files, else ``torch``.
+        backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files and, on the CPU, for run folders,
+            checkpoints and shipped models too (their lean form exported once to :func:`cache_dir`, falling back
+            to ``torch`` when ONNX Runtime is missing or the export fails); ``torch`` on GPUs.
     """
     path = resolve_model_path(model)
+    backend_given = backend
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
     # Under torchrun (e.g. `segment --shard auto`) each process takes its own GPU.
     torch_device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -278,7 +285,60 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
             raise CheckpointError(f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)") from err
         return Segmenter(predictor, config, str(model), "onnx", torch_device)
     net, config = load_run(path)
+    if backend_given is None and torch_device.type == "cpu":
+        # On the CPU ONNX Runtime runs the lean model faster than PyTorch (benchmarks/results/cpu-segment.md):
+        # export it once per model to the cache; any failure falls back to PyTorch.
+        onnx_path = cached_onnx_export(net, config)
+        if onnx_path is not None:
+            from satseg.engine.onnx_export import OnnxPredictor
+
+            predictor = OnnxPredictor(onnx_path, device="cpu")
+            return Segmenter(predictor, config, str(model), "onnx", torch_device, net)
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)
     return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net)
+
+
+def cache_dir() -> Path:
+    """Where exported models are cached: ``$SATSEG_CACHE``, ``$XDG_CACHE_HOME/satseg`` or ``~/.cache/satseg``."""
+    if os.environ.get("SATSEG_CACHE"):
+        return Path(os.environ["SATSEG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "satseg"
+
+
+def _model_digest(net: SegmentationNet, config: dict[str, Any]) -> str:
+    """Fingerprint of weights, configuration and the versions that shape the export."""
+    from satseg import __version__
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(f"satseg {__version__} torch {torch.__version__}".encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def cached_onnx_export(net: SegmentationNet, config: dict[str, Any]) -> Path | None:
+    """The model's lean ONNX export (parity-checked against PyTorch), made once and kept in :func:`cache_dir`.
+
+    Returns None (PyTorch is used instead, with a log line saying why) when ONNX Runtime is not installed
+    or the export, its parity check or the cache folder fails.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    path = cache_dir() / "onnx" / f"{config['model'].get('net', 'model')}-{_model_digest(net, config)}.onnx"
+    if path.is_file():
+        return path
+    from satseg.engine.export import export_model
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_model(net, config, path)
+    except (OSError, CheckpointError, ConfigError) as err:
+        log.warning("ONNX export for the CPU failed (%s); segmenting with PyTorch", err)
+        return None
+    log.info("exported the model for ONNX Runtime to `%s` (cached)", path)
+    return path

@@ -103,3 +103,22 @@ def test_auto_window_segments_a_scan_as_one_forward_of_the_padded_scan(segmenter
     with torch.no_grad():
         expected = segmenter.model(x)[0].argmax(0)[:, 1:31, 1:10]
     assert np.array_equal(seg.labels.array[0], expected.numpy().astype(np.uint8))
+
+
+def test_cpu_default_backend_is_onnx_runtime_exported_once_and_agrees_with_torch(segmenter, tmp_path, monkeypatch):
+    monkeypatch.setenv("SATSEG_CACHE", str(tmp_path / "cache"))
+    folder = segmenter.name
+    first = load_segmenter(folder, device="cpu")
+    exports = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert first.backend == "onnx" and len(exports) == 1
+    stamp = exports[0].stat().st_mtime_ns
+    second = load_segmenter(folder, device="cpu")
+    assert second.backend == "onnx" and exports[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    torch_segmenter = load_segmenter(folder, device="cpu", backend="torch")
+    assert torch_segmenter.backend == "torch"
+    rng = np.random.default_rng(1)
+    image = Image(rng.normal(size=(1, 20, 30, 9)).astype(np.float32), (1.0,) * 3, (0, 0, 0), tuple(np.eye(3).ravel()))
+    onnx_seg = first.segment(image, tile="patch", probabilities=True)
+    torch_seg = torch_segmenter.segment(image, tile="patch", probabilities=True)
+    np.testing.assert_allclose(onnx_seg.probabilities.array, torch_seg.probabilities.array, atol=1e-5)
+    assert first.model is not None  # the torch model stays for attention maps
