@@ -19,7 +19,7 @@ from torch import nn
 from satseg import __version__
 from satseg.atomic import atomic_path
 from satseg.errors import CheckpointError, ConfigError
-from satseg.nn import SegmentationNet, build_model
+from satseg.nn import SegmentationNet, build_model, legacy_model_config
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "checkpoint") -> SegmentationNet:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     try:
-        model = build_model(**payload["config"]["model"])
+        model = build_model(**legacy_model_config(payload["config"]["model"]))
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"`{source}`: its model configuration cannot be rebuilt ({err})") from err
     try:

@@ -34,7 +34,7 @@ from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case
 from satseg.engine.progress import TrainProgress
 from satseg.engine.validation import validate
 from satseg.errors import CheckpointError, ConfigError
-from satseg.nn import SegmentationNet, build_model
+from satseg.nn import SegmentationNet, build_model, explicit_model_config
 
 __all__ = ["train", "TrainResult", "EpochCallback", "RESUMABLE_OVERRIDES"]
 
@@ -204,13 +204,15 @@ def train(
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
     config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
     labels: dict[str, int] = plan["labels"]
-    model_cfg = {
-        "net": config.net,
-        "skip": config.skip,
-        "in_channels": int(plan["num_channels"]),
-        "out_channels": len(labels),
-        **config.model_options,
-    }
+    model_cfg = explicit_model_config(
+        {
+            "net": config.net,
+            "skip": config.skip,
+            "in_channels": int(plan["num_channels"]),
+            "out_channels": len(labels),
+            **config.model_options,
+        }
+    )
     torch.manual_seed(config.seed)  # the initial weights, too, follow from the seed
     model = build_model(**model_cfg)
     if int(model.spatial_dims) != spatial_dims:

@@ -88,7 +88,15 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
     for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "train.log"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16]}
+    gate_options = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}  # the defaults, written out
+    assert config["model"] == {
+        "net": "unet2d",
+        "skip": "st",
+        "in_channels": 1,
+        "out_channels": 2,
+        "features": [8, 16],
+        "gate_options": gate_options,
+    }
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)
     payload = torch.load(run / "checkpoint_last.pt", weights_only=True)
