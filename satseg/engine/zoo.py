@@ -2,6 +2,10 @@
 
 Each shipped model is a folder ``models/<name>/`` holding ``checkpoint.pt`` (a satseg checkpoint),
 ``card.md`` (the model card) and ``card.json`` (its key figures, read by ``satseg models``).
+
+The repository keeps them in its top-level ``models/``; an installed wheel carries them as package data
+in ``satseg/models/`` (see ``setup.py``). :data:`MODELS_DIR` is the packaged folder when there is one,
+else the source checkout's ``models/`` beside the package (editable install, ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -10,12 +14,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import satseg
 from satseg.errors import CheckpointError
 
 __all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for"]
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-"""The repository's ``models/`` folder (the package is installed in editable/development mode)."""
+
+
+def _models_dir() -> Path:
+    package = Path(satseg.__file__).resolve().parent
+    packaged = package / "models"
+    return packaged if packaged.is_dir() else package.parent / "models"
+
+
+MODELS_DIR = _models_dir()
+"""Where the shipped models are: ``satseg/models/`` in an installed wheel, else the checkout's ``models/``."""
 
 
 def list_shipped_models(models_dir: Path | None = None) -> list[dict[str, Any]]:
