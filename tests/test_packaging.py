@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_FILES = ("checkpoint.pt", "card.md", "card.json")
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "satseg", "models")
 
 
 def _sha256(data: bytes) -> str:
@@ -43,7 +45,15 @@ def _can_build_offline() -> bool:
 def installed(tmp_path_factory):
     """``(wheel, install folder)``: the repository built into a wheel and installed with ``--no-deps``."""
     root = tmp_path_factory.mktemp("wheel")
-    command = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(root / "dist")]
+    # Built from a clean copy: setuptools would reuse a stale build/ folder of the checkout.
+    source = root / "source"
+    for name in BUILD_INPUTS:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(root / "dist")]
     if _can_build_offline():
         command.append("--no-build-isolation")
     subprocess.run(command, check=True, cwd=root, capture_output=True)
