@@ -43,6 +43,7 @@ __all__ = [
     "preprocess_image",
     "restore_labels",
     "restore_probabilities",
+    "restore_argmax",
     "load_plan",
     "load_case",
     "load_splits",
@@ -156,6 +157,32 @@ def restore_probabilities(probs: np.ndarray, props: dict) -> np.ndarray:
     fill = np.zeros(probs.shape[0])
     fill[0] = 1.0
     return _back(np.asarray(probs, dtype=np.float32), props, "linear", fill, np.float32)
+
+
+def restore_argmax(probs: np.ndarray, props: dict) -> np.ndarray:
+    """Labels on the original grid from class probabilities ``(K, *S)`` on the preprocessed grid.
+
+    Each class's probability is resampled linearly onto the original grid (outside the crop box: background),
+    then the argmax is taken. This follows the model's boundary between voxels of the coarser grid, where
+    resampling the argmax labels with nearest neighbour would give staircases. Classes are resampled one at a
+    time against a running maximum, so memory is two float32 and one uint8 copy of the original grid whatever
+    the number of classes. Ties go to the lower class, as with ``np.argmax``.
+
+    Returns:
+        ``(*S_original)`` uint8 labels.
+    """
+    probs = np.asarray(probs)
+    best = labels = None
+    for k in range(probs.shape[0]):
+        fill = np.array([1.0 if k == 0 else 0.0])
+        p = _back(probs[k : k + 1].astype(np.float32, copy=False), props, "linear", fill, np.float32)[0]
+        if best is None:
+            best, labels = p, np.zeros(p.shape, dtype=np.uint8)
+            continue
+        higher = p > best
+        labels[higher] = k
+        np.maximum(best, p, out=best)
+    return labels
 
 
 # ---------------------------------------------------------------- reading back

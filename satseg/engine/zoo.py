@@ -17,8 +17,7 @@ from typing import Any
 import satseg
 from satseg.errors import CheckpointError
 
-__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for"]
-
+__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for", "shipped_models_for"]
 
 
 def _models_dir() -> Path:
@@ -75,17 +74,26 @@ def resolve_model_path(model: str | Path, models_dir: Path | None = None) -> Pat
     )
 
 
+def shipped_models_for(spatial_dims: int, num_channels: int, models_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The shipped models whose cards say they take ``spatial_dims``-D images with ``num_channels`` channels.
+
+    Whether a scan fits one of them otherwise (modality, field of view…) is :mod:`satseg.engine.guard`'s
+    question, answered from the model's plan.
+    """
+    cards = list_shipped_models(models_dir)
+    return [c for c in cards if c.get("spatial_dims") == spatial_dims and c.get("num_channels") == num_channels]
+
+
 def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path | None = None) -> dict[str, Any]:
-    """The shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels.
+    """The first shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels.
 
     Args:
         spatial_dims: 2 or 3.
         num_channels: channels of the image.
         models_dir: the folder of shipped models; default :data:`MODELS_DIR`.
     """
-    for card in list_shipped_models(models_dir):
-        if card.get("spatial_dims") == spatial_dims and card.get("num_channels") == num_channels:
-            return card
+    for card in shipped_models_for(spatial_dims, num_channels, models_dir):
+        return card
     raise CheckpointError(
         f"no shipped model takes {spatial_dims}D images with {num_channels} channel(s)",
         hint="pass --model with a run folder or an exported .onnx file",
