@@ -131,8 +131,8 @@ def test_2d_resize_maps_back_to_original_size():
 def _physical_zyx(image: sitk.Image) -> np.ndarray:
     """``(3, *shape)`` physical coordinates (z, y, x) of every voxel centre of an axis-aligned image."""
     assert np.allclose(image.GetDirection(), np.eye(3).ravel())
-    axes = [o + s * np.arange(n) for o, s, n in zip(image.GetOrigin(), image.GetSpacing(), image.GetSize(), strict=True)]
-    x, y, z = axes
+    grid = zip(image.GetOrigin(), image.GetSpacing(), image.GetSize(), strict=True)
+    x, y, z = (o + s * np.arange(n) for o, s, n in grid)
     return np.stack(np.meshgrid(z, y, x, indexing="ij"))
 
 
