@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PLAN_FORMAT = "satseg-preprocessed/1"
 PREPROCESSING = {"reorient": True, "crop": "foreground", "zscore": "foreground"}
 """How new plans preprocess a case (see :mod:`satseg.data.preprocess`)."""
-_LEGACY_PREPROCESSING = {"reorient": True, "crop": "nonzero", "zscore": "all"}
+_LEGACY_PREPROCESSING = {"reorient": False, "crop": "nonzero", "zscore": "all"}
 _DIVISOR = 16
 _PATCH_CAP = {2: 512, 3: 128}
 
