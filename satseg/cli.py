@@ -145,6 +145,21 @@ def train(
     features: Annotated[
         str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
     ] = None,
+    augment: Annotated[bool, typer.Option(help="Augment batches on the training device.")] = True,
+    rotation_deg: Annotated[
+        float | None, typer.Option(help="Largest continuous rotation, degrees; 0: none \\[default: 180 2D, 30 3D].")
+    ] = None,
+    elastic: Annotated[bool, typer.Option("--elastic", help="Add a cheap elastic deformation.")] = False,
+    deep_supervision: Annotated[
+        bool, typer.Option(help="Train auxiliary heads where the backbone has them (U-Net, DI2IN).")
+    ] = True,
+    ema: Annotated[
+        float | None, typer.Option(metavar="DECAY", help="Validate and ship an EMA of the weights, e.g. 0.999.")
+    ] = None,
+    resident: Annotated[
+        bool | None,
+        typer.Option("--resident/--no-resident", help="Keep the cases on the device \\[default: CUDA if they fit]."),
+    ] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -179,6 +194,9 @@ def train(
         workers=workers,
         max_minutes=max_minutes,
         patch=parse_sizes(patch) if patch else None,
+        rotation_deg=rotation_deg,
+        ema=ema,
+        resident=resident,
     )
     config = TrainConfig.from_options(
         net=net,
@@ -186,6 +204,9 @@ def train(
         fold=fold_number,
         optimizer=optimizer,
         loss=loss,
+        augment=augment,
+        elastic=elastic,
+        deep_supervision=deep_supervision,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -205,7 +226,11 @@ def train(
         print_json(summaries if every_fold else summaries[0])
         return
     for result, summary in zip(results, summaries, strict=True):
-        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+        out.print(
+            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
+            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
+            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+        )
 
 
 @app.command()

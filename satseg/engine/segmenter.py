@@ -26,7 +26,7 @@ from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
 from satseg.engine.checkpoint import BEST, LAST, load_run
 from satseg.engine.distributed import resolve_device
-from satseg.engine.inference import sliding_window_inference
+from satseg.engine.inference import autocast_context, run_amp_dtype, sliding_window_inference
 from satseg.engine.postprocess import keep_largest_components, read_lcc
 from satseg.engine.zoo import resolve_model_path
 from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
@@ -83,6 +83,11 @@ class Segmenter:
         return self.config["plan"]
 
     @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype the model trained with (None: float32); windows run in it on CUDA."""
+        return run_amp_dtype(self.config.get("train"))
+
+    @property
     def labels(self) -> dict[str, int]:
         return dict(self.plan["labels"])
 
@@ -132,6 +137,8 @@ class Segmenter:
             overlap=overlap,
             sw_batch=sw_batch,
             device=self.device,
+            amp=self.amp_dtype is not None,
+            amp_dtype=self.amp_dtype or torch.float32,
             tta=tta,
             return_probabilities=True,
         )
@@ -171,7 +178,8 @@ class Segmenter:
         x = F.pad(torch.from_numpy(array)[None], pad).to(self.device)
         model.keep_attention(True)
         try:
-            model(x)
+            with autocast_context(self.device, self.amp_dtype):
+                model(x)
             maps = []
             for _, gate in gates:
                 mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
@@ -187,12 +195,11 @@ class Segmenter:
 
 
 def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    # No autocast here: sliding_window_inference autocasts to the run's own dtype (Segmenter.amp_dtype).
     model.to(device).eval()
-    use_amp = device.type == "cuda"
 
     def predict(x: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return model(x.to(device)).float()
+        return model(x.to(device)).float()
 
     return predict
 

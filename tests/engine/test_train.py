@@ -88,7 +88,8 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
     for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "train.log"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16]}
+    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16],
+                               "deep_supervision": True}  # fmt: skip
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)
     payload = torch.load(run / "checkpoint_last.pt", weights_only=True)
