@@ -148,7 +148,12 @@ def train(
         str, typer.Option(help="Backbone: unet2d unet3d vnet2d vnet3d tiramisu2d tiramisu3d di2in2d di2in3d.")
     ] = "unet3d",
     skip: Annotated[str, typer.Option(help="Skip gate: org, st, at, sat.")] = "sat",
-    fold: Annotated[int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.")] = 0,
+    fold: Annotated[
+        str,
+        typer.Option(
+            help="Fold of splits.json to validate on; -1: train on all cases; `all`: each fold in OUT/fold_K."
+        ),
+    ] = "0",
     epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].")] = None,
     iters: Annotated[int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].")] = None,
     patch: Annotated[
@@ -175,6 +180,21 @@ def train(
     ] = None,
     select_l1: Annotated[float, typer.Option(help="Weight of an L1 term on trelu(W) (st/sat selection).")] = 0.0,
     select_lr_scale: Annotated[float, typer.Option(help="Learning-rate multiplier of the selection W.")] = 1.0,
+    augment: Annotated[bool, typer.Option(help="Augment batches on the training device.")] = True,
+    rotation_deg: Annotated[
+        float | None, typer.Option(help="Largest continuous rotation, degrees; 0: none \\[default: 180 2D, 30 3D].")
+    ] = None,
+    elastic: Annotated[bool, typer.Option("--elastic", help="Add a cheap elastic deformation.")] = False,
+    deep_supervision: Annotated[
+        bool, typer.Option(help="Train auxiliary heads where the backbone has them (U-Net, DI2IN).")
+    ] = True,
+    ema: Annotated[
+        float | None, typer.Option(metavar="DECAY", help="Validate and ship an EMA of the weights, e.g. 0.999.")
+    ] = None,
+    resident: Annotated[
+        bool | None,
+        typer.Option("--resident/--no-resident", help="Keep the cases on the device \\[default: CUDA if they fit]."),
+    ] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -191,8 +211,14 @@ def train(
 ) -> None:
     """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
     from satseg.engine.config import TrainConfig
+    from satseg.engine.crossval import train_folds
     from satseg.engine.trainer import train as run_training
 
+    every_fold = fold.strip().lower() == "all"
+    try:
+        fold_number = 0 if every_fold else int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold `{fold}` is not a fold number or `all`") from None
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -203,16 +229,22 @@ def train(
         workers=workers,
         max_minutes=max_minutes,
         patch=parse_sizes(patch) if patch else None,
+        rotation_deg=rotation_deg,
+        ema=ema,
+        resident=resident,
     )
     config = TrainConfig.from_options(
         net=net,
         skip=skip,
-        fold=fold,
+        fold=fold_number,
         optimizer=optimizer,
         loss=loss,
         scheduler=scheduler,
         select_l1=select_l1,
         select_lr_scale=select_lr_scale,
+        augment=augment,
+        elastic=elastic,
+        deep_supervision=deep_supervision,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -222,14 +254,22 @@ def train(
         | ({"gate_options": parse_settings(gate)} if gate else {}),
         **options,
     )
-    result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
-    summary = result.summary()
-    if not result.is_main:  # under torchrun only rank 0 reports
-        return
-    if json_output:
-        print_json(summary)
+    if every_fold:
+        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
     else:
-        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)]
+    if not results[0].is_main:  # under torchrun only rank 0 reports
+        return
+    summaries = [r.summary() for r in results]
+    if json_output:
+        print_json(summaries if every_fold else summaries[0])
+        return
+    for result, summary in zip(results, summaries, strict=True):
+        out.print(
+            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
+            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
+            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+        )
 
 
 @app.command()
@@ -394,7 +434,11 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Run folder, checkpoint, model.onnx or shipped model \\[default: by input].")
+        list[str] | None,
+        typer.Option(
+            help="Run folder, checkpoint, model.onnx, shipped model or folder of fold runs; repeat to average "
+            "several \\[default: the shipped model the input fits]."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
@@ -405,6 +449,13 @@ def segment(
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG of the mask over the image.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Segment inputs unlike the model's training scans (warn only).")
+    ] = False,
+    lcc: Annotated[
+        bool | None,
+        typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
     ] = False,
@@ -412,15 +463,18 @@ def segment(
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
     from satseg.engine.segment import segment_inputs
 
+    chosen = None if not model else model[0] if len(model) == 1 else model
     report = segment_inputs(
-        inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        inputs, output=output, model=chosen, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
         tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, progress=_status("segmenting"),
+        overwrite=overwrite, force=force, lcc=lcc, progress=_status("segmenting"),
     )  # fmt: skip
     if as_json:
         print_json({"results": report.results, "failures": report.failures})
     else:
         for result in report.results:
+            for warning in result["warnings"]:
+                err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
@@ -452,6 +506,31 @@ def export_onnx_command(
     else:
         out.print(f"wrote `{report.path}` ({report.size_bytes / 2**20:.1f} MB); max |torch − onnxruntime| = "
                   f"{report.max_abs_diff:.2e} over shapes {list(report.checked_shapes)}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def postprocess(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Decide per class from the runs' validation cases whether keeping the largest component helps; record it.
+
+    Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
+    """
+    from satseg.engine.postprocess import decide_lcc
+
+    record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=_status("scoring"))
+    if as_json:
+        print_json(record)
+        return
+    for name, on in record["lcc"].items():
+        without, with_lcc = record["dice_without"][name], record["dice_with"][name]
+        choice = "on" if on else "off"
+        out.print(f"{name}: largest component {choice} (Dice {without:.4f} without, {with_lcc:.4f} with)")
+    err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
 
 
 @app.command()

@@ -95,6 +95,7 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
         "in_channels": 1,
         "out_channels": 2,
         "features": [8, 16],
+        "deep_supervision": True,
         "gate_options": gate_options,
     }
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
