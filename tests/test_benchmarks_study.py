@@ -10,11 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from study import study_markdown, study_rows  # noqa: E402
 
 
-def _run(variant, seed, dice, half=None, off_init=0.0, off_end=0.0, gate=None):
+def _run(variant, seed, dice, half=None, off_init=0.0, off_end=0.0, gate=None, skip=None, selection=(0.5, 0.5)):
     cases = [{"case": f"c{i}", "dice": d, "fpr": 0.0, "fnr": 1.0 - d, "classes": {"a": {"dice": d}}}
              for i, d in enumerate(dice)]  # fmt: skip
-    skip = "org" if variant == "org" else "sat"
-    gates = [] if skip == "org" else [{"skip": "gates.0", "fraction_off": off_end, "selection": [0.5]}]
+    skip = skip or ("org" if variant == "org" else "sat")
+    gates = [] if skip == "org" else [{"skip": "gates.0", "fraction_off": off_end, "selection": list(selection)}]
     gates_init = [] if skip == "org" else [{"skip": "gates.0", "fraction_off": off_init, "selection": [0.5]}]
     options = {"features": [2, 4]} | ({"gate_options": gate} if gate else {})
     return {"dataset": "hippocampus", "net": "unet", "model": "unet2d", "skip": skip, "variant": variant,
@@ -44,3 +44,10 @@ def test_study_rows_pair_by_seed_and_report_selection_and_cost():
     assert sat["skip_bytes_per_patch"] == 2 * 8 * 8 * 4
     text = study_markdown(list(rows.values()), "t")
     assert "-0.075" in text and "50 % → 50 %" in text
+
+
+def test_pruned_selection_channels_do_not_count_as_skip_memory():
+    runs = [_run("org", 0, [0.8]), _run("st-l1", 0, [0.8], skip="st", selection=(0.0, 0.7))]
+    rows = {r["variant"]: r for r in study_rows(runs)}
+    # the lean path drops the switched-off channel: one of org's two level-0 channels is held
+    assert rows["st-l1"]["skip_bytes_per_patch"] == rows["org"]["skip_bytes_per_patch"] // 2
