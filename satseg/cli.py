@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,19 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=
 
 
 class _SatsegGroup(TyperGroup):
-    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
+    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1.
+
+    It also gathers the values of list options (see :func:`gather_list_values`) and fills the registry's
+    backbones and gates into help texts (``{models}``, ``{gates}``) only when a command is resolved, so that
+    ``satseg --version`` does not import torch.
+    """
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _fill_choices(command)
+            rest = gather_list_values(rest, command.params)
+        return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -79,14 +92,18 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
-def split_items(text: str | None, kind: type = str) -> list | None:
-    """Split a CLI list such as ``"org,st sat"`` or ``"96x96x96"`` into items of ``kind`` (None stays None).
+def split_items(text: str | Sequence[str] | None, kind: type = str) -> list | None:
+    """Split a CLI list such as ``"org,st sat"``, ``"96x96x96"`` or ``["org", "st,sat"]`` into items of ``kind``.
+
+    None stays None; an empty list is None, too (a list option that was not given).
 
     Raises:
         ConfigError: an item is not a valid ``kind``.
     """
-    if text is None:
+    if text is None or (not isinstance(text, str) and not text):
         return None
+    if not isinstance(text, str):  # the values of a repeated list option
+        text = " ".join(text)
     items = text.replace(",", " ")
     if kind is int:
         items = items.replace("x", " ")
@@ -96,15 +113,71 @@ def split_items(text: str | None, kind: type = str) -> list | None:
         raise ConfigError(f"cannot read `{text}` as a list of {kind.__name__}", hint="e.g. 96,96,96") from err
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``) into a tuple of positive ints."""
+def parse_sizes(text: str | Sequence[str]) -> tuple[int, ...]:
+    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``, ``["96", "96,96"]``) into a tuple of positive ints."""
     try:
-        values = tuple(split_items(text, int))
+        values = tuple(split_items(text, int) or ())
     except ConfigError:
         values = ()
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{text}`")
+        shown = text if isinstance(text, str) else " ".join(text)
+        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{shown}`")
     return values
+
+
+def _is_number_list(token: str) -> bool:
+    try:
+        return bool(split_items(token, float))
+    except ConfigError:
+        return False
+
+
+def gather_list_values(args: list[str], params: Sequence[Any]) -> list[str]:
+    """Let list options take several values: ``--compare org sat`` becomes ``--compare org --compare sat``.
+
+    List options are the ``multiple`` options (typed ``list[str]``); together with :func:`split_items` every
+    list option accepts space-separated values, comma-separated lists and repeated options alike. A bare
+    token after a list option's value joins that list; in a command with positional arguments only a
+    numeric one does (``--spacing 1 1 1 DATASET`` leaves ``DATASET`` alone).
+    """
+    list_opts = {name for p in params if getattr(p, "multiple", False) for name in getattr(p, "opts", ())}
+    if not list_opts:
+        return args
+    has_positionals = any(getattr(p, "param_type_name", "") == "argument" for p in params)
+    gathered: list[str] = []
+    current: str | None = None  # the list option whose extra values are being gathered
+    awaiting_value = False
+    for index, token in enumerate(args):
+        if token == "--":
+            gathered += args[index:]
+            break
+        if awaiting_value:
+            gathered.append(token)
+            awaiting_value = False
+            continue
+        if current and not token.startswith("-") and (not has_positionals or _is_number_list(token)):
+            gathered += [current, token]
+            continue
+        current = None
+        name = token.split("=", 1)[0]
+        if name in list_opts:
+            current, awaiting_value = name, "=" not in token
+        gathered.append(token)
+    return gathered
+
+
+def _fill_choices(command: Any) -> None:
+    """Put the registry's backbones and skip gates into help texts that ask for them."""
+    asking = [p for p in command.params if "{models}" in (getattr(p, "help", None) or "")]
+    asking += [p for p in command.params if "{gates}" in (getattr(p, "help", None) or "")]
+    if not asking:
+        return
+    from satseg.nn import list_gates, list_models
+
+    choices = {"{models}": ", ".join(list_models()), "{gates}": ", ".join(list_gates())}
+    for param in asking:
+        for placeholder, text in choices.items():
+            param.help = param.help.replace(placeholder, text)
 
 
 def print_json(data: Any) -> None:
@@ -117,44 +190,81 @@ def main() -> None:
     app(prog_name="satseg")
 
 
+_DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+_LIST = " Space- or comma-separated; may repeat."
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).")],
-    net: Annotated[
-        str, typer.Option(help="Backbone: unet2d unet3d vnet2d vnet3d tiramisu2d tiramisu3d di2in2d di2in3d.")
-    ] = "unet3d",
-    skip: Annotated[str, typer.Option(help="Skip gate: org, st, at, sat.")] = "sat",
-    fold: Annotated[int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].")] = None,
+    data: Annotated[
+        Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).", rich_help_panel=_DATA)
+    ],
+    fold: Annotated[
+        int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.", rich_help_panel=_DATA)
+    ] = 0,
     patch: Annotated[
-        str | None, typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's].")
+        list[str] | None,
+        typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST,
+                     rich_help_panel=_DATA),
     ] = None,
-    batch: Annotated[int | None, typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].")] = None,
-    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.")] = "adadelta",
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].")
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].", rich_help_panel=_DATA),
     ] = None,
-    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.")] = "dice+ce",
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
+    ] = None,
+    net: Annotated[str, typer.Option(help="Backbone: {models}.", rich_help_panel=_MODEL)] = "unet3d",
+    skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
     features: Annotated[
-        str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
+        list[str] | None,
+        typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128." + _LIST,
+                     rich_help_panel=_MODEL),
     ] = None,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
-    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms.")] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].", rich_help_panel=_OPTIM)
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.", rich_help_panel=_OPTIM)] = "adadelta",
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].", rich_help_panel=_OPTIM),
+    ] = None,
+    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.", rich_help_panel=_OPTIM)] = "dice+ce",
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.", rich_help_panel=_OPTIM)] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].", rich_help_panel=_HARDWARE)
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=_HARDWARE)] = True,
+    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.", rich_help_panel=_HARDWARE)] = "bf16",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=_HARDWARE)
     ] = False,
-    val_every: Annotated[int | None, typer.Option(help="Validate every N epochs \\[default: 1].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes \\[default: 0].")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this budget.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic algorithms.", rich_help_panel=_HARDWARE)
+    ] = False,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).", rich_help_panel=_RUN),
+    ] = ...,  # required; listed here so that the help's panels read data → run control
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=_RUN),
+    ] = False,
+    val_every: Annotated[
+        int | None, typer.Option(help="Validate every N epochs \\[default: 1].", rich_help_panel=_RUN)
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that passes this budget.", rich_help_panel=_RUN)
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=_RUN)
+    ] = False,
 ) -> None:
-    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP).
+
+    Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
+    """
     from satseg.engine.config import TrainConfig
     from satseg.engine.trainer import train as run_training
 
@@ -206,7 +316,8 @@ def evaluate(
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
     labels: Annotated[
-        str | None, typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt).")
+        list[str] | None,
+        typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt)." + _LIST),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel (--pred/--gt).")] = 1,
     device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda.")] = "auto",
@@ -239,7 +350,7 @@ def evaluate(
             pred,
             gt,
             output or pred,
-            labels=parse_labels(labels) if labels else None,
+            labels=parse_labels(",".join(split_items(labels))) if labels else None,
             tolerance_mm=tolerance,
             workers=workers,
         )
@@ -248,9 +359,9 @@ def evaluate(
     if as_json:  # what summary.json holds (with --model it includes the gate report)
         print_json({**report.summary, "gates": gates} if model is not None else report.summary)
         return
-    out.print(summary_table(report.summary))
+    _print_table(summary_table(report.summary))
     if gates:
-        out.print(gate_table(gates))
+        _print_table(gate_table(gates))
     err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
 
 
@@ -259,28 +370,23 @@ def _status(verb: str):
     return lambda item: err.print(f"{verb} {item}", highlight=False)
 
 
-def _params_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+def _print_table(table: Table) -> None:
+    """Print a result table to stdout, laid out vertically when its figures would not fit the terminal."""
+    from satseg.engine.reporting import fit_table
 
-    table = Table(
-        "net", "skip", "params", "vs org", "skip channels", "skip MB", "GFLOPs", "peak MB", title="Skip gates"
-    )
-    table.columns[4].overflow = "fold"
-    for r in rows:
-        mb = lambda v: "-" if v is None else f"{v / 2**20:.2f}"  # noqa: E731
-        table.add_row(
-            r["net"], r["skip"], f"{r['params']:,}", f"{r['params_change_pct']:+.1f} %",
-            ",".join(map(str, r["skip_channels"])), mb(r["skip_bytes"]),
-            "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mb(r["peak_memory_bytes"]),
-        )  # fmt: skip
-    out.print(table)
+    out.print(fit_table(table, out.width))
 
 
 def params(
-    net: Annotated[str, typer.Option("--net", help="Backbone name, or `all` for every registered one.")] = "all",
-    compare: Annotated[str, typer.Option("--compare", help="Skip gates, e.g. org,st,at,sat.")] = "org,st,at,sat",
+    net: Annotated[
+        list[str], typer.Option("--net", metavar="NETS", help="Backbones, or `all` for every registered one." + _LIST)
+    ] = ["all"],  # noqa: B006 - typer needs a list default; it is never mutated
+    compare: Annotated[
+        list[str], typer.Option("--compare", metavar="GATES", help="Skip gates, e.g. org,st,at,sat." + _LIST)
+    ] = ["org,st,at,sat"],  # noqa: B006
     patch: Annotated[
-        str | None, typer.Option("--patch", help="Patch sides, e.g. 96,96,96 (default 64² / 32³).")
+        list[str] | None,
+        typer.Option("--patch", metavar="SIZES", help="Patch sides, e.g. 96,96,96 (default 64² / 32³)." + _LIST),
     ] = None,
     in_channels: Annotated[int, typer.Option("--in-channels")] = 1,
     out_channels: Annotated[int, typer.Option("--out-channels")] = 2,
@@ -293,10 +399,16 @@ def params(
     from satseg.engine.params import compare_models
 
     rows = compare_models(
-        None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,
+        None if split_items(net) == ["all"] else split_items(net), split_items(compare),
+        patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
         out_channels=out_channels, flops=flops, memory=memory, device=device,
     )  # fmt: skip
-    print_json(rows) if as_json else _params_table(rows)
+    if as_json:
+        print_json(rows)
+    else:
+        from satseg.engine.reporting import params_table
+
+        _print_table(params_table(rows))
 
 
 app.command("params")(params)
@@ -307,9 +419,14 @@ app.command("count-params", hidden=True)(params)
 def preprocess(
     dataset: Annotated[Path, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ dataset folder.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")],
-    spacing: Annotated[str, typer.Option(help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x.")] = "auto",
+    spacing: Annotated[
+        list[str],
+        typer.Option(metavar="SPACING", help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x." + _LIST),
+    ] = ["auto"],  # noqa: B006
     modality: Annotated[str, typer.Option(help="`auto` (from dataset.json), `ct`, `mri` or `rgb`.")] = "auto",
-    size: Annotated[tuple[int, int] | None, typer.Option(help="2D only: resize to H W (plain resize).")] = None,
+    size: Annotated[
+        list[str] | None, typer.Option(metavar="H,W", help="2D only: resize to H W (plain resize)." + _LIST)
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds in splits.json.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
@@ -320,7 +437,9 @@ def preprocess(
     """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/)."""
     from satseg.data import InvalidCasesError, preprocess_dataset
 
-    options = dict(spacing=spacing, modality=modality, size=size, folds=folds, seed=seed, workers=workers)
+    spacing_items = split_items(spacing)
+    options = dict(spacing=spacing_items[0] if len(spacing_items) == 1 else spacing_items, modality=modality,
+                   size=parse_sizes(size) if size else None, folds=folds, seed=seed, workers=workers)  # fmt: skip
     try:
         report = preprocess_dataset(
             dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json
@@ -422,7 +541,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards
     from satseg.engine.zoo import list_shipped_models
 
     cards = list_shipped_models()
-    print_json(cards) if as_json else out.print(models_table(cards))
+    print_json(cards) if as_json else _print_table(models_table(cards))
 
 
 @app.command()
@@ -441,4 +560,4 @@ def demo(
     from satseg.engine.reporting import demo_table
 
     result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
-    print_json(result) if as_json else out.print(demo_table(result))
+    print_json(result) if as_json else _print_table(demo_table(result))
