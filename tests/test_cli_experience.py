@@ -171,3 +171,26 @@ def test_gate_and_demo_tables_are_whole_at_80_columns():
     _assert_whole(text, ["0.812 ± 0.031", "1,234,567", "1,100,042", "400/400", "160/400", "25 %"])
     assert "cut short" in text.lower()
     assert "CUT SHORT" not in _render(fit_table(demo_table({"rows": [row], "seconds": 1.0}), 80))
+
+
+# --- the demo ----------------------------------------------------------------------------------------------------
+
+
+def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
+    import satseg.engine.demo as demo
+
+    configs = []
+    real_train = demo.train
+    def recording_train(data, out, config):
+        configs.append(config)
+        return real_train(data, out, config)
+
+    monkeypatch.setattr(demo, "train", recording_train)
+    settings = demo.DemoSettings(cases=4, shape=(16, 20, 16), features=(4, 8), patch=(16, 16, 16), epochs=2,
+                                 iters_per_epoch=2, device="cpu")  # fmt: skip
+    result = demo.run_demo(settings, tmp_path / "demo")
+    assert [c.max_minutes for c in configs] == [None, None]
+    assert [(c.epochs, c.iters_per_epoch) for c in configs] == [(2, 2), (2, 2)]
+    assert [(r["steps_done"], r["steps_planned"]) for r in result["rows"]] == [(4, 4), (4, 4)]
+    assert "cut short" not in _render(fit_table(demo_table(result), 80)).lower()
+    assert "max_minutes" not in demo.DemoSettings.__dataclass_fields__
