@@ -204,8 +204,9 @@ def train(
     ] = 0,
     patch: Annotated[
         list[str] | None,
-        typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST,
-                     rich_help_panel=_DATA),
+        typer.Option(
+            metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST, rich_help_panel=_DATA
+        ),
     ] = None,
     batch: Annotated[
         int | None,
@@ -218,8 +219,9 @@ def train(
     skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
     features: Annotated[
         list[str] | None,
-        typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128." + _LIST,
-                     rich_help_panel=_MODEL),
+        typer.Option(
+            metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128." + _LIST, rich_help_panel=_MODEL
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
     iters: Annotated[
@@ -417,13 +419,23 @@ app.command("count-params", hidden=True)(params)
 
 @app.command()
 def preprocess(
-    dataset: Annotated[Path, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ dataset folder.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")],
+    dataset: Annotated[
+        Path | None, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder.")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")] = ...,
+    images: Annotated[
+        Path | None, typer.Option("--images", file_okay=False, help="Folder of images (with --labels, no DATASET).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", file_okay=False, help="Folder of their masks, paired by name or case id.")
+    ] = None,
     spacing: Annotated[
         list[str],
         typer.Option(metavar="SPACING", help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x." + _LIST),
     ] = ["auto"],  # noqa: B006
-    modality: Annotated[str, typer.Option(help="`auto` (from dataset.json), `ct`, `mri` or `rgb`.")] = "auto",
+    modality: Annotated[
+        str, typer.Option(help="`auto` (dataset.json; pictures: rgb or grey), `ct`, `mri`, `rgb` or `grey`.")
+    ] = "auto",
     size: Annotated[
         list[str] | None, typer.Option(metavar="H,W", help="2D only: resize to H W (plain resize)." + _LIST)
     ] = None,
@@ -434,16 +446,22 @@ def preprocess(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out cases that fail validation.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/)."""
+    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/).
+
+    Paired picture sets may also be given as two folders: `--images DIR --labels DIR`.
+    """
     from satseg.data import InvalidCasesError, preprocess_dataset
 
+    if dataset is None and images is None:
+        raise ConfigError("give the dataset folder, or --images DIR --labels DIR")
     spacing_items = split_items(spacing)
     options = dict(spacing=spacing_items[0] if len(spacing_items) == 1 else spacing_items, modality=modality,
                    size=parse_sizes(size) if size else None, folds=folds, seed=seed, workers=workers)  # fmt: skip
     try:
         report = preprocess_dataset(
-            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json
-        )
+            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json,
+            image_dir=images, label_dir=labels,
+        )  # fmt: skip
     except InvalidCasesError as error:
         _bad_table(error.bad)
         raise
@@ -453,10 +471,22 @@ def preprocess(
     summary = {"output": str(report.output), "written": len(report.written), "reused": len(report.reused)}
     summary |= {"skipped_bad": [b.case_id for b in report.bad], "seconds": round(report.seconds, 2)}
     summary |= {k: plan[k] for k in ("spatial_dims", "modality", "spacing", "size", "patch_size", "labels")}
+    if plan.get("pairing"):
+        summary["pairing"] = plan["pairing"]
     if as_json:
         print_json(summary)
     else:
-        out.print(Panel("\n".join(f"{k}: {v}" for k, v in summary.items()), title="satseg preprocess", expand=False))
+        if plan.get("pairing"):
+            summary["pairing"] = _pairing_text(plan["pairing"])
+        lines = "\n".join(f"{k}: {v}" for k, v in summary.items())
+        out.print(Panel(lines, title="satseg preprocess", expand=False), soft_wrap=False)  # wrap long lines, not cut
+
+
+def _pairing_text(pairing: dict[str, Any]) -> str:
+    """``image/ ↔ label/ by leading case id: 20 pairs, e.g. 21_training.tif ↔ 21_manual1.gif``."""
+    folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+    text = f"{folders} by {pairing['by']}: {pairing['pairs']} pairs"
+    return text + (f", e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}" if pairing["example"] else "")
 
 
 def _bad_table(bad: list, title: str = "cases that failed validation") -> None:

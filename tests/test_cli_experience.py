@@ -181,6 +181,7 @@ def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
 
     configs = []
     real_train = demo.train
+
     def recording_train(data, out, config):
         configs.append(config)
         return real_train(data, out, config)

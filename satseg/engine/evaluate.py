@@ -1,7 +1,7 @@
 """Score folders of predicted label images against reference ones; summarise; report the skip gates.
 
 Files are matched by case name: the file name without its image extension (``.nii.gz``, ``.nii``,
-``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``) and
+``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``, ``.gif``) and
 without one trailing ``_seg``, ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or
 ``_prediction``; so ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction
 needs a reference; references without a prediction are listed in the report and skipped. Metric
@@ -44,8 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", *_PILLOW_EXTENSIONS)
 _CASE_SUFFIXES = ("_segmentation", "_seg", "_labels", "_label", "_gt", "_mask", "_prediction", "_pred")
 # Geometry tolerances: spacing (relative), origin (mm), direction cosines (absolute).
 _SPACING_RTOL, _ORIGIN_ATOL_MM, _DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
