@@ -364,7 +364,8 @@ def evaluate(
     _print_table(summary_table(report.summary))
     if gates:
         _print_table(gate_table(gates))
-    err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
+    figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
+    err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
 
 
 def _status(verb: str):

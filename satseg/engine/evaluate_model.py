@@ -14,6 +14,7 @@ from typing import Any
 from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image, write_image
 from satseg.data.store import load_case, load_plan, load_splits
+from satseg.engine.eval_report import CaseView, WorstCases, case_dice
 from satseg.engine.evaluate import EvaluationReport, gate_report, summarise, write_report
 from satseg.engine.metrics import case_metrics
 from satseg.engine.segmenter import load_segmenter
@@ -50,7 +51,7 @@ def evaluate_model(
     Args:
         run: run folder, checkpoint or shipped model name.
         data_dir: the preprocessed folder the cases come from.
-        out_dir: where ``per_case.csv``, ``summary.json`` and ``predictions/`` go.
+        out_dir: where ``per_case.csv``, ``summary.json``, ``predictions/`` and the visual ``report/`` go.
         split: ``val`` (default), ``train`` or ``all``.
         fold: the fold; default: the one the model was trained with (0 if unknown).
         tolerance_mm: surface Dice tolerance.
@@ -69,6 +70,7 @@ def evaluate_model(
     labels = {k: v for k, v in segmenter.labels.items() if v != 0}
     out_dir = Path(out_dir)
     rows: list[dict[str, Any]] = []
+    worst = WorstCases()  # the images of the lowest-scoring cases, for the report's previews
     for case_id in split_cases(data_dir, split, fold):
         if progress is not None:
             progress(case_id)
@@ -83,12 +85,15 @@ def evaluate_model(
         # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
         ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
         scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
-        rows += [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
+        case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
+        view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
+        worst.offer(case_id, case_dice(case_rows)[case_id], view)
+        rows += case_rows
     summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
                "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip
     report = EvaluationReport(rows=rows, summary=summary, labels=labels, missing_predictions=[])
     gates = gate_report(segmenter.model) if segmenter.model is not None else []
-    write_report(report, out_dir, {"gates": gates})
+    write_report(report, out_dir, {"gates": gates}, views=worst.get)
     return report, gates
 
 

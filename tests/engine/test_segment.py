@@ -422,6 +422,14 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / f"{row['case']}.nii.gz"))) == 1
         dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
         assert float(row["dice"]) == pytest.approx(dice, rel=1e-9), row["case"]
+    # the visual report: Dice per case, and outlines of the worst cases over their images
+    worst = sorted(rows, key=lambda r: (float(r["dice"]), r["case"]))
+    drawn = sorted(p.name for p in (out / "report").glob("worst_*.png"))
+    assert drawn == [f"worst_{i}_{r['case']}.png" for i, r in enumerate(worst, start=1)]
+    for png in [out / "report" / "dice_per_case.png", *(out / "report").glob("worst_*.png")]:
+        with PILImage.open(png) as picture:
+            picture.load()
+            assert picture.format == "PNG" and 100 <= picture.width <= 2000 and 40 <= picture.height <= 2000
 
 
 def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):
