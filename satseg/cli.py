@@ -345,7 +345,7 @@ def evaluate(
             fold=fold,
             tolerance_mm=tolerance,
             device=device,
-            progress=_status("segmenting"),
+            progress=True,
         )
     elif pred is not None and gt is not None:
         report = evaluate_folders(
@@ -366,11 +366,6 @@ def evaluate(
         _print_table(gate_table(gates))
     figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
     err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
-
-
-def _status(verb: str):
-    """A progress callback that prints `verb item` to stderr (one line per item)."""
-    return lambda item: err.print(f"{verb} {item}", highlight=False)
 
 
 def _print_table(table: Table) -> None:
@@ -526,7 +521,7 @@ def segment(
     report = segment_inputs(
         inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
         tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, progress=_status("segmenting"),
+        overwrite=overwrite, progress=True,
     )  # fmt: skip
     if as_json:
         print_json({"results": report.results, "failures": report.failures})

@@ -7,7 +7,6 @@ are what a user of the model gets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from satseg.data.store import load_case, load_plan, load_splits
 from satseg.engine.eval_report import CaseView, WorstCases, case_dice
 from satseg.engine.evaluate import EvaluationReport, gate_report, summarise, write_report
 from satseg.engine.metrics import case_metrics
+from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import load_segmenter
 from satseg.errors import ConfigError, DataError, look_up_option
 
@@ -44,7 +44,7 @@ def evaluate_model(
     tolerance_mm: float = 1.0,
     device: str = "auto",
     save_predictions: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> tuple[EvaluationReport, list[dict[str, Any]]]:
     """Segment the cases of a split with a trained model and score them on their original grids.
 
@@ -57,6 +57,7 @@ def evaluate_model(
         tolerance_mm: surface Dice tolerance.
         device: ``auto``, ``cpu`` or ``cuda``.
         save_predictions: also write each predicted mask to ``predictions/``.
+        progress: show bars over the cases and the current case's windows, with remaining time, on stderr.
 
     Returns:
         The evaluation report and the model's gate report (channels switched off per skip).
@@ -71,24 +72,25 @@ def evaluate_model(
     out_dir = Path(out_dir)
     rows: list[dict[str, Any]] = []
     worst = WorstCases()  # the images of the lowest-scoring cases, for the report's previews
-    for case_id in split_cases(data_dir, split, fold):
-        if progress is not None:
-            progress(case_id)
-        _, _, props = load_case(data_dir, case_id)
-        if not props.get("label_file"):
-            raise DataError(f"case `{case_id}` has no label to score against")
-        image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
-        reference = read_image(props["label_file"])
-        seg = segmenter.segment(image, source=props["image_files"][0])
-        if save_predictions:
-            write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
-        # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
-        ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
-        scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
-        case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
-        view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
-        worst.offer(case_id, case_dice(case_rows)[case_id], view)
-        rows += case_rows
+    case_ids = split_cases(data_dir, split, fold)
+    with ItemProgress(len(case_ids), "evaluating", enabled=progress) as bar:
+        for case_id in case_ids:
+            bar.item(case_id)
+            _, _, props = load_case(data_dir, case_id)
+            if not props.get("label_file"):
+                raise DataError(f"case `{case_id}` has no label to score against")
+            image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
+            reference = read_image(props["label_file"])
+            seg = segmenter.segment(image, source=props["image_files"][0], progress=bar.windows)
+            if save_predictions:
+                write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+            # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
+            ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
+            scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
+            case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
+            view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
+            worst.offer(case_id, case_dice(case_rows)[case_id], view)
+            rows += case_rows
     summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
                "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip
     report = EvaluationReport(rows=rows, summary=summary, labels=labels, missing_predictions=[])

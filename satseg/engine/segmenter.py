@@ -97,8 +97,12 @@ class Segmenter:
         probabilities: bool = False,
         attention: bool = False,
         source: str | Path = "image",
+        progress: Callable[[int, int], None] | None = None,
     ) -> Segmentation:
-        """Segment one scan; the returned images share the input's grid exactly."""
+        """Segment one scan; the returned images share the input's grid exactly.
+
+        ``progress(done, total)`` is called with the sliding windows predicted so far.
+        """
         self.check_image(image, source)
         timings = {}
         start = time.perf_counter()
@@ -115,6 +119,7 @@ class Segmenter:
             device=self.device,
             tta=tta,
             return_probabilities=probabilities,
+            progress=progress,
         )
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -274,6 +274,24 @@ def test_json_volumes_match_voxel_counts_times_voxel_volume(model3d, tmp_path):
     expected_ml = count * float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
     assert entry["unit"] == "ml"
     assert entry["volumes"] == {"core": pytest.approx(expected_ml, rel=1e-12)}
+    # progress (scans and windows, with remaining time) goes to stderr; stdout holds the JSON alone
+    assert "segmenting" in result.stderr and "remaining" in result.stderr and path.name in result.stderr
+    assert "1/1" in result.stderr and "segmenting" not in result.stdout
+
+
+def test_item_progress_counts_items_and_windows():
+    from satseg.engine.progress import ItemProgress
+
+    with ItemProgress(2, "segmenting", enabled=True) as bar:
+        bar.item("a.nii.gz")
+        bar.windows(3, 8)
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert (tasks["a.nii.gz"].completed, tasks["a.nii.gz"].total) == (3, 8)
+        assert tasks["segmenting"].completed == 0
+        bar.item("b.nii.gz")
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert tasks["segmenting"].completed == 1 and tasks["b.nii.gz"].completed == 0
+    assert bar._progress.tasks[0].completed == 2  # the last item counts when the run ends
 
 
 def test_preview_png_colours_exactly_the_masked_voxels(model3d, tmp_path):
@@ -411,6 +429,7 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
     assert summary["split"] == "all" and summary["fold"] == 0
     printed = CliRunner().invoke(app, [*args, "--json"])
     assert printed.exit_code == 0 and json.loads(printed.stdout) == json.loads((out / "summary.json").read_text())
+    assert "evaluating" in printed.stderr and "3/3" in printed.stderr and "remaining" in printed.stderr
     with (out / "per_case.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["case"] for r in rows) == ["synth_000", "synth_001", "synth_002"]
