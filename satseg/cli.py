@@ -377,10 +377,12 @@ def _print_table(table: Table) -> None:
 
 def params(
     net: Annotated[
-        list[str], typer.Option("--net", metavar="NETS", help="Backbones, or `all` for every registered one." + _LIST)
+        list[str],
+        typer.Option("--net", metavar="NETS", help="Backbones ({models}), or `all` for every one." + _LIST),
     ] = ["all"],  # noqa: B006 - typer needs a list default; it is never mutated
     compare: Annotated[
-        list[str], typer.Option("--compare", metavar="GATES", help="Skip gates, e.g. org,st,at,sat." + _LIST)
+        list[str],
+        typer.Option("--compare", metavar="GATES", help="Skip gates to compare ({gates})." + _LIST),
     ] = ["org,st,at,sat"],  # noqa: B006
     patch: Annotated[
         list[str] | None,
