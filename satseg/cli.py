@@ -92,16 +92,20 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
-def split_items(text: str | Sequence[str] | None, kind: type = str) -> list | None:
+def split_items(text: str | Sequence[str] | None, kind: type = str, keep_paths: bool = False) -> list | None:
     """Split a CLI list such as ``"org,st sat"``, ``"96x96x96"`` or ``["org", "st,sat"]`` into items of ``kind``.
 
-    None stays None; an empty list is None, too (a list option that was not given).
+    None stays None; an empty list is None, too (a list option that was not given). With ``keep_paths`` a
+    value naming an existing file or folder stays whole (its name may hold spaces or commas).
 
     Raises:
         ConfigError: an item is not a valid ``kind``.
     """
     if text is None or (not isinstance(text, str) and not text):
         return None
+    if keep_paths:
+        values = [text] if isinstance(text, str) else list(text)
+        return [item for v in values for item in ([v] if Path(v).exists() else split_items(v, kind) or [])]
     if not isinstance(text, str):  # the values of a repeated list option
         text = " ".join(text)
     items = text.replace(",", " ")
@@ -200,8 +204,12 @@ def train(
         Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).", rich_help_panel=_DATA)
     ],
     fold: Annotated[
-        int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.", rich_help_panel=_DATA)
-    ] = 0,
+        str,
+        typer.Option(
+            help="Fold of splits.json to validate on; -1: train on all cases; `all`: each fold in OUT/fold_K.",
+            rich_help_panel=_DATA,
+        ),
+    ] = "0",
     patch: Annotated[
         list[str] | None,
         typer.Option(
@@ -215,6 +223,18 @@ def train(
     workers: Annotated[
         int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
     ] = None,
+    augment: Annotated[
+        bool, typer.Option(help="Augment batches on the training device.", rich_help_panel=_DATA)
+    ] = True,
+    rotation_deg: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest continuous rotation, degrees; 0: none \\[default: 180 2D, 30 3D].", rich_help_panel=_DATA
+        ),
+    ] = None,
+    elastic: Annotated[
+        bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
+    ] = False,
     net: Annotated[str, typer.Option(help="Backbone: {models}.", rich_help_panel=_MODEL)] = "unet3d",
     skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
     features: Annotated[
@@ -233,9 +253,27 @@ def train(
         typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].", rich_help_panel=_OPTIM),
     ] = None,
     loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.", rich_help_panel=_OPTIM)] = "dice+ce",
+    deep_supervision: Annotated[
+        bool,
+        typer.Option(help="Train auxiliary heads where the backbone has them (U-Net, DI2IN).", rich_help_panel=_OPTIM),
+    ] = True,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DECAY", help="Validate and ship an EMA of the weights, e.g. 0.999.", rich_help_panel=_OPTIM
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.", rich_help_panel=_OPTIM)] = 0,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].", rich_help_panel=_HARDWARE)
+    ] = None,
+    resident: Annotated[
+        bool | None,
+        typer.Option(
+            "--resident/--no-resident",
+            help="Keep the cases on the device \\[default: CUDA if they fit].",
+            rich_help_panel=_HARDWARE,
+        ),
     ] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=_HARDWARE)] = True,
     amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.", rich_help_panel=_HARDWARE)] = "bf16",
@@ -268,8 +306,14 @@ def train(
     Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
     """
     from satseg.engine.config import TrainConfig
+    from satseg.engine.crossval import train_folds
     from satseg.engine.trainer import train as run_training
 
+    every_fold = fold.strip().lower() == "all"
+    try:
+        fold_number = 0 if every_fold else int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold `{fold}` is not a fold number or `all`") from None
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -280,13 +324,19 @@ def train(
         workers=workers,
         max_minutes=max_minutes,
         patch=parse_sizes(patch) if patch else None,
+        rotation_deg=rotation_deg,
+        ema=ema,
+        resident=resident,
     )
     config = TrainConfig.from_options(
         net=net,
         skip=skip,
-        fold=fold,
+        fold=fold_number,
         optimizer=optimizer,
         loss=loss,
+        augment=augment,
+        elastic=elastic,
+        deep_supervision=deep_supervision,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -295,14 +345,22 @@ def train(
         model_options={"features": list(parse_sizes(features))} if features else {},
         **options,
     )
-    result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
-    summary = result.summary()
-    if not result.is_main:  # under torchrun only rank 0 reports
-        return
-    if json_output:
-        print_json(summary)
+    if every_fold:
+        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
     else:
-        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)]
+    if not results[0].is_main:  # under torchrun only rank 0 reports
+        return
+    summaries = [r.summary() for r in results]
+    if json_output:
+        print_json(summaries if every_fold else summaries[0])
+        return
+    for result, summary in zip(results, summaries, strict=True):
+        out.print(
+            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
+            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
+            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+        )
 
 
 @app.command()
@@ -502,7 +560,11 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Run folder, checkpoint, model.onnx or shipped model \\[default: by input].")
+        list[str] | None,
+        typer.Option(
+            help="Run folder, checkpoint, model.onnx, shipped model or folder of fold runs; several are averaged "
+            "\\[default: the shipped model the input fits]. Comma-separated; may repeat."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
@@ -513,6 +575,13 @@ def segment(
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG of the mask over the image.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Segment inputs unlike the model's training scans (warn only).")
+    ] = False,
+    lcc: Annotated[
+        bool | None,
+        typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
     ] = False,
@@ -520,15 +589,19 @@ def segment(
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
     from satseg.engine.segment import segment_inputs
 
+    models = split_items(model, keep_paths=True)
+    chosen = None if not models else models[0] if len(models) == 1 else models
     report = segment_inputs(
-        inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        inputs, output=output, model=chosen, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
         tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, progress=True,
+        overwrite=overwrite, force=force, lcc=lcc, progress=True,
     )  # fmt: skip
     if as_json:
         print_json({"results": report.results, "failures": report.failures})
     else:
         for result in report.results:
+            for warning in result["warnings"]:
+                err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
@@ -560,6 +633,31 @@ def export_onnx_command(
     else:
         out.print(f"wrote `{report.path}` ({report.size_bytes / 2**20:.1f} MB); max |torch − onnxruntime| = "
                   f"{report.max_abs_diff:.2e} over shapes {list(report.checked_shapes)}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def postprocess(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Decide per class from the runs' validation cases whether keeping the largest component helps; record it.
+
+    Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
+    """
+    from satseg.engine.postprocess import decide_lcc
+
+    record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
+    if as_json:
+        print_json(record)
+        return
+    for name, on in record["lcc"].items():
+        without, with_lcc = record["dice_without"][name], record["dice_with"][name]
+        choice = "on" if on else "off"
+        out.print(f"{name}: largest component {choice} (Dice {without:.4f} without, {with_lcc:.4f} with)")
+    err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
 
 
 @app.command()

@@ -16,11 +16,23 @@ from satseg.data.datasets import MODALITIES, Dataset
 from satseg.data.validate import CaseScan
 from satseg.errors import ConfigError, DataError, look_up_option
 
-__all__ = ["parse_spacing", "parse_size", "build_plan", "make_splits", "suggest_patch_size", "PLAN_FORMAT"]
+__all__ = [
+    "parse_spacing",
+    "parse_size",
+    "build_plan",
+    "make_splits",
+    "suggest_patch_size",
+    "preprocessing_steps",
+    "PLAN_FORMAT",
+    "PREPROCESSING",
+]
 
 log = logging.getLogger(__name__)
 
 PLAN_FORMAT = "satseg-preprocessed/1"
+PREPROCESSING = {"reorient": True, "crop": "foreground", "zscore": "foreground"}
+"""How new plans preprocess a case (see :mod:`satseg.data.preprocess`)."""
+_LEGACY_PREPROCESSING = {"reorient": False, "crop": "nonzero", "zscore": "all"}
 _DIVISOR = 16
 _PATCH_CAP = {2: 512, 3: 128}
 
@@ -166,6 +178,7 @@ def build_plan(
         "channel_names": _channel_names(dataset, channels),
         "modality": kinds[0] if len(set(kinds)) == 1 else "mixed",
         "labels": dict(sorted(dataset.labels.items(), key=lambda kv: kv[1])),
+        "preprocessing": dict(PREPROCESSING),
         "spacing": None if target is None else list(target),
         "size": None if size is None else list(size),
         "normalization": [_normalisation(k, c, train or scans) | {"modality": k} for c, k in enumerate(kinds)],
@@ -175,6 +188,12 @@ def build_plan(
         "cases": sorted(s.case_id for s in train),
         "test_cases": sorted(s.case_id for s in scans if not s.labelled),
     } | ({"pairing": dataset.pairing} if dataset.pairing else {})
+
+
+def preprocessing_steps(plan: dict) -> dict:
+    """The steps a plan's cases went through; plans written before the steps were recorded get the old ones
+    (no reorientation, non-zero crop, z-score over the whole crop), so shipped models keep their input."""
+    return {**_LEGACY_PREPROCESSING, **plan.get("preprocessing", {})}
 
 
 def make_splits(case_ids: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:

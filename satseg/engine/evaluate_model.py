@@ -20,7 +20,7 @@ from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import load_segmenter
 from satseg.errors import ConfigError, DataError, look_up_option
 
-__all__ = ["evaluate_model", "split_cases"]
+__all__ = ["evaluate_model", "split_cases", "read_original_case"]
 
 
 def split_cases(data_dir: str | Path, split: str, fold: int) -> list[str]:
@@ -76,16 +76,10 @@ def evaluate_model(
     with ItemProgress(len(case_ids), "evaluating", enabled=progress) as bar:
         for case_id in case_ids:
             bar.item(case_id)
-            _, _, props = load_case(data_dir, case_id)
-            if not props.get("label_file"):
-                raise DataError(f"case `{case_id}` has no label to score against")
-            image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
-            reference = read_image(props["label_file"])
-            seg = segmenter.segment(image, source=props["image_files"][0], progress=bar.windows)
+            image, ref, source = read_original_case(data_dir, case_id)
+            seg = segmenter.segment(image, source=source, progress=bar.windows)
             if save_predictions:
                 write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
-            # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
-            ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
             scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
             case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
             view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
@@ -97,6 +91,25 @@ def evaluate_model(
     gates = gate_report(segmenter.model) if segmenter.model is not None else []
     write_report(report, out_dir, {"gates": gates}, views=worst.get)
     return report, gates
+
+
+def read_original_case(data_dir: str | Path, case_id: str) -> tuple[Any, Any, str]:
+    """A preprocessed case's original image and reference labels, read from the files it was made from.
+
+    Returns:
+        ``(image, labels (*S) on the image's grid, the image's file name)``.
+
+    Raises:
+        DataError: the case has no label.
+    """
+    _, _, props = load_case(data_dir, case_id)
+    if not props.get("label_file"):
+        raise DataError(f"case `{case_id}` has no label to score against")
+    image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
+    reference = read_image(props["label_file"])
+    # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
+    ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
+    return image, ref, props["image_files"][0]
 
 
 def _stack(props: dict[str, Any]):

@@ -93,7 +93,8 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
         plot.load()
         assert plot.format == "PNG" and plot.size == (PANEL_SIZE[0], 3 * PANEL_SIZE[1])
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16]}
+    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16],
+                               "deep_supervision": True}  # fmt: skip
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)
     payload = torch.load(run / "checkpoint_last.pt", weights_only=True)
