@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from satseg.engine.checkpoint import BEST, save_checkpoint
+from satseg.engine.checkpoint import LAST, save_checkpoint
 from satseg.nn import build_model
 
 
@@ -45,7 +45,7 @@ def save_model(folder: Path, plan: dict, seed: int, *, shipped: bool = False, fo
     model = build_model(**arch).eval()
     config = {"model": arch, "plan": plan, "train": {"fold": fold, "patch": [16, 16, 16]}}
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / ("checkpoint.pt" if shipped else BEST), model=model, run_config=config)
+    save_checkpoint(folder / ("checkpoint.pt" if shipped else LAST), model=model, run_config=config)
     if shipped:
         card = {"spatial_dims": 3, "num_channels": 1, "labels": [k for k in plan["labels"] if k != "background"]}
         (folder / "card.json").write_text(json.dumps(card), encoding="utf-8")
