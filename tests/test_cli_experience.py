@@ -95,6 +95,14 @@ def test_train_help_is_grouped_and_lists_the_registry():
     text = result.output
     panels = [m.group(1) for m in re.finditer(r"╭─ ([A-Za-z ]+?) ─", text)]
     assert panels[1:] == ["Data", "Model", "Optimisation", "Hardware", "Run control"]
+    blocks = dict(re.findall(r"╭─ ([A-Za-z ]+?) ─.*?\n(.*?)╰", text, re.S))
+    options = {panel: set(re.findall(r"(--[a-z][a-z-]*)", body)) for panel, body in blocks.items()}
+    assert {"--data", "--fold", "--patch", "--augment", "--rotation-deg", "--elastic"} <= options["Data"]
+    assert {"--net", "--skip", "--features"} <= options["Model"]
+    assert {"--epochs", "--optimizer", "--deep-supervision", "--ema", "--seed"} <= options["Optimisation"]
+    assert {"--device", "--resident", "--amp-dtype", "--compile"} <= options["Hardware"]
+    assert {"--out", "--resume", "--max-minutes", "--json"} <= options["Run control"]
+    assert "`all`: each fold" in blocks["Data"]
     for name in list_models() + list_gates():
         assert re.search(rf"\b{re.escape(name)}\b", text), name
     assert "{models}" not in text and "{gates}" not in text
