@@ -72,8 +72,9 @@ def _shipped_in_repository() -> list[str]:
 
 def _run_installed(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target), "NO_COLOR": "1"}
+    # satseg writes UTF-8 (progress bars on stderr); decode it as such whatever this machine's locale is
     return subprocess.run(
-        [sys.executable, "-m", "satseg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "satseg", *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8", timeout=300
     )
 
 

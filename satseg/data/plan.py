@@ -88,8 +88,8 @@ def suggest_patch_size(median_shape: Sequence[float]) -> list[int]:
 def _modalities(dataset: Dataset, option: str, num_channels: int) -> list[str]:
     if option != "auto":
         return [option] * num_channels
-    if dataset.layout == "paired":
-        return ["rgb"] * num_channels
+    if dataset.layout == "paired":  # pictures: colour or grey, named for what they are
+        return ["rgb" if num_channels == 3 else "grey"] * num_channels
     if dataset.modalities and len(dataset.modalities) == num_channels:
         return [m or "mri" for m in dataset.modalities]
     log.warning("`%s`: dataset.json names no modality; normalising as MRI (z-score per image)", dataset.root)
@@ -99,11 +99,11 @@ def _modalities(dataset: Dataset, option: str, num_channels: int) -> list[str]:
 def _normalisation(kind: str, channel: int, scans: list[CaseScan]) -> dict:
     if kind == "mri":
         return {"scheme": "zscore"}
-    if kind == "rgb":
+    if kind in ("rgb", "grey"):  # pictures: z-score per channel with the dataset's mean and std
         total = np.sum([s.sums[channel] for s in scans], axis=0, dtype=np.float64)
         mean = total[0] / total[2]
         std = math.sqrt(max(total[1] / total[2] - mean * mean, 0.0))
-        return {"scheme": "rgb", "mean": float(mean), "std": float(max(std, 1e-8))}
+        return {"scheme": kind, "mean": float(mean), "std": float(max(std, 1e-8))}
     samples = [s.foreground[channel] for s in scans if s.foreground and s.foreground[channel].size]
     if not samples:
         raise DataError("CT normalisation needs labelled foreground voxels, and no training label has any")
@@ -138,7 +138,7 @@ def build_plan(
         dataset: the dataset.
         scans: the good cases' scans (labelled and unlabelled).
         spacing: from :func:`parse_spacing`.
-        modality: ``auto`` or one of ``ct``, ``mri``, ``rgb`` (all channels).
+        modality: ``auto`` or one of ``ct``, ``mri``, ``rgb``, ``grey`` (all channels).
         size: 2D resize ``(H, W)`` or None.
 
     Raises:
@@ -187,7 +187,7 @@ def build_plan(
         "patch_size": suggest_patch_size(median_shape),
         "cases": sorted(s.case_id for s in train),
         "test_cases": sorted(s.case_id for s in scans if not s.labelled),
-    }
+    } | ({"pairing": dataset.pairing} if dataset.pairing else {})
 
 
 def preprocessing_steps(plan: dict) -> dict:

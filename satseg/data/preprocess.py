@@ -8,7 +8,7 @@ Pipeline per case (the same for training data and for new scans at inference, :f
    other channels' non-zero voxels (any channel; training also keeps every labelled voxel);
 2. normalise each channel: ``ct`` = clip to the dataset foreground's 0.5–99.5 percentiles, then z-score with the
    dataset mean/std; ``mri`` = z-score per image over its foreground mask (non-zero voxels; the rest becomes 0,
-   as in nnU-Net), ``rgb`` = per-channel z-score with the dataset mean/std;
+   as in nnU-Net); ``rgb``, ``grey`` (pictures) = per-channel z-score with the dataset mean/std;
 3. resample the crop with ``sitk.Resample``: to the plan's spacing (cubic B-spline for images, nearest neighbour
    for labels, so no new label values appear) or, for 2D sets with ``size``, a plain resize to exactly ``H x W``
    (aspect ratio is not kept; the per-axis scale is recorded, so :func:`restore_labels` maps back exactly).
@@ -343,14 +343,17 @@ def preprocess_dataset(
     overwrite: bool = False,
     skip_bad: bool = False,
     progress: bool = False,
+    image_dir: str | Path | None = None,
+    label_dir: str | Path | None = None,
 ) -> PreprocessReport:
     """Validate every case of a dataset folder, then write ``plan.json``, ``splits.json`` and ``cases/``.
 
     Args:
-        dataset: MSD, nnU-Net v2 or paired ``images/`` + ``masks/`` folder.
+        dataset: MSD, nnU-Net v2 or paired ``images/`` + ``masks/`` folder (None with ``image_dir``/``label_dir``).
         output: the preprocessed folder.
         spacing: ``"auto"`` (3D: the dataset's median spacing; 2D: keep), ``"keep"``, or mm per array axis.
-        modality: ``"auto"`` (from dataset.json; paired folders: rgb), ``"ct"``, ``"mri"`` or ``"rgb"``.
+        modality: ``"auto"`` (from dataset.json; paired folders: rgb or grey), ``"ct"``, ``"mri"``, ``"rgb"`` or
+            ``"grey"``.
         size: 2D only: resize every case to ``(H, W)`` (plain resize, aspect not kept).
         folds: number of cross-validation folds in ``splits.json``.
         seed: seed of the fold assignment.
@@ -358,6 +361,7 @@ def preprocess_dataset(
         overwrite: redo finished cases and accept an output made with other settings.
         skip_bad: leave out cases that fail validation instead of stopping.
         progress: show a progress bar on stderr.
+        image_dir, label_dir: paired folders given explicitly (``--images DIR --labels DIR``).
 
     Raises:
         InvalidCasesError: some cases fail validation (and ``skip_bad`` is False); nothing is written.
@@ -368,7 +372,7 @@ def preprocess_dataset(
     target, size = parse_spacing(spacing), parse_size(size)
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1")
-    data = discover_dataset(dataset)
+    data = discover_dataset(dataset, image_dir=image_dir, label_dir=label_dir)
     scans = _run(scan_case, [(c, data, seed) for c in data.cases], workers, "validating", progress)
     good, bad = _sort_out(scans, data)
     if bad and (not skip_bad or not good):

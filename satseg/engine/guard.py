@@ -4,7 +4,7 @@ A model only knows the kind of scan it was trained on. :func:`check_fit` compare
 (``plan.json``, stored in every checkpoint) on what can be read without running the model:
 
 * dimensionality and channels;
-* intensities: CT in Hounsfield units (air at about -1000) against MRI, and 8-bit colour pictures;
+* intensities: CT in Hounsfield units (air at about -1000) against MRI, and 8-bit colour or grey pictures;
 * the physical field of view against the training cases' typical one;
 * the spacing, and the number of voxels the scan has once resampled to the plan's spacing.
 
@@ -83,6 +83,8 @@ def describe_scan(image: Image) -> str:
     """The scan in the words a model card would use: ``3D CT (HU), 366 x 303 x 336 mm at 3 x 3 x 3 mm``."""
     if image.num_channels == 3 and image.spatial_dims == 2:
         kind = "RGB picture"
+    elif image.spatial_dims == 2 and image.source_format == "picture":
+        kind = "grey picture"
     elif looks_like_ct(image):
         kind = "CT (HU)"
     else:
@@ -98,11 +100,12 @@ def _intensity_misfits(image: Image, plan: dict[str, Any]) -> list[Misfit]:
     if modality == "ct" and not looks_like_ct(image):
         lowest = float(_sample(image.array[0]).min())
         return [Misfit("intensities", f"no air in Hounsfield units (lowest value {lowest:g}), the model knows CT")]
-    if modality == "rgb":
+    if modality in ("rgb", "grey"):  # pictures: 8-bit colour, or 8-bit grey (paired 2D sets such as DRIVE)
         values = _sample(image.array)
         low, high = float(values.min()), float(values.max())
         if low < 0 or high > 255:
-            return [Misfit("intensities", f"values {low:g}..{high:g}, the model knows 8-bit colour (0..255)")]
+            kind = "colour" if modality == "rgb" else "grey"
+            return [Misfit("intensities", f"values {low:g}..{high:g}, the model knows 8-bit {kind} (0..255)")]
     return []
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def decide_lcc(
     *,
     device: str = "auto",
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score each run's validation cases with and without the largest component per class; record the choice.
 
@@ -92,7 +92,7 @@ def decide_lcc(
         data_dir: the preprocessed folder the runs were trained on.
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: replace an earlier ``postprocess.json``.
-        progress: called with each case id.
+        progress: show bars over the validation cases and the current case's windows, on stderr.
 
     Returns:
         The record: ``lcc`` (class -> on), ``dice_without``, ``dice_with``, ``cases``, ``runs``, ``data``.
@@ -101,6 +101,7 @@ def decide_lcc(
         ConfigError: a run is not a run folder, was trained on all cases, or already has a record.
     """
     from satseg.engine.evaluate_model import read_original_case, split_cases
+    from satseg.engine.progress import ItemProgress
     from satseg.engine.segmenter import expand_models, load_segmenter
 
     folders = [Path(r) for r in expand_models(runs)]
@@ -109,22 +110,25 @@ def decide_lcc(
             raise ConfigError(f"`{folder}`: post-processing is recorded in a run folder; this is not one")
         if (folder / POSTPROCESS_FILE).exists() and not overwrite:
             raise ConfigError(f"`{folder / POSTPROCESS_FILE}` exists", hint="pass --overwrite to decide again")
-    scores: dict[str, dict[bool, list[float]]] = {}
+    work = []  # (run, its segmenter, its validation cases); all known first, so the bar knows its total
     for folder in folders:
         segmenter = load_segmenter(folder, device=device)
         fold = int(segmenter.config.get("train", {}).get("fold", 0))
         if fold < 0:
             raise ConfigError(f"`{folder}` was trained on all cases: no validation cases to decide on")
-        classes = {name: value for name, value in segmenter.labels.items() if value != 0}
-        for case_id in split_cases(data_dir, "val", fold):
-            if progress is not None:
-                progress(case_id)
-            image, ref, source = read_original_case(data_dir, case_id)
-            labels = segmenter.segment(image, source=source, lcc=False).labels.array[0]
-            for name, value in classes.items():
-                per_class = scores.setdefault(name, {False: [], True: []})
-                per_class[False].append(_dice(labels == value, ref == value))
-                per_class[True].append(_dice(keep_largest_component(labels, value) == value, ref == value))
+        work.append((folder, segmenter, split_cases(data_dir, "val", fold)))
+    scores: dict[str, dict[bool, list[float]]] = {}
+    with ItemProgress(sum(len(cases) for *_, cases in work), "scoring", enabled=progress) as bar:
+        for _, segmenter, cases in work:
+            classes = {name: value for name, value in segmenter.labels.items() if value != 0}
+            for case_id in cases:
+                bar.item(case_id)
+                image, ref, source = read_original_case(data_dir, case_id)
+                labels = segmenter.segment(image, source=source, lcc=False, progress=bar.windows).labels.array[0]
+                for name, value in classes.items():
+                    per_class = scores.setdefault(name, {False: [], True: []})
+                    per_class[False].append(_dice(labels == value, ref == value))
+                    per_class[True].append(_dice(keep_largest_component(labels, value) == value, ref == value))
     mean = {name: {k: _mean(v) for k, v in s.items()} for name, s in scores.items()}
     record = {
         "lcc": {name: bool(m[True] > m[False]) for name, m in mean.items()},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from satseg.data.io import Image, image_stem, is_supported_image, read_image, write_image
 from satseg.engine.guard import Misfit, check_fit, describe_scan
 from satseg.engine.preview import overlay_png
+from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import Segmenter, load_segmenter
 from satseg.engine.zoo import default_model_for, shipped_models_for
 from satseg.errors import DataError, SatsegError
@@ -32,7 +33,7 @@ logger = logging.getLogger("satseg.segment")
 
 # Masks are written in the input's format, except where that format is lossy or spans several files.
 _OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
-_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
 
 
 @dataclass
@@ -170,7 +171,7 @@ def segment_inputs(
     overwrite: bool = False,
     force: bool = False,
     lcc: bool | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> SegmentReport:
     """Segment every input; see ``satseg segment --help`` for the options.
 
@@ -179,6 +180,7 @@ def segment_inputs(
             models (averaged as one ensemble); None picks the shipped model each input fits.
         force: segment inputs that do not fit the model's training data (the differences are warnings).
         lcc: largest-component post-processing for every class (True), none (False) or as the run records.
+        progress: show bars over the inputs and the current input's windows, with remaining time, on stderr.
 
     Returns:
         A report with, per input, the files written, per-label volumes and timings, and the failures.
@@ -189,45 +191,45 @@ def segment_inputs(
     cache: dict[str, Segmenter] = {}
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
         _cached(model, cache, device, backend)
-    for source, folder in pairs:
-        if progress is not None:
-            progress(str(source))
-        started = time.perf_counter()
-        try:
-            target = output_path(source, output, folder, multiple)
-            if target.exists() and not overwrite:
-                raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
-            image = read_image(source)
-            segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
-            for misfit in misfits:
-                logger.warning("%s: %s", source, misfit)
-            report.models[str(source)] = segmenter.name
-            seg = segmenter.segment(
-                image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
-                attention=save_attention, source=source, lcc=lcc,
+    with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
+        for source, folder in pairs:
+            bar.item(source.name)
+            started = time.perf_counter()
+            try:
+                target = output_path(source, output, folder, multiple)
+                if target.exists() and not overwrite:
+                    raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
+                image = read_image(source)
+                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
+                for misfit in misfits:
+                    logger.warning("%s: %s", source, misfit)
+                report.models[str(source)] = segmenter.name
+                seg = segmenter.segment(
+                    image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
+                    attention=save_attention, source=source, lcc=lcc, progress=bar.windows,
+                )  # fmt: skip
+                written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
+            except SatsegError as error:
+                report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
+                logger.warning("%s: %s", source, error.message)
+                continue
+            labels = seg.labels.array[0]
+            report.results.append(
+                {
+                    "input": str(source),
+                    "model": segmenter.name,
+                    "models_averaged": segmenter.members,
+                    "largest_component": seg.lcc,
+                    "warnings": [str(m) for m in misfits],
+                    "outputs": [str(p) for p in written],
+                    "shape": list(labels.shape),
+                    "spacing": list(image.spacing),
+                    "unit": "ml" if labels.ndim == 3 else "mm2",
+                    "volumes": label_volumes(labels, image.spacing, segmenter.labels),
+                    "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
+                                "total_s": round(time.perf_counter() - started, 4)},
+                }
             )  # fmt: skip
-            written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
-        except SatsegError as error:
-            report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-            logger.warning("%s: %s", source, error.message)
-            continue
-        labels = seg.labels.array[0]
-        report.results.append(
-            {
-                "input": str(source),
-                "model": segmenter.name,
-                "models_averaged": segmenter.members,
-                "largest_component": seg.lcc,
-                "warnings": [str(m) for m in misfits],
-                "outputs": [str(p) for p in written],
-                "shape": list(labels.shape),
-                "spacing": list(image.spacing),
-                "unit": "ml" if labels.ndim == 3 else "mm2",
-                "volumes": label_volumes(labels, image.spacing, segmenter.labels),
-                "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
-                            "total_s": round(time.perf_counter() - started, 4)},
-            }
-        )  # fmt: skip
     return report
 
 

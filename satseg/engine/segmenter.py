@@ -116,12 +116,14 @@ class Segmenter:
         attention: bool = False,
         source: str | Path = "image",
         lcc: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Segmentation:
         """Segment one scan; the returned images share the input's grid exactly.
 
         Args:
             lcc: keep only the largest connected component of every class (True), of none (False), or of
                 the classes the run records (None, the default).
+            progress: called as ``progress(done, total)`` with the sliding windows predicted so far.
         """
         self.check_image(image, source)
         timings = {}
@@ -140,7 +142,8 @@ class Segmenter:
             amp=self.amp_dtype is not None,
             amp_dtype=self.amp_dtype or torch.float32,
             tta=tta,
-            return_probabilities=True,
+            return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
+            progress=progress,
         )
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -33,6 +33,7 @@ from satseg.engine.ema import WeightEMA
 from satseg.engine.inference import autocast_context, run_amp_dtype
 from satseg.engine.losses import deep_supervision_loss
 from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case, to_device
+from satseg.engine.plots import write_progress_plot
 from satseg.engine.progress import TrainProgress
 from satseg.engine.validation import validate
 from satseg.errors import CheckpointError, ConfigError
@@ -45,6 +46,8 @@ logger = logging.getLogger("satseg.train")
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 """Called after each epoch's checkpoint is written, with the epoch number and its metrics row."""
+
+PROGRESS_PLOT = "progress.png"  # loss, validation Dice per class and learning rate, redrawn every epoch
 
 # Settings a resumed run may change; everything else must match the interrupted run.
 RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "workers", "device", "val_every", "compile", "resident")
@@ -240,7 +243,7 @@ def train(
     Args:
         data_dir: folder written by :func:`satseg.data.preprocess.preprocess_dataset`.
         out_dir: run folder: ``config.json``, ``checkpoint_last.pt``, ``checkpoint_best.pt``,
-            ``metrics.csv``, ``train.log``.
+            ``metrics.csv``, ``progress.png``, ``train.log``.
         config: training settings (ignored on resume, except :data:`RESUMABLE_OVERRIDES`).
         resume: continue the run in ``out_dir`` from its last checkpoint.
         resume_overrides: settings to change when resuming (e.g. more ``epochs``).
@@ -485,6 +488,7 @@ def _run(
                     save_checkpoint(out_dir / BEST, model=shipped, run_config=run_config, **state)
                 history.append(row)
                 _write_history(out_dir / "metrics.csv", history)
+                write_progress_plot(history, out_dir / PROGRESS_PLOT)
                 logger.info("epoch %d: %s", epoch, {k: row[k] for k in row if k != "epoch"})
                 progress.end_epoch(row)
             ctx.barrier()

@@ -84,8 +84,9 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
         labels = {"background": 0, "a": 1, "b": 2}
         config = {"train": {"fold": 0}}
 
-        def segment(self, image, source, lcc):
+        def segment(self, image, source, lcc, progress):
             assert lcc is False
+            progress(1, 1)  # the bar over the current case's windows (satseg postprocess shows it)
             return type("Seg", (), {"labels": Image(prediction[None], (1.0,) * 3, (0.0,) * 3, (1.0,) * 9)})()
 
     import satseg.engine.evaluate_model as evaluate_model
@@ -97,7 +98,7 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
     folders = [tmp_path / "fold_0", tmp_path / "fold_1"]
     for folder in folders:
         folder.mkdir()
-    record = decide_lcc(folders, tmp_path / "pp")
+    record = decide_lcc(folders, tmp_path / "pp", progress=True)
 
     a, stray = reference == 1, _sphere(shape, (19, 6, 19), 2)
     b_big, b_all = _sphere(shape, (8, 18, 18), 3), reference == 2
@@ -126,6 +127,36 @@ def test_segment_applies_the_recorded_post_processing(runs):
     everything = segmenter.segment(image, lcc=True)
     np.testing.assert_array_equal(everything.labels.array[0], keep_largest_component(expected, 1))
     np.testing.assert_array_equal(segmenter.segment(image, lcc=False).labels.array[0], plain)
+
+
+def test_segment_model_list_forms_make_the_same_ensemble(runs, tmp_path):
+    """`--model A --model B`, `--model A,B` and the folder of both runs all average the two runs."""
+    from satseg.data.io import write_image
+
+    image = _scan(seed=2)
+    scan = tmp_path / "scan.nii.gz"
+    write_image(image, scan)
+    expected = load_segmenter(runs, device="cpu").segment(image).labels.array[0]
+    forms = {
+        "repeated": ["--model", str(runs[0]), "--model", str(runs[1])],
+        "commas": ["--model", f"{runs[0]},{runs[1]}"],
+        "folder": ["--model", str(runs[0].parent)],
+    }
+    for name, model_args in forms.items():
+        target = tmp_path / f"{name}.nii.gz"
+        result = CliRunner().invoke(app, ["segment", str(scan), "-o", str(target), *model_args, "--device", "cpu",
+                                          "--json"])  # fmt: skip
+        assert result.exit_code == 0, (name, result.output)
+        (row,) = json.loads(result.stdout)["results"]
+        assert row["models_averaged"] == 2, name
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(target))), expected, err_msg=name)
+
+    renamed = runs[0].parent / "fold,0"  # a run folder whose name holds a comma stays one model
+    runs[0].rename(renamed)
+    result = CliRunner().invoke(app, ["segment", str(scan), "-o", str(tmp_path / "one.nii.gz"), "--model",
+                                      str(renamed), "--device", "cpu", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["models_averaged"] == 1
 
 
 @pytest.mark.slow

@@ -71,6 +71,16 @@ def test_pictures_are_checked_for_8_bit_colour_and_not_for_size():
     assert misfit.what == "intensities" and "0..255" in misfit.detail
 
 
+def test_grey_pictures_are_checked_for_8_bit_grey():
+    plan = {"spatial_dims": 2, "num_channels": 1, "modality": "grey", "size": [64, 64], "spacing": None,
+            "median_shape": [64.0, 64.0], "median_spacing": [1.0, 1.0]}  # fmt: skip
+    grey = Image(np.full((1, 300, 400), 200.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
+    assert check_fit(grey, plan) == []
+    assert describe_scan(grey) == "2D grey picture, 300 x 400 mm at 1 x 1 mm"  # 300 x 400 pixels of 1 mm
+    (misfit,) = check_fit(Image(np.full((1, 30, 40), -1000.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), plan)
+    assert misfit.what == "intensities" and "8-bit grey (0..255)" in misfit.detail and "-1000..-1000" in misfit.detail
+
+
 def test_ct_detection_needs_air():
     assert looks_like_ct(_volume(_ct((20, 20, 20)), (1.0,) * 3))
     assert not looks_like_ct(_volume(_mri((20, 20, 20)), (1.0,) * 3))

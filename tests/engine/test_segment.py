@@ -301,6 +301,24 @@ def test_json_volumes_match_voxel_counts_times_voxel_volume(model3d, tmp_path):
     expected_ml = count * float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
     assert entry["unit"] == "ml"
     assert entry["volumes"] == {"core": pytest.approx(expected_ml, rel=1e-12)}
+    # progress (scans and windows, with remaining time) goes to stderr; stdout holds the JSON alone
+    assert "segmenting" in result.stderr and "remaining" in result.stderr and path.name in result.stderr
+    assert "1/1" in result.stderr and "segmenting" not in result.stdout
+
+
+def test_item_progress_counts_items_and_windows():
+    from satseg.engine.progress import ItemProgress
+
+    with ItemProgress(2, "segmenting", enabled=True) as bar:
+        bar.item("a.nii.gz")
+        bar.windows(3, 8)
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert (tasks["a.nii.gz"].completed, tasks["a.nii.gz"].total) == (3, 8)
+        assert tasks["segmenting"].completed == 0
+        bar.item("b.nii.gz")
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert tasks["segmenting"].completed == 1 and tasks["b.nii.gz"].completed == 0
+    assert bar._progress.tasks[0].completed == 2  # the last item counts when the run ends
 
 
 def test_preview_png_colours_exactly_the_masked_voxels(model3d, tmp_path):
@@ -438,6 +456,7 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
     assert summary["split"] == "all" and summary["fold"] == 0
     printed = CliRunner().invoke(app, [*args, "--json"])
     assert printed.exit_code == 0 and json.loads(printed.stdout) == json.loads((out / "summary.json").read_text())
+    assert "evaluating" in printed.stderr and "3/3" in printed.stderr and "remaining" in printed.stderr
     with (out / "per_case.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["case"] for r in rows) == ["synth_000", "synth_001", "synth_002"]
@@ -449,6 +468,14 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / f"{row['case']}.nii.gz"))) == 1
         dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
         assert float(row["dice"]) == pytest.approx(dice, rel=1e-9), row["case"]
+    # the visual report: Dice per case, and outlines of the worst cases over their images
+    worst = sorted(rows, key=lambda r: (float(r["dice"]), r["case"]))
+    drawn = sorted(p.name for p in (out / "report").glob("worst_*.png"))
+    assert drawn == [f"worst_{i}_{r['case']}.png" for i, r in enumerate(worst, start=1)]
+    for png in [out / "report" / "dice_per_case.png", *(out / "report").glob("worst_*.png")]:
+        with PILImage.open(png) as picture:
+            picture.load()
+            assert picture.format == "PNG" and 100 <= picture.width <= 2000 and 40 <= picture.height <= 2000
 
 
 def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):
