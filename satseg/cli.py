@@ -44,6 +44,18 @@ class _SatsegGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("error: interrupted; finished outputs are kept, unfinished ones were not written")
             raise typer.Exit(130) from None
+        except OSError as error:  # a path the library did not check: still one line naming it
+            if (ctx.obj or {}).get("debug"):
+                raise
+            where = f"`{error.filename}`: " if error.filename else ""
+            err.print(f"[red]error:[/] {where}{error.strerror or error}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except MemoryError:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err.print("[red]error:[/] out of memory", markup=True, highlight=False)
+            err.print("hint: use a smaller input, patch or --sw-batch", highlight=False)
+            raise typer.Exit(1) from None
         except Exception as error:  # noqa: BLE001 - the CLI must never show a bare traceback
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -119,6 +131,7 @@ def main() -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).")],
     net: Annotated[
@@ -183,7 +196,15 @@ def train(
         model_options={"features": list(parse_sizes(features))} if features else {},
         **options,
     )
-    result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
+    # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
+    from click.core import ParameterSource
+
+    typed = {n for n in ctx.params if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    fixed = ("net", "skip", "fold", "optimizer", "loss", "amp", "amp_dtype", "compile", "seed", "deterministic")
+    overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
+    if "features" in typed:
+        overrides["model_options"] = config.model_options
+    result = run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
     summary = result.summary()
     if not result.is_main:  # under torchrun only rank 0 reports
         return
@@ -251,6 +272,9 @@ def evaluate(
     out.print(summary_table(report.summary))
     if gates:
         out.print(gate_table(gates))
+    for name in report.summary.get("absent_classes", []):
+        err.print(f"warning: class `{name}` is in no prediction and no reference: its scores only say 'both empty'; "
+                  "check --labels", highlight=False)  # fmt: skip
     err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
 
 
@@ -397,6 +421,9 @@ def export_onnx_command(
     run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a trained model to ONNX (dynamic batch and spatial axes, plan and labels in its metadata).
@@ -405,7 +432,7 @@ def export_onnx_command(
     """
     from satseg.engine.export import export_run
 
-    report = export_run(run, output, opset=opset)
+    report = export_run(run, output, opset=opset, overwrite=overwrite)
     summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
                "checked_shapes": report.checked_shapes, "size_bytes": report.size_bytes}  # fmt: skip
     if as_json:

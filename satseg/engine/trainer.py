@@ -29,6 +29,7 @@ from satseg.engine.augment import augment_batch
 from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_checkpoint, save_checkpoint
 from satseg.engine.config import TrainConfig
 from satseg.engine.distributed import DistContext, init_distributed
+from satseg.engine.inference import check_patch_size
 from satseg.engine.losses import deep_supervision_loss
 from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case
 from satseg.engine.progress import TrainProgress
@@ -136,13 +137,39 @@ def _prepare_run(data_dir: Path, out_dir: Path, config: TrainConfig, resume: boo
             raise CheckpointError(f"`{out_dir}`: nothing to resume (no {LAST})", hint="start the run without --resume")
         payload = load_checkpoint(last)
         saved = TrainConfig.from_dict(payload["config"]["train"])
-        config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_resume_overrides(out_dir, saved, given, int(payload["epoch"]))
+        config = replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
         return config, payload
     if last.is_file():
         raise CheckpointError(
             f"`{out_dir}` already holds a run", hint="continue it with --resume, or pick another --out folder"
         )
     return config, None
+
+
+def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, Any], epochs_done: int) -> None:
+    """Refuse settings a resumed run cannot take (rather than ignoring them without a word)."""
+    conflicts = []
+    for key, value in given.items():
+        if key in RESUMABLE_OVERRIDES:
+            continue
+        kept = saved.learning_rate if key == "lr" else getattr(saved, key, None)
+        if key == "patch" and value is not None:
+            value = tuple(value)
+        if value != kept:
+            conflicts.append(f"{key} {value!r} (the run has {kept!r})")
+    if conflicts:
+        raise ConfigError(
+            f"`{out_dir}`: --resume continues the run with its own settings; these differ: {'; '.join(conflicts)}",
+            hint=f"leave them out (only {', '.join(RESUMABLE_OVERRIDES)} may change), or use a new --out",
+        )
+    epochs = given.get("epochs")
+    if epochs is not None and epochs < epochs_done:
+        raise ConfigError(
+            f"`{out_dir}`: --epochs {epochs} is fewer than the {epochs_done} epochs the run has done",
+            hint=f"give --epochs above {epochs_done} to train on, or leave it out",
+        )
 
 
 def train(
@@ -182,9 +209,14 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     spatial_dims = int(plan["spatial_dims"])
-    patch = tuple(config.patch or plan["patch_size"])
+    patch = check_patch_size(config.patch or plan["patch_size"])
     if len(patch) != spatial_dims:
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
+    largest = plan.get("median_shape") or patch
+    if any(p > 2 * max(s, 16) for p, s in zip(patch, largest, strict=False)):
+        logger.warning(
+            "patch %s is over twice the median case shape %s: most of every patch is padding", patch, largest
+        )
     config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
     labels: dict[str, int] = plan["labels"]
     model_cfg = {
