@@ -197,9 +197,7 @@ def train(
         **options,
     )
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
-    from click.core import ParameterSource
-
-    typed = {n for n in ctx.params if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
     fixed = ("net", "skip", "fold", "optimizer", "loss", "amp", "amp_dtype", "compile", "seed", "deterministic")
     overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
     if "features" in typed:
