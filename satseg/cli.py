@@ -408,7 +408,7 @@ def segment(
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
             hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-            line = Text.assemble(("failed:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
+            line = Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
             err.print(line, highlight=False)
     if report.failures:
         raise typer.Exit(1)

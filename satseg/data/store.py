@@ -7,6 +7,7 @@ nor nibabel (which only reading and writing original scans does).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,5 +74,7 @@ def load_case(folder: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray 
         props = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
         with np.load(base.with_suffix(".npz")) as data:
             return data["image"], (data["label"] if "label" in data else None), props
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"preprocessed case `{base}` cannot be read: {err}") from err
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(
+            f"preprocessed case `{base}` cannot be read: {err}", hint="run `satseg preprocess … --overwrite` again"
+        ) from err

@@ -250,6 +250,9 @@ def train(
         train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
     else:
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+    # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
+    train_cases = _load_cases(data_dir, train_ids, config.patch)
+    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,8 +266,8 @@ def train(
             ctx,
             data_dir,
             out_dir,
-            train_ids,
-            val_ids,
+            train_cases,
+            val_cases,
             labels,
             payload,
             progress and ctx.is_main,
@@ -294,8 +297,8 @@ def _run(
     ctx: DistContext,
     data_dir: Path,
     out_dir: Path,
-    train_ids: Sequence[str],
-    val_ids: Sequence[str],
+    train_cases: list[TrainingCase],
+    val_cases: list,
     labels: dict[str, int],
     payload: dict[str, Any] | None,
     show_progress: bool,
@@ -320,9 +323,9 @@ def _run(
         logger.info("resuming %s at epoch %d", out_dir, start_epoch)
     history = _read_history(out_dir / "metrics.csv", start_epoch) if ctx.is_main else []
 
-    train_cases: list[TrainingCase] = _load_cases(data_dir, train_ids, config.patch)
-    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
-    logger.info("training %s/%s on %d cases, validating on %d", config.net, config.skip, len(train_cases), len(val_ids))
+    logger.info(
+        "training %s/%s on %d cases, validating on %d", config.net, config.skip, len(train_cases), len(val_cases)
+    )
 
     step_model: torch.nn.Module = model
     if ctx.distributed:
