@@ -163,10 +163,8 @@ def segment_inputs(
             logger.warning("%s: %s", source, error.message)
             continue
         except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
-            message = (
-                f"unexpected {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            )
-            report.failures.append({"input": str(source), "error": message, "hint": "rerun this file with --debug"})
+            message, hint = _unforeseen(error)
+            report.failures.append({"input": str(source), "error": message, "hint": hint})
             logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
             continue
         labels = seg.labels.array[0]
@@ -184,6 +182,15 @@ def segment_inputs(
             }
         )  # fmt: skip
     return report
+
+
+def _unforeseen(error: Exception) -> tuple[str, str]:
+    """One-line message and hint for an exception satseg did not raise on purpose."""
+    if isinstance(error, MemoryError):
+        return "out of memory while segmenting this file", "use a smaller --sw-batch, or a machine with more memory"
+    text = str(error).strip()
+    detail = f": {text.splitlines()[0][:300]}" if text else ""
+    return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
 
 
 def _write_outputs(
