@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,19 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=
 
 
 class _SatsegGroup(TyperGroup):
-    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
+    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1.
+
+    It also gathers the values of list options (see :func:`gather_list_values`) and fills the registry's
+    backbones and gates into help texts (``{models}``, ``{gates}``) only when a command is resolved, so that
+    ``satseg --version`` does not import torch.
+    """
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _fill_choices(command)
+            rest = gather_list_values(rest, command.params)
+        return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -91,14 +104,22 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
-def split_items(text: str | None, kind: type = str) -> list | None:
-    """Split a CLI list such as ``"org,st sat"`` or ``"96x96x96"`` into items of ``kind`` (None stays None).
+def split_items(text: str | Sequence[str] | None, kind: type = str, keep_paths: bool = False) -> list | None:
+    """Split a CLI list such as ``"org,st sat"``, ``"96x96x96"`` or ``["org", "st,sat"]`` into items of ``kind``.
+
+    None stays None; an empty list is None, too (a list option that was not given). With ``keep_paths`` a
+    value naming an existing file or folder stays whole (its name may hold spaces or commas).
 
     Raises:
         ConfigError: an item is not a valid ``kind``.
     """
-    if text is None:
+    if text is None or (not isinstance(text, str) and not text):
         return None
+    if keep_paths:
+        values = [text] if isinstance(text, str) else list(text)
+        return [item for v in values for item in ([v] if Path(v).exists() else split_items(v, kind) or [])]
+    if not isinstance(text, str):  # the values of a repeated list option
+        text = " ".join(text)
     items = text.replace(",", " ")
     if kind is int:
         items = items.replace("x", " ")
@@ -108,15 +129,71 @@ def split_items(text: str | None, kind: type = str) -> list | None:
         raise ConfigError(f"cannot read `{text}` as a list of {kind.__name__}", hint="e.g. 96,96,96") from err
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``) into a tuple of positive ints."""
+def parse_sizes(text: str | Sequence[str]) -> tuple[int, ...]:
+    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``, ``["96", "96,96"]``) into a tuple of positive ints."""
     try:
-        values = tuple(split_items(text, int))
+        values = tuple(split_items(text, int) or ())
     except ConfigError:
         values = ()
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{text}`")
+        shown = text if isinstance(text, str) else " ".join(text)
+        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{shown}`")
     return values
+
+
+def _is_number_list(token: str) -> bool:
+    try:
+        return bool(split_items(token, float))
+    except ConfigError:
+        return False
+
+
+def gather_list_values(args: list[str], params: Sequence[Any]) -> list[str]:
+    """Let list options take several values: ``--compare org sat`` becomes ``--compare org --compare sat``.
+
+    List options are the ``multiple`` options (typed ``list[str]``); together with :func:`split_items` every
+    list option accepts space-separated values, comma-separated lists and repeated options alike. A bare
+    token after a list option's value joins that list; in a command with positional arguments only a
+    numeric one does (``--spacing 1 1 1 DATASET`` leaves ``DATASET`` alone).
+    """
+    list_opts = {name for p in params if getattr(p, "multiple", False) for name in getattr(p, "opts", ())}
+    if not list_opts:
+        return args
+    has_positionals = any(getattr(p, "param_type_name", "") == "argument" for p in params)
+    gathered: list[str] = []
+    current: str | None = None  # the list option whose extra values are being gathered
+    awaiting_value = False
+    for index, token in enumerate(args):
+        if token == "--":
+            gathered += args[index:]
+            break
+        if awaiting_value:
+            gathered.append(token)
+            awaiting_value = False
+            continue
+        if current and not token.startswith("-") and (not has_positionals or _is_number_list(token)):
+            gathered += [current, token]
+            continue
+        current = None
+        name = token.split("=", 1)[0]
+        if name in list_opts:
+            current, awaiting_value = name, "=" not in token
+        gathered.append(token)
+    return gathered
+
+
+def _fill_choices(command: Any) -> None:
+    """Put the registry's backbones and skip gates into help texts that ask for them."""
+    asking = [p for p in command.params if "{models}" in (getattr(p, "help", None) or "")]
+    asking += [p for p in command.params if "{gates}" in (getattr(p, "help", None) or "")]
+    if not asking:
+        return
+    from satseg.nn import list_gates, list_models
+
+    choices = {"{models}": ", ".join(list_models()), "{gates}": ", ".join(list_gates())}
+    for param in asking:
+        for placeholder, text in choices.items():
+            param.help = param.help.replace(placeholder, text)
 
 
 def print_json(data: Any) -> None:
@@ -129,48 +206,127 @@ def main() -> None:
     app(prog_name="satseg")
 
 
+_DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+_LIST = " Space- or comma-separated; may repeat."
+
+
 @app.command()
 def train(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).")],
-    net: Annotated[
-        str, typer.Option(help="Backbone: unet2d unet3d vnet2d vnet3d tiramisu2d tiramisu3d di2in2d di2in3d.")
-    ] = "unet3d",
-    skip: Annotated[str, typer.Option(help="Skip gate: org, st, at, sat.")] = "sat",
-    fold: Annotated[int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].")] = None,
+    data: Annotated[
+        Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).", rich_help_panel=_DATA)
+    ],
+    fold: Annotated[
+        str,
+        typer.Option(
+            help="Fold of splits.json to validate on; -1: train on all cases; `all`: each fold in OUT/fold_K.",
+            rich_help_panel=_DATA,
+        ),
+    ] = "0",
     patch: Annotated[
-        str | None, typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's].")
+        list[str] | None,
+        typer.Option(
+            metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST, rich_help_panel=_DATA
+        ),
     ] = None,
-    batch: Annotated[int | None, typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].")] = None,
-    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.")] = "adadelta",
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].")
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].", rich_help_panel=_DATA),
     ] = None,
-    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.")] = "dice+ce",
-    features: Annotated[
-        str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
     ] = None,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
-    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms.")] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    augment: Annotated[
+        bool, typer.Option(help="Augment batches on the training device.", rich_help_panel=_DATA)
+    ] = True,
+    rotation_deg: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest continuous rotation, degrees; 0: none \\[default: 180 2D, 30 3D].", rich_help_panel=_DATA
+        ),
+    ] = None,
+    elastic: Annotated[
+        bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
-    val_every: Annotated[int | None, typer.Option(help="Validate every N epochs \\[default: 1].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes \\[default: 0].")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this budget.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    net: Annotated[str, typer.Option(help="Backbone: {models}.", rich_help_panel=_MODEL)] = "unet3d",
+    skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128." + _LIST, rich_help_panel=_MODEL
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].", rich_help_panel=_OPTIM)
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.", rich_help_panel=_OPTIM)] = "adadelta",
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].", rich_help_panel=_OPTIM),
+    ] = None,
+    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.", rich_help_panel=_OPTIM)] = "dice+ce",
+    deep_supervision: Annotated[
+        bool,
+        typer.Option(help="Train auxiliary heads where the backbone has them (U-Net, DI2IN).", rich_help_panel=_OPTIM),
+    ] = True,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DECAY", help="Validate and ship an EMA of the weights, e.g. 0.999.", rich_help_panel=_OPTIM
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.", rich_help_panel=_OPTIM)] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].", rich_help_panel=_HARDWARE)
+    ] = None,
+    resident: Annotated[
+        bool | None,
+        typer.Option(
+            "--resident/--no-resident",
+            help="Keep the cases on the device \\[default: CUDA if they fit].",
+            rich_help_panel=_HARDWARE,
+        ),
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=_HARDWARE)] = True,
+    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.", rich_help_panel=_HARDWARE)] = "bf16",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=_HARDWARE)
+    ] = False,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic algorithms.", rich_help_panel=_HARDWARE)
+    ] = False,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).", rich_help_panel=_RUN),
+    ] = ...,  # required; listed here so that the help's panels read data → run control
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=_RUN),
+    ] = False,
+    val_every: Annotated[
+        int | None, typer.Option(help="Validate every N epochs \\[default: 1].", rich_help_panel=_RUN)
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that passes this budget.", rich_help_panel=_RUN)
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=_RUN)
+    ] = False,
 ) -> None:
-    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP).
+
+    Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
+    """
     from satseg.engine.config import TrainConfig
+    from satseg.engine.crossval import train_folds
     from satseg.engine.trainer import train as run_training
 
+    every_fold = fold.strip().lower() == "all"
+    try:
+        fold_number = 0 if every_fold else int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold `{fold}` is not a fold number or `all`") from None
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -181,13 +337,19 @@ def train(
         workers=workers,
         max_minutes=max_minutes,
         patch=parse_sizes(patch) if patch else None,
+        rotation_deg=rotation_deg,
+        ema=ema,
+        resident=resident,
     )
     config = TrainConfig.from_options(
         net=net,
         skip=skip,
-        fold=fold,
+        fold=fold_number,
         optimizer=optimizer,
         loss=loss,
+        augment=augment,
+        elastic=elastic,
+        deep_supervision=deep_supervision,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -198,18 +360,28 @@ def train(
     )
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-    fixed = ("net", "skip", "fold", "optimizer", "loss", "amp", "amp_dtype", "compile", "seed", "deterministic")
+    fixed = ("net", "skip", "fold", "optimizer", "loss", "augment", "elastic", "deep_supervision", "amp",
+             "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
     overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
     if "features" in typed:
         overrides["model_options"] = config.model_options
-    result = run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
-    summary = result.summary()
-    if not result.is_main:  # under torchrun only rank 0 reports
-        return
-    if json_output:
-        print_json(summary)
+    if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
+        overrides.pop("fold", None)
+        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
     else:
-        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)]
+    if not results[0].is_main:  # under torchrun only rank 0 reports
+        return
+    summaries = [r.summary() for r in results]
+    if json_output:
+        print_json(summaries if every_fold else summaries[0])
+        return
+    for result, summary in zip(results, summaries, strict=True):
+        out.print(
+            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
+            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
+            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+        )
 
 
 @app.command()
@@ -225,7 +397,8 @@ def evaluate(
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
     labels: Annotated[
-        str | None, typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt).")
+        list[str] | None,
+        typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt)." + _LIST),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel (--pred/--gt).")] = 1,
     device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda.")] = "auto",
@@ -251,14 +424,14 @@ def evaluate(
             fold=fold,
             tolerance_mm=tolerance,
             device=device,
-            progress=_status("segmenting"),
+            progress=True,
         )
     elif pred is not None and gt is not None:
         report = evaluate_folders(
             pred,
             gt,
             output or pred,
-            labels=parse_labels(labels) if labels else None,
+            labels=parse_labels(",".join(split_items(labels))) if labels else None,
             tolerance_mm=tolerance,
             workers=workers,
         )
@@ -267,42 +440,35 @@ def evaluate(
     if as_json:  # what summary.json holds (with --model it includes the gate report)
         print_json({**report.summary, "gates": gates} if model is not None else report.summary)
         return
-    out.print(summary_table(report.summary))
+    _print_table(summary_table(report.summary))
     if gates:
-        out.print(gate_table(gates))
+        _print_table(gate_table(gates))
     for name in report.summary.get("absent_classes", []):
         err.print(f"warning: class `{name}` is in no prediction and no reference: its scores only say 'both empty'; "
                   "check --labels", highlight=False)  # fmt: skip
-    err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
+    figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
+    err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
 
 
-def _status(verb: str):
-    """A progress callback that prints `verb item` to stderr (one line per item)."""
-    return lambda item: err.print(f"{verb} {item}", highlight=False)
+def _print_table(table: Table) -> None:
+    """Print a result table to stdout, laid out vertically when its figures would not fit the terminal."""
+    from satseg.engine.reporting import fit_table
 
-
-def _params_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(
-        "net", "skip", "params", "vs org", "skip channels", "skip MB", "GFLOPs", "peak MB", title="Skip gates"
-    )
-    table.columns[4].overflow = "fold"
-    for r in rows:
-        mb = lambda v: "-" if v is None else f"{v / 2**20:.2f}"  # noqa: E731
-        table.add_row(
-            r["net"], r["skip"], f"{r['params']:,}", f"{r['params_change_pct']:+.1f} %",
-            ",".join(map(str, r["skip_channels"])), mb(r["skip_bytes"]),
-            "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mb(r["peak_memory_bytes"]),
-        )  # fmt: skip
-    out.print(table)
+    out.print(fit_table(table, out.width))
 
 
 def params(
-    net: Annotated[str, typer.Option("--net", help="Backbone name, or `all` for every registered one.")] = "all",
-    compare: Annotated[str, typer.Option("--compare", help="Skip gates, e.g. org,st,at,sat.")] = "org,st,at,sat",
+    net: Annotated[
+        list[str],
+        typer.Option("--net", metavar="NETS", help="Backbones ({models}), or `all` for every one." + _LIST),
+    ] = ["all"],  # noqa: B006 - typer needs a list default; it is never mutated
+    compare: Annotated[
+        list[str],
+        typer.Option("--compare", metavar="GATES", help="Skip gates to compare ({gates})." + _LIST),
+    ] = ["org,st,at,sat"],  # noqa: B006
     patch: Annotated[
-        str | None, typer.Option("--patch", help="Patch sides, e.g. 96,96,96 (default 64² / 32³).")
+        list[str] | None,
+        typer.Option("--patch", metavar="SIZES", help="Patch sides, e.g. 96,96,96 (default 64² / 32³)." + _LIST),
     ] = None,
     in_channels: Annotated[int, typer.Option("--in-channels")] = 1,
     out_channels: Annotated[int, typer.Option("--out-channels")] = 2,
@@ -315,10 +481,16 @@ def params(
     from satseg.engine.params import compare_models
 
     rows = compare_models(
-        None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,
+        None if split_items(net) == ["all"] else split_items(net), split_items(compare),
+        patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
         out_channels=out_channels, flops=flops, memory=memory, device=device,
     )  # fmt: skip
-    print_json(rows) if as_json else _params_table(rows)
+    if as_json:
+        print_json(rows)
+    else:
+        from satseg.engine.reporting import params_table
+
+        _print_table(params_table(rows))
 
 
 app.command("params")(params)
@@ -327,11 +499,26 @@ app.command("count-params", hidden=True)(params)
 
 @app.command()
 def preprocess(
-    dataset: Annotated[Path, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ dataset folder.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")],
-    spacing: Annotated[str, typer.Option(help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x.")] = "auto",
-    modality: Annotated[str, typer.Option(help="`auto` (from dataset.json), `ct`, `mri` or `rgb`.")] = "auto",
-    size: Annotated[tuple[int, int] | None, typer.Option(help="2D only: resize to H W (plain resize).")] = None,
+    dataset: Annotated[
+        Path | None, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder.")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")] = ...,
+    images: Annotated[
+        Path | None, typer.Option("--images", file_okay=False, help="Folder of images (with --labels, no DATASET).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", file_okay=False, help="Folder of their masks, paired by name or case id.")
+    ] = None,
+    spacing: Annotated[
+        list[str],
+        typer.Option(metavar="SPACING", help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x." + _LIST),
+    ] = ["auto"],  # noqa: B006
+    modality: Annotated[
+        str, typer.Option(help="`auto` (dataset.json; pictures: rgb or grey), `ct`, `mri`, `rgb` or `grey`.")
+    ] = "auto",
+    size: Annotated[
+        list[str] | None, typer.Option(metavar="H,W", help="2D only: resize to H W (plain resize)." + _LIST)
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds in splits.json.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
@@ -339,14 +526,22 @@ def preprocess(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out cases that fail validation.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/)."""
+    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/).
+
+    Paired picture sets may also be given as two folders: `--images DIR --labels DIR`.
+    """
     from satseg.data import InvalidCasesError, preprocess_dataset
 
-    options = dict(spacing=spacing, modality=modality, size=size, folds=folds, seed=seed, workers=workers)
+    if dataset is None and images is None:
+        raise ConfigError("give the dataset folder, or --images DIR --labels DIR")
+    spacing_items = split_items(spacing)
+    options = dict(spacing=spacing_items[0] if len(spacing_items) == 1 else spacing_items, modality=modality,
+                   size=parse_sizes(size) if size else None, folds=folds, seed=seed, workers=workers)  # fmt: skip
     try:
         report = preprocess_dataset(
-            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json
-        )
+            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json,
+            image_dir=images, label_dir=labels,
+        )  # fmt: skip
     except InvalidCasesError as error:
         _bad_table(error.bad)
         raise
@@ -356,10 +551,22 @@ def preprocess(
     summary = {"output": str(report.output), "written": len(report.written), "reused": len(report.reused)}
     summary |= {"skipped_bad": [b.case_id for b in report.bad], "seconds": round(report.seconds, 2)}
     summary |= {k: plan[k] for k in ("spatial_dims", "modality", "spacing", "size", "patch_size", "labels")}
+    if plan.get("pairing"):
+        summary["pairing"] = plan["pairing"]
     if as_json:
         print_json(summary)
     else:
-        out.print(Panel("\n".join(f"{k}: {v}" for k, v in summary.items()), title="satseg preprocess", expand=False))
+        if plan.get("pairing"):
+            summary["pairing"] = _pairing_text(plan["pairing"])
+        lines = "\n".join(f"{k}: {v}" for k, v in summary.items())
+        out.print(Panel(lines, title="satseg preprocess", expand=False), soft_wrap=False)  # wrap long lines, not cut
+
+
+def _pairing_text(pairing: dict[str, Any]) -> str:
+    """``image/ ↔ label/ by leading case id: 20 pairs, e.g. 21_training.tif ↔ 21_manual1.gif``."""
+    folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+    text = f"{folders} by {pairing['by']}: {pairing['pairs']} pairs"
+    return text + (f", e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}" if pairing["example"] else "")
 
 
 def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
@@ -377,7 +584,11 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Run folder, checkpoint, model.onnx or shipped model \\[default: by input].")
+        list[str] | None,
+        typer.Option(
+            help="Run folder, checkpoint, model.onnx, shipped model or folder of fold runs; several are averaged "
+            "\\[default: the shipped model the input fits]. Comma-separated; may repeat."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
@@ -388,6 +599,13 @@ def segment(
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG of the mask over the image.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Segment inputs unlike the model's training scans (warn only).")
+    ] = False,
+    lcc: Annotated[
+        bool | None,
+        typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
     ] = False,
@@ -395,15 +613,19 @@ def segment(
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
     from satseg.engine.segment import segment_inputs
 
+    models = split_items(model, keep_paths=True)
+    chosen = None if not models else models[0] if len(models) == 1 else models
     report = segment_inputs(
-        inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        inputs, output=output, model=chosen, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
         tta=tta, save_probabilities=save_probabilities, save_attention=save_attention, preview=preview,
-        overwrite=overwrite, progress=_status("segmenting"),
+        overwrite=overwrite, force=force, lcc=lcc, progress=True,
     )  # fmt: skip
     if as_json:
         print_json({"results": report.results, "failures": report.failures})
     else:
         for result in report.results:
+            for warning in result["warnings"]:
+                err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
@@ -441,13 +663,38 @@ def export_onnx_command(
 
 
 @app.command()
+def postprocess(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Decide per class from the runs' validation cases whether keeping the largest component helps; record it.
+
+    Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
+    """
+    from satseg.engine.postprocess import decide_lcc
+
+    record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
+    if as_json:
+        print_json(record)
+        return
+    for name, on in record["lcc"].items():
+        without, with_lcc = record["dice_without"][name], record["dice_with"][name]
+        choice = "on" if on else "off"
+        out.print(f"{name}: largest component {choice} (Dice {without:.4f} without, {with_lcc:.4f} with)")
+    err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
+
+
+@app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
     from satseg.engine.reporting import models_table
     from satseg.engine.zoo import list_shipped_models
 
     cards = list_shipped_models()
-    print_json(cards) if as_json else out.print(models_table(cards))
+    print_json(cards) if as_json else _print_table(models_table(cards))
 
 
 @app.command()
@@ -466,4 +713,4 @@ def demo(
     from satseg.engine.reporting import demo_table
 
     result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
-    print_json(result) if as_json else out.print(demo_table(result))
+    print_json(result) if as_json else _print_table(demo_table(result))

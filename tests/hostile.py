@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from satseg.data.plan import PLAN_FORMAT
-from satseg.engine.checkpoint import BEST, save_checkpoint
+from satseg.engine.checkpoint import LAST, save_checkpoint
 from satseg.engine.config import TrainConfig
 from satseg.nn import build_model
 
@@ -43,7 +43,7 @@ def tiny_plan(dims: int, patch: int = 16) -> dict:
 
 
 def tiny_run(folder: Path, dims: int = 3, *, fold: int = 0, nan_weight: bool = False) -> Path:
-    """A run folder with an untrained UNet+SAT (features 4, 8) checkpoint; returns the folder."""
+    """A run folder with an untrained UNet+SAT (features 4, 8) ``checkpoint_last.pt`` (what load_run reads)."""
     torch.manual_seed(0)
     net = f"unet{dims}d"
     model = build_model(net, "sat", 1, len(LABELS), features=[4, 8])
@@ -56,7 +56,7 @@ def tiny_run(folder: Path, dims: int = 3, *, fold: int = 0, nan_weight: bool = F
         "plan": tiny_plan(dims),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / BEST, model=model, run_config=config, epoch=1)
+    save_checkpoint(folder / LAST, model=model, run_config=config, epoch=1)
     return folder
 
 

@@ -1,4 +1,4 @@
-"""A corpus of malformed files, built here, fed to every command that reads files.
+"""A corpus of malformed files, built here, fed to every command that reads files (postprocess included).
 
 For every (command, hostile input) pair: exit code 1, exactly one line starting with ``error:``, no traceback,
 no file created, changed or left half-written anywhere (outputs are asked for under ``out/``, which must not
@@ -22,7 +22,7 @@ from hostile import files_under, scan, tiny_plan, tiny_run, write_nifti
 from typer.testing import CliRunner
 
 from satseg.cli import app
-from satseg.engine.checkpoint import BEST
+from satseg.engine.checkpoint import LAST
 
 GOOD_SHAPE = (12, 16, 16)
 
@@ -98,8 +98,8 @@ def hostile_models(folder: Path, good_run: Path) -> dict[str, Path]:
     from onnx import TensorProto, helper
 
     folder.mkdir(parents=True)
-    raw = (good_run / BEST).read_bytes()
-    payload = torch.load(good_run / BEST, weights_only=True)
+    raw = (good_run / LAST).read_bytes()
+    payload = torch.load(good_run / LAST, weights_only=True)
     paths = {}
     (folder / "truncated.pt").write_bytes(raw[: len(raw) // 2])
     paths["truncated.pt"] = folder / "truncated.pt"
@@ -132,6 +132,34 @@ def hostile_models(folder: Path, good_run: Path) -> dict[str, Path]:
             entry.key, entry.value = key, value
         onnx.save_model(model, str(folder / name))
         paths[name] = folder / name
+    return paths
+
+
+def hostile_runs(folder: Path, good_run: Path, models: dict[str, Path]) -> dict[str, Path]:
+    """Run folders holding a broken checkpoint, or a good one with a broken ``postprocess.json``."""
+    paths = {}
+    for name, model in models.items():
+        if name.endswith(".pt"):
+            run = folder / f"checkpoint_{name[:-3]}"
+            run.mkdir(parents=True)
+            (run / LAST).write_bytes(model.read_bytes())
+            paths[run.name] = run
+    records = {
+        "record_not_json": b"{",
+        "record_a_list": b"[]",
+        "record_not_utf8": b'{"lcc": {"\xff": true}}',
+        "record_unknown_class": json.dumps({"lcc": {"tumour": True}}).encode(),
+        "record_is_folder": None,  # postprocess.json is a folder: postprocess cannot write its record there
+    }
+    for name, record in records.items():
+        run = folder / name
+        run.mkdir(parents=True)
+        (run / LAST).write_bytes((good_run / LAST).read_bytes())
+        if record is None:
+            (run / "postprocess.json").mkdir()
+        else:
+            (run / "postprocess.json").write_bytes(record)
+        paths[name] = run
     return paths
 
 
@@ -186,6 +214,7 @@ def hostile_preprocessed(folder: Path) -> dict[str, Path]:
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     run3d = tiny_run(root / "run3d", dims=3)
+    models = hostile_models(root / "models", run3d)
     (root / "good").mkdir()
     good = write_nifti(root / "good" / "scan.nii.gz", scan(GOOD_SHAPE))
     (root / "a_file").write_text("a file, not a folder")
@@ -194,7 +223,8 @@ def corpus(tmp_path_factory):
         "run": run3d,
         "good": good,
         "images": hostile_images(root / "images"),
-        "models": hostile_models(root / "models", run3d),
+        "models": models,
+        "runs": hostile_runs(root / "runs", run3d, models),
         "datasets": hostile_datasets(root / "datasets"),
         "preprocessed": hostile_preprocessed(root / "preprocessed"),
     }
@@ -213,11 +243,19 @@ def _invocations(c) -> list[tuple[str, list[str]]]:
             cases.append((f"export-onnx {name}", ["export-onnx", str(path), "-o", f"{out}/m.onnx"]))
         data = str(c["preprocessed"]["splits_escape"])
         cases.append((f"evaluate --model {name}", ["evaluate", "--model", str(path), "--data", data, "-o", out]))
+    for name, path in c["runs"].items():
+        data = str(c["preprocessed"]["case_truncated"])
+        if name != "record_is_folder":  # (segment reads no record from a folder)
+            cases.append((f"segment --model {name}", ["segment", good, "-o", f"{out}/x.nii.gz", "--model", str(path)]))
+        # --overwrite: the old record is replaced, so the broken one is read (or found to be a folder), not just seen
+        postprocess = ["postprocess", str(path), "--data", data, "--overwrite", "--device", "cpu"]
+        cases.append((f"postprocess {name}", postprocess))
     for name, path in c["datasets"].items():
         cases.append((f"preprocess {name}", ["preprocess", str(path), "-o", f"{out}/pp"]))
     for name, path in c["preprocessed"].items():
         cases.append((f"train {name}", ["train", "--data", str(path), "--out", f"{out}/run", "--device", "cpu"]))
         cases.append((f"evaluate --data {name}", ["evaluate", "--model", run, "--data", str(path), "-o", out]))
+        cases.append((f"postprocess --data {name}", ["postprocess", run, "--data", str(path), "--device", "cpu"]))
     for where in (f"{root}/a_file/x", "/proc/satseg-test/x"):  # outputs that cannot be written
         cases.append((f"segment -o {where}", ["segment", good, "-o", f"{where}.nii.gz", "--model", run]))
         cases.append((f"export-onnx -o {where}", ["export-onnx", run, "-o", f"{where}.onnx"]))

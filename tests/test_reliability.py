@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from satseg.cli import app
 from satseg.data.io import Image, read_image, write_image
 from satseg.data.store import load_case, load_splits
-from satseg.engine.checkpoint import BEST, load_checkpoint, load_run
+from satseg.engine.checkpoint import LAST, load_checkpoint, load_run
 from satseg.engine.evaluate import evaluate_folders
 from satseg.engine.evaluate_model import evaluate_model
 from satseg.engine.inference import sliding_window_inference
@@ -47,7 +47,7 @@ def _cli(*args):
 # ---------------------------------------------------------------- data loss and escapes
 def test_export_onnx_never_replaces_an_existing_file_or_its_own_checkpoint(tmp_path):
     run = tiny_run(tmp_path / "run", dims=2)
-    checkpoint = run / BEST
+    checkpoint = run / LAST
     before = checkpoint.read_bytes()
     for extra in ([], ["--overwrite"]):  # the input is protected even with --overwrite
         result = _cli("export-onnx", run, "-o", checkpoint, *extra)
@@ -150,8 +150,8 @@ def _flip_a_weight_byte(path: Path) -> None:
 
 def test_a_checkpoint_with_one_corrupted_byte_is_refused(tmp_path):
     run = tiny_run(tmp_path / "run", dims=2)
-    _flip_a_weight_byte(run / BEST)
-    assert torch.load(run / BEST, weights_only=True)["epoch"] == 1, "torch itself does not notice"
+    _flip_a_weight_byte(run / LAST)
+    assert torch.load(run / LAST, weights_only=True)["epoch"] == 1, "torch itself does not notice"
     with pytest.raises(CheckpointError, match="corrupted"):
         load_run(run)
 
@@ -302,8 +302,7 @@ def test_a_checkpoint_holding_python_objects_says_why_it_is_refused(tmp_path):
 def test_resume_refuses_settings_it_would_ignore(tmp_path):
     from satseg.engine.config import TrainConfig
 
-    run = tiny_run(tmp_path / "run", dims=2)
-    (run / BEST).rename(run / "checkpoint_last.pt")  # a run interrupted after epoch 1
+    run = tiny_run(tmp_path / "run", dims=2)  # a run interrupted after epoch 1 (it holds checkpoint_last.pt)
     data = _preprocessed(tmp_path / "pp", 2, [{"train": [], "val": []}])
     config = TrainConfig(net="unet2d")
     for overrides, reason in (({"net": "vnet2d"}, "net 'vnet2d'"), ({"lr": 0.5}, "lr 0.5"), ({"epochs": 0}, None)):
@@ -316,6 +315,38 @@ def test_resume_refuses_settings_it_would_ignore(tmp_path):
             train(data, run, config, resume=True, resume_overrides=overrides, progress=False)
     result = _cli("train", "--data", data, "--out", run, "--resume", "--skip", "org", "--device", "cpu")
     assert result.exit_code == 1 and "skip 'org'" in result.output
+
+
+def test_resume_refuses_the_training_recipe_options_it_would_ignore(tmp_path):
+    run = tiny_run(tmp_path / "run", dims=2)  # trained without EMA and elastic, with deep supervision, rotation 180
+    data = _preprocessed(tmp_path / "pp", 2, [{"train": [], "val": []}])
+    before = files_under(tmp_path)
+    for option, reason in (
+        (["--ema", "0.9"], "ema 0.9 (the run has None)"),
+        (["--rotation-deg", "10"], "rotation_deg 10.0 (the run has None)"),
+        (["--elastic"], "elastic True (the run has False)"),
+        (["--no-deep-supervision"], "deep_supervision False (the run has True)"),
+        (["--no-augment"], "augment False (the run has True)"),
+    ):
+        result = _cli("train", "--data", data, "--out", run, "--resume", "--device", "cpu", *option)
+        assert result.exit_code == 1 and reason in result.output, (option, result.output)
+    assert files_under(tmp_path) == before
+
+
+def test_train_fold_all_checks_every_fold_run_before_any_fold_trains(tmp_path):
+    data = _preprocessed(tmp_path / "pp", 2, [{"train": [], "val": []}, {"train": [], "val": []}])
+    cv = tmp_path / "cv"
+    tiny_run(cv / "fold_0", dims=2, fold=0)
+    tiny_run(cv / "fold_1", dims=2, fold=0)  # fold 0's run copied into fold 1's folder
+    before = files_under(tmp_path)
+    # fold 0 alone would resume (and train, on no cases); fold 1 is refused first
+    result = _cli("train", "--data", data, "--out", cv, "--fold", "all", "--resume", "--device", "cpu")
+    assert result.exit_code == 1 and "fold 1 (the run has 0)" in result.output, result.output
+    result = _cli("train", "--data", data, "--out", cv, "--fold", "all", "--resume", "--ema", "0.5", "--device", "cpu")
+    assert result.exit_code == 1 and "ema 0.5" in result.output and "fold_0" in result.output, result.output
+    result = _cli("train", "--data", data, "--out", cv, "--fold", "all", "--device", "cpu")  # without --resume
+    assert result.exit_code == 1 and "already holds a run" in result.output, result.output
+    assert files_under(tmp_path) == before
 
 
 def test_small_errors_are_clear_and_early(tmp_path, monkeypatch):

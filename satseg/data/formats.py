@@ -76,12 +76,20 @@ def read_picture(path: Path) -> Image:
             pic = pic.convert("RGB")
         elif pic.mode in ("LA", "PA"):
             pic = pic.getchannel(0)
+        if pic.mode == "P" and _grey_palette(pic):  # e.g. GIF masks: the palette's grey values, not its indices
+            pic = pic.convert("L")
         array = np.asarray(pic)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array = np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
     # dpi is a print setting (writers store 72, 96 or even 1 by default), not a pixel size: spacing stays 1
     return Image(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
+
+
+def _grey_palette(pic: PILImage.Image) -> bool:
+    """True when every palette entry is a grey (r == g == b); colour palettes keep their indices (class maps)."""
+    palette = np.asarray(pic.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(len(palette)) and bool(np.all(palette == palette[:, :1]))
 
 
 def write_picture(image: Image, path: Path) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 _NIFTI = (".nii.gz", ".nii")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
-_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")  # .gif: DRIVE's manual annotations
 IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES
 """File endings :func:`read_image` understands (a folder of ``.dcm`` files is read as a DICOM series)."""
 

@@ -183,12 +183,14 @@ def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "checkpo
     return model.eval()
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[SegmentationNet, dict[str, Any]]:
+def load_run(run_dir: str | Path, which: str = "last") -> tuple[SegmentationNet, dict[str, Any]]:
     """Rebuild a trained model from a run folder (or a checkpoint file).
 
     Args:
         run_dir: a folder made by ``satseg train`` (or a ``.pt`` checkpoint file).
-        which: ``best`` (falls back to ``last`` when no validation ran) or ``last``.
+        which: ``last`` (default: the final weights, or their EMA, whose validation score is the run's honest
+            figure) or ``best`` (the epoch chosen on the validation itself, so its score is optimistic; falls
+            back to ``last`` when no validation ran).
 
     Returns:
         The model in eval mode on the CPU, and the run configuration (model, plan, training settings).

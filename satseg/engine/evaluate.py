@@ -1,7 +1,7 @@
 """Score folders of predicted label images against reference ones; summarise; report the skip gates.
 
 Files are matched by case name: the file name without its image extension (``.nii.gz``, ``.nii``,
-``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``) and
+``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``, ``.gif``) and
 without one trailing ``_seg``, ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or
 ``_prediction``; so ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction
 needs a reference; references without a prediction are listed in the report and skipped. Metric
@@ -27,6 +27,7 @@ import numpy as np
 from satseg.atomic import atomic_write_text
 from satseg.engine.metrics import COUNTS, METRICS, absent_class_metrics, case_metrics
 from satseg.errors import ConfigError, DataError
+from satseg.paths import check_output
 
 __all__ = [
     "ROW_FIELDS",
@@ -45,7 +46,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", *_PILLOW_EXTENSIONS)
 _CASE_SUFFIXES = ("_segmentation", "_seg", "_labels", "_label", "_gt", "_mask", "_prediction", "_pred")
 # Geometry tolerances: spacing (relative), origin (mm), direction cosines (absolute).
 _SPACING_RTOL, _ORIGIN_ATOL_MM, _DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
@@ -80,6 +82,7 @@ class EvaluationReport:
         missing_predictions: reference cases that had no prediction (not scored).
         per_case_csv: path of ``per_case.csv``, or None when nothing was written.
         summary_json: path of ``summary.json``, or None when nothing was written.
+        figures: the visual report's PNGs (Dice per case, worst cases' outlines), see :mod:`.eval_report`.
     """
 
     rows: list[dict[str, Any]]
@@ -88,6 +91,7 @@ class EvaluationReport:
     missing_predictions: list[str] = field(default_factory=list)
     per_case_csv: Path | None = None
     summary_json: Path | None = None
+    figures: list[Path] = field(default_factory=list)
 
 
 def case_name(path: str | Path) -> str | None:
@@ -342,17 +346,44 @@ def evaluate_folders(
     }
     report = EvaluationReport(rows=rows, summary=summary, labels=chosen, missing_predictions=missing)
     if out_dir is not None:
-        write_report(report, out_dir)
+        files = {case: (pred_path, gt_path) for case, pred_path, gt_path in matched}
+        scored = [path for pair in files.values() for path in pair]
+        write_report(report, out_dir, views=partial(_view_files, files, reader or _read_label), inputs=scored)
     return report
 
 
-def write_report(report: EvaluationReport, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Write ``per_case.csv`` and ``summary.json`` (with ``extra`` keys added) into ``out_dir``, atomically."""
+def _view_files(files: Mapping[str, tuple[Path, Path]], read: Reader, case: str):
+    """A case of a folder evaluation, read back for its preview (no image: outlines on black)."""
+    from satseg.engine.eval_report import CaseView
+
+    pred_path, gt_path = files[case]
+    pred, ref = _as_volume(read(pred_path), pred_path), _as_volume(read(gt_path), gt_path)
+    return CaseView(None, ref.array, pred.array, ref.spacing)
+
+
+def write_report(
+    report: EvaluationReport,
+    out_dir: str | Path,
+    extra: Mapping[str, Any] | None = None,
+    views: Callable[[str], Any] | None = None,
+    inputs: Sequence[str | Path] = (),
+) -> None:
+    """Write ``per_case.csv`` and ``summary.json`` (with ``extra`` keys added) into ``out_dir``, atomically.
+
+    With ``views`` (case name → :class:`~satseg.engine.eval_report.CaseView` or None), also the visual report:
+    ``report/dice_per_case.png`` and outline previews of the worst cases. Earlier reports are replaced; none
+    of the files may be one of ``inputs`` (the scored files).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
+    for path in (report.per_case_csv, report.summary_json):
+        check_output(path, inputs=inputs, overwrite=True)
     atomic_write_text(report.per_case_csv, _csv_text(report.rows))
     atomic_write_text(report.summary_json, json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n")
+    if views is not None and report.rows:
+        from satseg.engine.eval_report import write_visual_report
+
+        report.figures = write_visual_report(report.rows, out_dir, views, inputs=inputs)
 
 
 def _complete_rows(

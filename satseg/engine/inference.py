@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,9 @@ __all__ = [
     "gaussian_importance",
     "check_patch_size",
     "MAX_PATCH_VOXELS",
+    "AMP_DTYPES",
+    "run_amp_dtype",
+    "autocast_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,29 @@ def check_patch_size(patch: Sequence[int], source: str | Any = "--patch") -> tup
             hint="use a smaller patch, e.g. the plan's patch_size",
         )
     return sides
+
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The ``--amp-dtype`` names and the autocast dtypes they stand for."""
+
+
+def run_amp_dtype(train: Mapping[str, Any] | None) -> torch.dtype | None:
+    """The autocast dtype a run trained with, from its training settings (``None``: it trained in float32).
+
+    One dtype per run, used for training, validation, ``segment`` and ``evaluate --model`` alike.
+    Runs saved before the setting existed trained with the default, bf16.
+    """
+    train = train or {}
+    if not train.get("amp", True):
+        return None
+    return AMP_DTYPES[str(train.get("amp_dtype", "bf16"))]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on CUDA; a no-op on other devices or when ``dtype`` is None (float32)."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -188,14 +214,14 @@ def _predict_probabilities(
     batch: Tensor,
     mirrors: list[tuple[int, ...]],
     num_classes: int,
-    autocast: bool,
+    autocast: Callable[[], contextlib.AbstractContextManager],
     softmax: bool = True,
 ) -> Tensor:
     """Mean softmax (or raw output) over the mirrored copies of ``batch``: ``(B, C, *P) -> (B, K, *P)`` float32."""
     total = None
     for flips in mirrors:
         x = batch.flip(flips) if flips else batch
-        with torch.autocast("cuda") if autocast else contextlib.nullcontext():
+        with autocast():
             logits = predict(x)
         if not isinstance(logits, Tensor) or logits.shape != (batch.shape[0], num_classes, *batch.shape[2:]):
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -240,6 +266,7 @@ def sliding_window_inference(
     device: str | torch.device = "cpu",
     tta: bool = False,
     amp: bool = True,
+    amp_dtype: torch.dtype = torch.bfloat16,
     return_probabilities: bool = False,
     progress: ProgressCallback | None = None,
     softmax: bool = True,
@@ -264,7 +291,8 @@ def sliding_window_inference(
         device: where the windows are predicted (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …).
         tta: average the predictions of all ``2 ** spatial_dims`` mirrorings (flips of every subset of
             spatial axes), each flipped back before averaging the softmax.
-        amp: use autocast (float16) on CUDA; ignored on the CPU. Probabilities are always float32.
+        amp: use autocast on CUDA; ignored on the CPU. Probabilities are always float32.
+        amp_dtype: the autocast dtype: the one the model trained with (see :func:`run_amp_dtype`).
         return_probabilities: also return the ``(K, *S)`` probabilities.
         progress: called as ``progress(done, total)`` with window counts after every batch.
         softmax: blend softmax probabilities; False blends the raw outputs (e.g. attention maps in ``[0, 1]``),
@@ -301,7 +329,11 @@ def sliding_window_inference(
         tuple(slice(b, b + p) for b, p in zip(begin, patch, strict=True)) for begin in itertools.product(*starts)
     ]
     mirrors = _mirror_sets(len(patch), tta)
-    autocast = amp and device.type == "cuda"
+    dtype = amp_dtype if amp else None
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return autocast_context(device, dtype)
+
     # The outputs are ordinary tensors (made above); the windows are inference tensors, so callers may
     # edit the returned labels and probabilities in place.
     labels = torch.empty(shape, dtype=torch.uint8)

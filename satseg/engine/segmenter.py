@@ -1,14 +1,18 @@
 """A trained model ready to segment scans: from a run folder, a checkpoint, an ONNX file or a shipped name.
 
 :class:`Segmenter` applies the model's own preprocessing (its training plan), runs sliding-window
-inference, and maps the prediction back onto the input's exact grid.
+inference, and maps the prediction back onto the input's exact grid: the class probabilities are
+resampled (linear) and the argmax is taken there. Several models (e.g. the runs of every fold) make one
+ensemble that averages their probabilities; the largest-connected-component post-processing a run
+records (``satseg postprocess``) is applied to the labels.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +23,17 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from satseg.data.io import Image, with_array
-from satseg.data.preprocess import preprocess_image, restore_labels, restore_probabilities
-from satseg.engine.checkpoint import check_run_config, load_run
+from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
+from satseg.engine.checkpoint import BEST, LAST, check_run_config, load_run
 from satseg.engine.distributed import resolve_device
-from satseg.engine.inference import check_patch_size, sliding_window_inference
+from satseg.engine.inference import check_patch_size, run_amp_dtype, sliding_window_inference
+from satseg.engine.postprocess import keep_largest_components, read_lcc
 from satseg.engine.zoo import resolve_model_path
-from satseg.errors import CheckpointError, DataError, look_up_option
+from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
 from satseg.nn import SegmentationNet
 from satseg.nn.lean import make_lean
 
-__all__ = ["Segmenter", "Segmentation", "load_segmenter", "BACKENDS"]
+__all__ = ["Segmenter", "Segmentation", "load_segmenter", "ensemble", "expand_models", "BACKENDS"]
 
 BACKENDS = ("torch", "onnx")
 ONNX_CONFIG_KEY = "satseg_config"
@@ -37,12 +42,16 @@ ONNX_CONFIG_KEY = "satseg_config"
 
 @dataclass
 class Segmentation:
-    """One segmented scan: labels on the input grid, optional probabilities and attention maps."""
+    """One segmented scan: labels on the input grid, optional probabilities and attention maps.
+
+    ``lcc`` names the classes reduced to their largest connected component.
+    """
 
     labels: Image
     probabilities: Image | None = None
     attention: dict[str, Image] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    lcc: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,7 +64,9 @@ class Segmenter:
         name: where the model came from (run folder, file or shipped name).
         backend: ``torch`` or ``onnx``.
         device: where windows run.
-        model: the torch module (``None`` for ONNX), needed for attention maps.
+        model: the torch module (``None`` for ONNX and ensembles), needed for attention maps.
+        lcc: classes whose largest connected component alone is kept, as the run records it.
+        members: how many models are averaged (1 unless an :func:`ensemble`).
     """
 
     predict: Callable[[Tensor], Tensor]
@@ -64,10 +75,17 @@ class Segmenter:
     backend: str
     device: torch.device
     model: SegmentationNet | None = None
+    lcc: list[str] = field(default_factory=list)
+    members: int = 1
 
     @property
     def plan(self) -> dict[str, Any]:
         return self.config["plan"]
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype the model trained with (None: float32); windows run in it on CUDA."""
+        return run_amp_dtype(self.config.get("train"))
 
     @property
     def labels(self) -> dict[str, int]:
@@ -104,8 +122,16 @@ class Segmenter:
         probabilities: bool = False,
         attention: bool = False,
         source: str | Path = "image",
+        lcc: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Segmentation:
-        """Segment one scan; the returned images share the input's grid exactly."""
+        """Segment one scan; the returned images share the input's grid exactly.
+
+        Args:
+            lcc: keep only the largest connected component of every class (True), of none (False), or of
+                the classes the run records (None, the default).
+            progress: called as ``progress(done, total)`` with the sliding windows predicted so far.
+        """
         self.check_image(image, source)
         timings = {}
         start = time.perf_counter()
@@ -120,21 +146,31 @@ class Segmenter:
             overlap=overlap,
             sw_batch=sw_batch,
             device=self.device,
+            amp=self.amp_dtype is not None,
+            amp_dtype=self.amp_dtype or torch.float32,
             tta=tta,
-            return_probabilities=probabilities,
+            return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
+            progress=progress,
         )
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        labels = restore_labels(result.labels.numpy(), props)
-        seg = Segmentation(with_array(image, labels[None].astype(np.uint8)), timings=timings)
-        if probabilities and result.probabilities is not None:
-            probs = restore_probabilities(result.probabilities.numpy(), props)
-            seg.probabilities = with_array(image, probs)
+        grid_probs = result.probabilities.numpy()
+        labels = restore_argmax(grid_probs, props)
+        classes = self._lcc_classes(lcc)
+        labels = keep_largest_components(labels, [self.labels[name] for name in classes])
+        seg = Segmentation(with_array(image, labels[None]), timings=timings, lcc=classes)
+        if probabilities:
+            seg.probabilities = with_array(image, restore_probabilities(grid_probs, props))
         if attention:
             maps = self._attention(array, props, overlap, sw_batch)
             seg.attention = {k: with_array(image, v[None]) for k, v in maps.items()}
         timings["restore_s"] = time.perf_counter() - start
         return seg
+
+    def _lcc_classes(self, lcc: bool | None) -> list[str]:
+        if lcc is None:
+            return list(self.lcc)
+        return [name for name, value in self.labels.items() if value != 0] if lcc else []
 
     @torch.inference_mode()
     def _attention(
@@ -146,7 +182,9 @@ class Segmenter:
         of a large CT would not fit); the maps are blended with the same Gaussian weights as the probabilities.
         """
         if self.model is None:
-            raise DataError("attention maps need the PyTorch model", hint="use a run folder, not an ONNX file")
+            raise DataError(
+                "attention maps need one PyTorch model", hint="use one run folder, not an ONNX file or an ensemble"
+            )
         model = self.model.to(self.device).eval()
         gates = [(name, g) for name, g in model.skip_gates() if g.transfers_attention]
         if not gates:
@@ -164,9 +202,11 @@ class Segmenter:
 
         model.keep_attention(True)
         try:
+            # The windows run in the run's own autocast dtype, as its segmentation does.
             result = sliding_window_inference(
                 maps_of, torch.from_numpy(array), self.patch, len(gates) + 1, overlap=overlap, sw_batch=sw_batch,
-                device=self.device, return_probabilities=True, softmax=False,
+                device=self.device, amp=self.amp_dtype is not None, amp_dtype=self.amp_dtype or torch.float32,
+                return_probabilities=True, softmax=False,
             )  # fmt: skip
         finally:
             model.keep_attention(False)
@@ -177,12 +217,11 @@ class Segmenter:
 
 
 def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    # No autocast here: sliding_window_inference autocasts to the run's own dtype (Segmenter.amp_dtype).
     model.to(device).eval()
-    use_amp = device.type == "cuda"
 
     def predict(x: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return model(x.to(device)).float()
+        return model(x.to(device)).float()
 
     return predict
 
@@ -203,15 +242,80 @@ def _onnx_config(path: Path, metadata: dict[str, str]) -> Any:
         ) from err
 
 
-def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | None = None) -> Segmenter:
-    """Load a model for segmentation.
+# What must agree for several models to share one preprocessing of the scan and one set of classes.
+_PREPROCESSING_KEYS = ("spatial_dims", "num_channels", "labels", "spacing", "size", "normalization")
+
+
+def expand_models(models: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """The models named: a folder holding run folders (e.g. ``fold_0`` … ``fold_4``) stands for those runs."""
+    items = [models] if isinstance(models, (str, Path)) else list(models)
+    found: list[str | Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and not any((path / name).is_file() for name in (BEST, LAST)):
+            runs = sorted(d for d in path.iterdir() if d.is_dir() and any((d / n).is_file() for n in (BEST, LAST)))
+            if runs:
+                found += runs
+                continue
+        found.append(item)
+    if not found:
+        raise ConfigError("no model given")
+    return found
+
+
+def ensemble(members: Sequence[Segmenter], name: str | None = None) -> Segmenter:
+    """One segmenter averaging the members' softmax probabilities (each window, each mirroring).
+
+    The members must share the preprocessing and classes (e.g. the fold runs of one preprocessed
+    folder). The ensemble's predictor returns ``log(mean_m softmax(logits_m))``, whose softmax is exactly
+    the mean probability, so sliding windows, test-time mirroring and the return to the scan work as for
+    one model. A class is post-processed (largest component) when every member records it.
+
+    Raises:
+        ConfigError: members preprocess differently or predict other classes.
+    """
+    first = members[0]
+    if len(members) == 1:
+        return first
+    for other in members[1:]:
+        differs = [k for k in _PREPROCESSING_KEYS if first.plan.get(k) != other.plan.get(k)]
+        if differs:
+            raise ConfigError(
+                f"`{other.name}` and `{first.name}` cannot be averaged: their plans differ in {', '.join(differs)}",
+                hint="ensemble runs trained on the same preprocessed folder",
+            )
+    predictors = [m.predict for m in members]
+    log_count = math.log(len(predictors))
+
+    def predict(x: Tensor) -> Tensor:
+        logs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in predictors])
+        return torch.logsumexp(logs, dim=0) - log_count
+
+    lcc = [c for c in first.lcc if all(c in m.lcc for m in members)]
+    label = name or " + ".join(m.name for m in members)
+    backend = first.backend if all(m.backend == first.backend for m in members) else "mixed"
+    return Segmenter(predict, first.config, label, backend, first.device, None, lcc, len(members))
+
+
+def load_segmenter(
+    model: str | Path | Sequence[str | Path], *, device: str = "auto", backend: str | None = None
+) -> Segmenter:
+    """Load a model, or several as one :func:`ensemble`, for segmentation.
 
     Args:
-        model: a run folder, a ``.pt`` checkpoint, an exported ``.onnx`` file, or a shipped model name
-            (see ``satseg models``).
+        model: a run folder, a ``.pt`` checkpoint, an exported ``.onnx`` file, a shipped model name
+            (see ``satseg models``), a folder of run folders (one per fold), or a list of these.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files, else ``torch``.
     """
+    models = expand_models(model)
+    if len(models) > 1:
+        name = str(model) if isinstance(model, (str, Path)) else None
+        return ensemble([_load_one(m, device, backend) for m in models], name)
+    return _load_one(models[0], device, backend)
+
+
+def _load_one(model: str | Path, device: str, backend: str | None) -> Segmenter:
     path = resolve_model_path(model)
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
     torch_device = resolve_device(device)
@@ -232,4 +336,5 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)
-    return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net)
+    lcc = read_lcc(path if path.is_dir() else path.parent, config["plan"]["labels"])
+    return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net, lcc)

@@ -17,7 +17,7 @@ from satseg.nn.base import SegmentationNet
 from satseg.nn.gates import list_gates
 from satseg.nn.layers import init_glorot_uniform
 
-__all__ = ["register_model", "list_models", "build_model"]
+__all__ = ["register_model", "list_models", "build_model", "model_accepts"]
 
 ModelBuilder = Callable[..., SegmentationNet]
 _MODELS: dict[str, tuple[ModelBuilder, type[SegmentationNet]]] = {}
@@ -43,6 +43,12 @@ def list_models() -> list[str]:
     import satseg.nn.backbones  # noqa: F401  (registers the builders)
 
     return sorted(_MODELS)
+
+
+def model_accepts(net: str, option: str) -> bool:
+    """Whether backbone ``net`` takes ``option`` (e.g. ``deep_supervision``)."""
+    net = look_up_option(net, list_models(), "net")
+    return option in inspect.signature(_MODELS[net][1].__init__).parameters
 
 
 def build_model(

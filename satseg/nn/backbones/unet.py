@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
@@ -37,6 +38,9 @@ class UNet(SegmentationNet):
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
+        deep_supervision: add a 1×1 head to every decoder level but the last; in training mode the
+            forward pass then returns ``[main, aux…]``, all full-size logits, aux from the finest scale to
+            the coarsest (as DI2IN); eval mode returns the main logits only.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class UNet(SegmentationNet):
         act: LayerSpec = "relu",
         select_init: float = 0.5,
         align_channels: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
@@ -75,6 +80,14 @@ class UNet(SegmentationNet):
             self.ups.append(UpConv(spatial_dims, features[level + 1], up_width))
             self.decoder.append(DoubleConv(spatial_dims, up_width + transferred, width, norm, act))
         self.head = layer_type("conv", spatial_dims)(features[0], out_channels, 1)
+        self.deep_supervision = bool(deep_supervision)
+        conv = layer_type("conv", spatial_dims)
+        # one head per decoder level except the last (finest), coarsest first like self.decoder
+        self.aux_heads = (
+            nn.ModuleList(conv(features[level], out_channels, 1) for level in reversed(range(1, len(features) - 1)))
+            if self.deep_supervision
+            else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         skips = []
@@ -85,9 +98,18 @@ class UNet(SegmentationNet):
             if level < len(self.gates):
                 # Gate as soon as the level is computed: only the gate's output is kept for the decoder.
                 skips.append(self.gates[level](x))
-        for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
+        supervise = self.training and self.aux_heads is not None
+        aux: list[Tensor] = []
+        for i, (up, block, skip) in enumerate(zip(self.ups, self.decoder, reversed(skips), strict=True)):
             x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+            if supervise and i < len(self.aux_heads):
+                aux.insert(0, self.aux_heads[i](x))
+        main = self.head(x)
+        if not supervise:
+            return main
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        size = tuple(main.shape[2:])
+        return [main, *(F.interpolate(a, size=size, mode=mode, align_corners=False) for a in aux)]
 
 
 @register_model("unet2d", UNet)
