@@ -57,6 +57,18 @@ class _SatsegGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("error: interrupted; finished outputs are kept, unfinished ones were not written")
             raise typer.Exit(130) from None
+        except OSError as error:  # a path the library did not check: still one line naming it
+            if (ctx.obj or {}).get("debug"):
+                raise
+            where = f"`{error.filename}`: " if error.filename else ""
+            err.print(f"[red]error:[/] {where}{error.strerror or error}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except MemoryError:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err.print("[red]error:[/] out of memory", markup=True, highlight=False)
+            err.print("hint: use a smaller input, patch or --sw-batch", highlight=False)
+            raise typer.Exit(1) from None
         except Exception as error:  # noqa: BLE001 - the CLI must never show a bare traceback
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -223,6 +235,7 @@ _LIST = " Space- or comma-separated; may repeat."
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[
         Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).", rich_help_panel=_DATA)
     ],
@@ -394,10 +407,18 @@ def train(
         | ({"gate_options": parse_settings(gate)} if gate else {}),
         **options,
     )
-    if every_fold:
-        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
+    # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
+    typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    fixed = ("net", "skip", "fold", "optimizer", "loss", "augment", "elastic", "deep_supervision", "amp",
+             "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
+    overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
+    if "features" in typed:
+        overrides["model_options"] = config.model_options
+    if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
+        overrides.pop("fold", None)
+        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
     else:
-        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)]
+        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)]
     if not results[0].is_main:  # under torchrun only rank 0 reports
         return
     summaries = [r.summary() for r in results]
@@ -471,6 +492,9 @@ def evaluate(
     _print_table(summary_table(report.summary))
     if gates:
         _print_table(gate_table(gates))
+    for name in report.summary.get("absent_classes", []):
+        err.print(f"warning: class `{name}` is in no prediction and no reference: its scores only say 'both empty'; "
+                  "check --labels", highlight=False)  # fmt: skip
     figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
     err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
 
@@ -655,7 +679,7 @@ def segment(
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
             hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-            line = Text.assemble(("failed:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
+            line = Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
             err.print(line, highlight=False)
     if report.failures:
         raise typer.Exit(1)
@@ -666,6 +690,9 @@ def export_onnx_command(
     run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a trained model to ONNX (dynamic batch and spatial axes, plan and labels in its metadata).
@@ -674,7 +701,7 @@ def export_onnx_command(
     """
     from satseg.engine.export import export_run
 
-    report = export_run(run, output, opset=opset)
+    report = export_run(run, output, opset=opset, overwrite=overwrite)
     summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
                "checked_shapes": report.checked_shapes, "size_bytes": report.size_bytes}  # fmt: skip
     if as_json:

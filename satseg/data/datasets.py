@@ -95,10 +95,36 @@ def _modality_of(name: str) -> str:
 
 
 def _load_json(path: Path) -> dict:
+    """``dataset.json`` as a dict; anything else (not UTF-8, not JSON, a list) is a one-line DataError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"`{path}` is not UTF-8 text: {err.reason} at byte {err.start}", hint="save it as UTF-8"
+        ) from err
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"`{path}` is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"`{path}` must hold a JSON object, not a {type(data).__name__}", hint='e.g. {"labels": {...}}')
+    return data
+
+
+def _as_mapping(meta: dict, key: str, path: Path, example: str) -> dict:
+    value = meta.get(key, {})
+    if not isinstance(value, dict):
+        raise DataError(
+            f"`{path}`: `{key}` must be a JSON object, not a {type(value).__name__}", hint=f"e.g. {example}"
+        )
+    return value
+
+
+def _channels_in_order(channels: dict, key: str, path: Path) -> list[str]:
+    """Channel names ordered by their integer keys (``{"0": "CT"}``)."""
+    try:
+        ordered = sorted(channels.items(), key=lambda kv: int(kv[0]))
+    except ValueError as err:
+        raise DataError(f"`{path}`: the keys of `{key}` must be channel numbers 0, 1, …: {err}") from err
+    return [str(v) for _, v in ordered]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -170,6 +196,7 @@ def _labels_from_msd(meta: dict, root: Path) -> dict[str, int]:
     raw = meta.get("labels")
     if not raw:
         raise DataError(f"`{root / 'dataset.json'}` has no `labels`", hint='add e.g. "labels": {"0": "background"}')
+    raw = _as_mapping(meta, "labels", root / "dataset.json", '"labels": {"0": "background", "1": "liver"}')
     try:
         return {str(name): int(value) for value, name in raw.items()}
     except (TypeError, ValueError) as err:
@@ -180,7 +207,8 @@ def _msd(root: Path, meta: dict) -> Dataset:
     if not meta:
         raise DataError(f"`{root}` has `imagesTr/` but no readable `dataset.json`", hint="add the MSD dataset.json")
     labels = _labels_from_msd(meta, root)
-    names = [str(v) for _, v in sorted(meta.get("modality", {}).items(), key=lambda kv: int(kv[0]))]
+    where = root / "dataset.json"
+    names = _channels_in_order(_as_mapping(meta, "modality", where, '"modality": {"0": "CT"}'), "modality", where)
     cases: list[Case] = []
     for image in _images(root / "imagesTr"):
         label = root / "labelsTr" / image.name
@@ -194,13 +222,15 @@ def _msd(root: Path, meta: dict) -> Dataset:
 
 def _nnunet(root: Path, meta: dict) -> Dataset:
     where = root / "dataset.json"
-    channels = meta["channel_names"]
-    names = [str(v) for _, v in sorted(channels.items(), key=lambda kv: int(kv[0]))]
+    channels = _as_mapping(meta, "channel_names", where, '"channel_names": {"0": "CT"}')
+    names = _channels_in_order(channels, "channel_names", where)
     try:
         labels = {str(k): int(v) for k, v in meta["labels"].items()}
     except (KeyError, AttributeError, TypeError, ValueError) as err:
         raise DataError(f"`{where}`: `labels` must map names to values", hint='"labels": {"background": 0}') from err
     ending = str(meta.get("file_ending", ".nii.gz"))
+    if ending.lower() not in IMAGE_SUFFIXES:  # it becomes part of every path read: no `../` tricks
+        raise DataError(f"`{where}`: `file_ending` {ending!r} is not an image ending", hint=f"one of {IMAGE_SUFFIXES}")
 
     def group(folder: Path, labelled: bool) -> list[Case]:
         found: dict[str, dict[int, Path]] = {}
@@ -337,9 +367,12 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
     meta = _load_json(meta_path) if meta_path.is_file() else {}
     labels = {"background": 0, "foreground": 1}
     if "labels" in meta:
-        raw = meta["labels"]
+        raw = _as_mapping(meta, "labels", meta_path, '"labels": {"background": 0, "lesion": 1}')
         first = next(iter(raw), "0")
-        labels = _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
+        try:
+            labels = _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
+        except (TypeError, ValueError) as err:
+            raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
     return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True, pairing=pairing)
 
 

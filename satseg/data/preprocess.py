@@ -21,7 +21,6 @@ Plans written before these steps were recorded keep the old ones (see :func:`~sa
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from satseg.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from satseg.data.datasets import Case, Dataset, discover_dataset
 from satseg.data.grid import (
     Grid,
@@ -46,11 +46,12 @@ from satseg.data.grid import (
     transpose_array,
     transpose_grid,
 )
-from satseg.data.io import Image, atomic_output
+from satseg.data.io import MAX_VOXELS, Image
 from satseg.data.plan import build_plan, majority, make_splits, parse_size, parse_spacing, preprocessing_steps
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.data.validate import BadCase, CaseScan, InvalidCasesError, load_case_pair, scan_case
 from satseg.errors import ConfigError, DataError
+from satseg.paths import safe_name
 
 __all__ = [
     "PreprocessReport",
@@ -113,10 +114,30 @@ def _target_grid(cropped: Grid, plan: dict) -> Grid:
 
 
 def _check_image(image: Image, plan: dict) -> None:
+    """The one check of an image against a plan, for training data and new scans alike."""
     if image.spatial_dims != plan["spatial_dims"] or image.num_channels != plan["num_channels"]:
         raise DataError(
             f"image is {image.spatial_dims}D with {image.num_channels} channel(s); the plan expects "
             f"{plan['spatial_dims']}D with {plan['num_channels']} ({', '.join(plan['channel_names'])})"
+        )
+    if np.issubdtype(image.array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(image.array)))
+        if bad:
+            # One NaN turns a whole normalised image into NaN, and the mask silently into all background.
+            raise DataError(
+                f"image holds {bad} NaN or Inf voxel(s); satseg will not guess values for them",
+                hint="fix the scan (e.g. replace them with the image minimum) and try again",
+            )
+
+
+def _check_target(target: Grid, channels: int) -> None:
+    """Refuse a resampled grid too large to allocate (a tiny spacing in a header makes millions of slices)."""
+    voxels = int(np.prod(target.shape, dtype=np.int64)) * channels
+    if voxels > MAX_VOXELS:
+        raise DataError(
+            f"resampling to the plan's grid would make {list(target.shape)} voxels per channel, more than satseg's "
+            f"limit of {MAX_VOXELS:,}",
+            hint="check the image's spacing in its header",
         )
 
 
@@ -134,6 +155,7 @@ def _preprocess(image: Image, label: np.ndarray | None, plan: dict) -> tuple[np.
     inner = tuple(slice(a, b) for a, b in box)
     region = (slice(None), *inner)
     target = _target_grid(cropped, plan)
+    _check_target(target, image.num_channels)
     normalised = _normalise(source[region], plan, mask[inner])
     array = resample(normalised, cropped, target, "bspline", dtype=np.float32)
     out_label = None
@@ -248,11 +270,11 @@ class PreprocessReport:
 
 
 def _write_json(path: Path, data: object) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(path, data)
 
 
 def _write_case(case: Case, dataset: Dataset, plan: dict, cases_dir: Path) -> str:
+    safe_name(case.case_id, "case id", case.images[0])
     image, label = load_case_pair(case, dataset)
     array, out_label, props = _preprocess(image, label, plan)
     props |= {
@@ -263,14 +285,34 @@ def _write_case(case: Case, dataset: Dataset, plan: dict, cases_dir: Path) -> st
         "label_values": [] if out_label is None else np.unique(out_label).tolist(),
     }
     arrays = {"image": array} if out_label is None else {"image": array, "label": out_label}
-    with atomic_output(cases_dir / f"{case.case_id}.npz") as tmp, open(tmp, "wb") as handle:
+    with atomic_path(cases_dir / f"{case.case_id}.npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
     _write_json(cases_dir / f"{case.case_id}.json", props)  # written last: its presence marks a finished case
     return case.case_id
 
 
-def _single_thread() -> None:
+_ORPHAN_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Watch the parent from a daemon thread and end this worker as soon as it is gone.
+
+    A pool's workers only notice a parent that died of SIGKILL when they next read a job; busy or idle they
+    would otherwise live on (and hold memory) for as long as their current case takes, or for ever.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="satseg-parent-watch", daemon=True).start()
+
+
+def _worker_setup(parent: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    _exit_with_parent(parent)
 
 
 def _run(fn: Callable, jobs: list[tuple], workers: int, label: str, progress: bool) -> list:
@@ -290,7 +332,7 @@ def _run(fn: Callable, jobs: list[tuple], workers: int, label: str, progress: bo
                 if task is not None:
                     bar.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_single_thread) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_setup, initargs=(os.getpid(),)) as pool:
                 for result in pool.map(fn, *zip(*jobs, strict=True)):
                     results.append(result)
                     if task is not None:
@@ -327,7 +369,15 @@ def _prepare_output(output: Path, plan: dict, overwrite: bool) -> None:
             raise ConfigError(
                 f"output `{output}` was preprocessed with other settings or data", hint="pass --overwrite or another -o"
             )
-    (output / "cases").mkdir(parents=True, exist_ok=True)
+    try:
+        (output / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create `{output / 'cases'}`: {err.strerror or err}", hint="choose another -o"
+        ) from err
+    for folder in (output, output / "cases"):  # left by a run that was killed mid-write
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed `%s`, left by an interrupted run", stale)
 
 
 def preprocess_dataset(

@@ -13,7 +13,7 @@ from typing import Any
 from satseg.data.store import load_splits
 from satseg.engine.checkpoint import LAST
 from satseg.engine.config import TrainConfig
-from satseg.engine.trainer import TrainResult, train
+from satseg.engine.trainer import TrainResult, prepare_run, train
 
 __all__ = ["fold_run_dir", "train_folds"]
 
@@ -35,14 +35,22 @@ def train_folds(
     """Train ``config`` once per fold of ``splits.json``, sequentially, each fold in its own run folder.
 
     With ``resume``, folds whose run folder holds a checkpoint continue and the others start; without it,
-    an existing fold run is an error (as for one run), raised before that fold trains.
+    an existing fold run is an error (as for one run). A resumed fold run is checked against
+    ``resume_overrides`` and its own fold number (a run moved into the wrong ``fold_K`` folder is refused, not
+    continued as fold K). Every existing fold run is checked before any fold trains.
     """
+    folds = range(len(load_splits(data_dir)))
+    overrides = {fold: {**(resume_overrides or {}), "fold": fold} for fold in folds}
+    # Every fold run is checked now, not after hours of training the folds before it.
+    for fold in folds:
+        if (fold_run_dir(out_dir, fold) / LAST).is_file():
+            prepare_run(fold_run_dir(out_dir, fold), replace(config, fold=fold), resume, overrides[fold])
     results = []
-    for fold in range(len(load_splits(data_dir))):
+    for fold in folds:
         run_dir = fold_run_dir(out_dir, fold)
         again = resume and (run_dir / LAST).is_file()
         results.append(
-            train(data_dir, run_dir, replace(config, fold=fold), resume=again, resume_overrides=resume_overrides,
+            train(data_dir, run_dir, replace(config, fold=fold), resume=again, resume_overrides=overrides[fold],
                   progress=progress)
         )  # fmt: skip
     return results

@@ -17,6 +17,7 @@ import numpy as np
 
 from satseg.engine.plots import bar_chart_png
 from satseg.engine.preview import outline_png
+from satseg.paths import check_output, safe_name
 
 __all__ = ["REPORT_DIR", "WORST_CASES", "CaseView", "WorstCases", "case_dice", "write_visual_report"]
 
@@ -68,6 +69,7 @@ def write_visual_report(
     out_dir: str | Path,
     view: Callable[[str], CaseView | None],
     n: int = WORST_CASES,
+    inputs: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write ``report/dice_per_case.png`` and the outline previews of the ``n`` worst cases.
 
@@ -76,6 +78,7 @@ def write_visual_report(
         out_dir: the evaluation's output folder.
         view: the images of a case, by name (None: that case is not drawn).
         n: how many of the worst cases to draw.
+        inputs: the scored files; no PNG may replace one of them (earlier reports are replaced).
 
     Returns:
         The PNGs written.
@@ -83,10 +86,13 @@ def write_visual_report(
     folder = Path(out_dir) / REPORT_DIR
     scores = case_dice(rows)
     ranked = sorted(scores.items(), key=lambda kv: (not math.isfinite(kv[1]), kv[1], kv[0]))
-    written = [bar_chart_png("Dice per case (mean over classes), worst first", ranked, folder / "dice_per_case.png")]
+    chart = check_output(folder / "dice_per_case.png", inputs=inputs, overwrite=True)
+    written = [bar_chart_png("Dice per case (mean over classes), worst first", ranked, chart)]
     for rank, (case, dice) in enumerate(ranked[:n], start=1):
         shown = view(case) if math.isfinite(dice) else None
         if shown is not None:
-            path = folder / f"worst_{rank}_{case}.png"
+            # case names come from file names or splits.json: one plain name, never a path
+            name = safe_name(f"worst_{rank}_{case}.png", "report file name", out_dir)
+            path = check_output(folder / name, inputs=inputs, overwrite=True)
             written.append(outline_png(shown.image, shown.reference, shown.prediction, shown.spacing, path))
     return written

@@ -14,11 +14,12 @@ from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image, write_image
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.engine.eval_report import CaseView, WorstCases, case_dice
-from satseg.engine.evaluate import EvaluationReport, gate_report, summarise, write_report
+from satseg.engine.evaluate import EvaluationReport, absent_classes, gate_report, summarise, write_report
 from satseg.engine.metrics import case_metrics
 from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import load_segmenter
 from satseg.errors import ConfigError, DataError, look_up_option
+from satseg.paths import check_output
 
 __all__ = ["evaluate_model", "split_cases", "read_original_case"]
 
@@ -63,8 +64,10 @@ def evaluate_model(
         The evaluation report and the model's gate report (channels switched off per skip).
     """
     segmenter = load_segmenter(run, device=device)
+    trained_fold = segmenter.config.get("train", {}).get("fold")
+    _check_unseen(run, split, fold, trained_fold)
     if fold is None:
-        fold = max(0, int(segmenter.config.get("train", {}).get("fold", 0)))
+        fold = max(0, int(trained_fold or 0))
     plan = load_plan(data_dir)
     if plan["labels"] != segmenter.labels:
         raise ConfigError(f"`{run}` predicts labels {segmenter.labels}, but `{data_dir}` has {plan['labels']}")
@@ -79,18 +82,37 @@ def evaluate_model(
             image, ref, source = read_original_case(data_dir, case_id)
             seg = segmenter.segment(image, source=source, progress=bar.windows)
             if save_predictions:
-                write_image(seg.labels, out_dir / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+                target = out_dir / "predictions" / f"{case_id}.nii.gz"  # case ids are checked plain names
+                check_output(target, inputs=[source], overwrite=True)  # an earlier prediction, never the scan
+                write_image(seg.labels, target, overwrite=True)
             scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
             case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
             view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
             worst.offer(case_id, case_dice(case_rows)[case_id], view)
             rows += case_rows
     summary = {"model": str(run), "data": str(data_dir), "split": split, "fold": fold,
-               "tolerance_mm": tolerance_mm, "labels": labels, **summarise(rows)}  # fmt: skip
+               "tolerance_mm": tolerance_mm, "labels": labels, "absent_classes": absent_classes(rows),
+               **summarise(rows)}  # fmt: skip
     report = EvaluationReport(rows=rows, summary=summary, labels=labels, missing_predictions=[])
     gates = gate_report(segmenter.model) if segmenter.model is not None else []
     write_report(report, out_dir, {"gates": gates}, views=worst.get)
     return report, gates
+
+
+def _check_unseen(run: str | Path, split: str, fold: int | None, trained_fold: int | None) -> None:
+    """Refuse to report training cases as validation cases (scores that look better than the model is)."""
+    if split != "val" or trained_fold is None:
+        return
+    if int(trained_fold) == -1:
+        raise ConfigError(
+            f"`{run}` was trained on every case (--fold -1): no `val` split is unseen by it",
+            hint="evaluate it on other data (`satseg evaluate --pred/--gt`), or use --split train knowingly",
+        )
+    if fold is not None and int(fold) != int(trained_fold):
+        raise ConfigError(
+            f"`{run}` was trained with fold {trained_fold}; the val cases of fold {fold} are among its training cases",
+            hint=f"leave out --fold (or pass --fold {trained_fold})",
+        )
 
 
 def read_original_case(data_dir: str | Path, case_id: str) -> tuple[Any, Any, str]:

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from satseg.atomic import atomic_write_json
 from satseg.errors import CheckpointError, ConfigError
+from satseg.paths import check_output
 
 __all__ = ["POSTPROCESS_FILE", "keep_largest_component", "keep_largest_components", "read_lcc", "decide_lcc"]
 
@@ -98,8 +99,10 @@ def decide_lcc(
         The record: ``lcc`` (class -> on), ``dice_without``, ``dice_with``, ``cases``, ``runs``, ``data``.
 
     Raises:
-        ConfigError: a run is not a run folder, was trained on all cases, or already has a record.
+        ConfigError: a run is not a run folder, was trained on all cases or on data with other labels, or
+            already has a record (without ``overwrite``), or its record's path is a folder.
     """
+    from satseg.data.store import load_plan
     from satseg.engine.evaluate_model import read_original_case, split_cases
     from satseg.engine.progress import ItemProgress
     from satseg.engine.segmenter import expand_models, load_segmenter
@@ -108,11 +111,16 @@ def decide_lcc(
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"`{folder}`: post-processing is recorded in a run folder; this is not one")
-        if (folder / POSTPROCESS_FILE).exists() and not overwrite:
-            raise ConfigError(f"`{folder / POSTPROCESS_FILE}` exists", hint="pass --overwrite to decide again")
+        check_output(folder / POSTPROCESS_FILE, overwrite=overwrite)  # refused before minutes of segmenting
+    plan = load_plan(data_dir)
     work = []  # (run, its segmenter, its validation cases); all known first, so the bar knows its total
     for folder in folders:
         segmenter = load_segmenter(folder, device=device)
+        if plan.get("labels") != segmenter.labels:  # runs of other data: their "validation cases" mean nothing
+            raise ConfigError(
+                f"`{folder}` predicts labels {segmenter.labels}, but `{data_dir}` has {plan.get('labels')}",
+                hint="give the preprocessed folder the runs were trained on",
+            )
         fold = int(segmenter.config.get("train", {}).get("fold", 0))
         if fold < 0:
             raise ConfigError(f"`{folder}` was trained on all cases: no validation cases to decide on")

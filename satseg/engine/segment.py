@@ -3,8 +3,9 @@
 Before any heavy work each input is compared with the model's training plan (:mod:`satseg.engine.guard`):
 a scan the model was not made for (CT for an MRI model, a far larger field of view, …) is refused unless
 ``force``; with no model given, only a shipped model the scan fits is picked. A failure on one input
-(unreadable file, a scan that does not fit, existing output) is recorded and the batch goes on; the
-report lists every failure.
+(unreadable file, a scan that does not fit, existing output, and any unexpected error such as running out
+of memory) is recorded and the batch goes on; the report lists every failure. No output may be one of the
+inputs, even with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from satseg.data.io import Image, image_stem, is_supported_image, read_image, write_image
+from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
 from satseg.engine.guard import Misfit, check_fit, describe_scan
 from satseg.engine.preview import overlay_png
 from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import Segmenter, load_segmenter
 from satseg.engine.zoo import default_model_for, shipped_models_for
 from satseg.errors import DataError, SatsegError
+from satseg.paths import check_output
 
 __all__ = ["SegmentReport", "segment_inputs", "expand_inputs", "output_path", "label_volumes"]
 
@@ -186,6 +188,7 @@ def segment_inputs(
         A report with, per input, the files written, per-label volumes and timings, and the failures.
     """
     pairs = expand_inputs(inputs)
+    sources = [p for p, _ in pairs]
     multiple = len(pairs) > 1
     report = SegmentReport()
     cache: dict[str, Segmenter] = {}
@@ -197,8 +200,8 @@ def segment_inputs(
             started = time.perf_counter()
             try:
                 target = output_path(source, output, folder, multiple)
-                if target.exists() and not overwrite:
-                    raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
+                check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+                check_output(target, inputs=sources, overwrite=overwrite)
                 image = read_image(source)
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
                 for misfit in misfits:
@@ -208,10 +211,17 @@ def segment_inputs(
                     image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
                     attention=save_attention, source=source, lcc=lcc, progress=bar.windows,
                 )  # fmt: skip
-                written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
+                written = _write_outputs(
+                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+                )
             except SatsegError as error:
                 report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
                 logger.warning("%s: %s", source, error.message)
+                continue
+            except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
+                message, hint = _unforeseen(error)
+                report.failures.append({"input": str(source), "error": message, "hint": hint})
+                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
                 continue
             labels = seg.labels.array[0]
             report.results.append(
@@ -233,8 +243,19 @@ def segment_inputs(
     return report
 
 
-def _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite) -> list[Path]:
-    """Write the mask and the extras; refuse before writing anything when one of them exists already."""
+def _unforeseen(error: Exception) -> tuple[str, str]:
+    """One-line message and hint for an exception satseg did not raise on purpose."""
+    if isinstance(error, MemoryError):
+        return "out of memory while segmenting this file", "use a smaller --sw-batch, or a machine with more memory"
+    text = str(error).strip()
+    detail = f": {text.splitlines()[0][:300]}" if text else ""
+    return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
+
+
+def _write_outputs(
+    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+) -> list[Path]:
+    """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
     # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
     extras: list[tuple[Path, Image | None]] = []
@@ -243,9 +264,8 @@ def _write_outputs(source, target, image, seg, segmenter, preview, save_probabil
     extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
     if preview:
         extras.append((target.parent / f"{stem}_preview.png", None))
-    existing = [p for p in [target, *(p for p, _ in extras)] if p.exists()]
-    if existing and not overwrite:
-        raise DataError(f"`{existing[0]}`: output exists", hint="pass --overwrite or choose another -o")
+    for path in [target, *(p for p, _ in extras)]:
+        check_output(path, inputs=sources, overwrite=overwrite)
     write_image(seg.labels, target, overwrite=overwrite)
     for path, extra in extras:
         if extra is not None:

@@ -24,9 +24,9 @@ from torch.nn import functional as F
 
 from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
-from satseg.engine.checkpoint import BEST, LAST, load_run
+from satseg.engine.checkpoint import BEST, LAST, check_run_config, load_run
 from satseg.engine.distributed import resolve_device
-from satseg.engine.inference import autocast_context, run_amp_dtype, sliding_window_inference
+from satseg.engine.inference import check_patch_size, run_amp_dtype, sliding_window_inference
 from satseg.engine.postprocess import keep_largest_components, read_lcc
 from satseg.engine.zoo import resolve_model_path
 from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
@@ -104,6 +104,13 @@ class Segmenter:
                 f"`{source}`: a {image.spatial_dims}D image with {image.num_channels} channel(s) does not fit "
                 f"model `{self.name}`, which takes {dims}D images with {channels} channel(s)"
             )
+        if dims == 3 and min(image.spatial_shape) == 1:
+            # A flat picture saved as a one-slice volume: padded to a 3D patch, it takes minutes and means nothing.
+            raise DataError(
+                f"`{source}`: a single-slice volume (shape {list(image.spatial_shape)}) cannot be segmented by the "
+                f"3D model `{self.name}`",
+                hint="use a 2D model for 2D pictures, or give the whole volume",
+            )
 
     def segment(
         self,
@@ -155,7 +162,8 @@ class Segmenter:
         if probabilities:
             seg.probabilities = with_array(image, restore_probabilities(grid_probs, props))
         if attention:
-            seg.attention = {k: with_array(image, v[None]) for k, v in self._attention(array, props).items()}
+            maps = self._attention(array, props, overlap, sw_batch)
+            seg.attention = {k: with_array(image, v[None]) for k, v in maps.items()}
         timings["restore_s"] = time.perf_counter() - start
         return seg
 
@@ -165,8 +173,14 @@ class Segmenter:
         return [name for name, value in self.labels.items() if value != 0] if lcc else []
 
     @torch.inference_mode()
-    def _attention(self, array: np.ndarray, props: dict) -> dict[str, np.ndarray]:
-        """Each attending gate's map from one whole-image forward, resampled onto the original grid."""
+    def _attention(
+        self, array: np.ndarray, props: dict, overlap: float = 0.5, sw_batch: int = 4
+    ) -> dict[str, np.ndarray]:
+        """Each attending gate's map, window by window like the segmentation, resampled onto the original grid.
+
+        Windows of the model's patch size keep device memory bounded on any scan (a whole-image forward pass
+        of a large CT would not fit); the maps are blended with the same Gaussian weights as the probabilities.
+        """
         if self.model is None:
             raise DataError(
                 "attention maps need one PyTorch model", hint="use one run folder, not an ONNX file or an ensemble"
@@ -175,25 +189,30 @@ class Segmenter:
         gates = [(name, g) for name, g in model.skip_gates() if g.transfers_attention]
         if not gates:
             return {}
-        shape = array.shape[1:]
-        padded = [-(-s // model.input_divisor) * model.input_divisor for s in shape]
-        pad = [p for s, t in zip(reversed(shape), reversed(padded), strict=True) for p in (0, t - s)]
-        x = F.pad(torch.from_numpy(array)[None], pad).to(self.device)
+        mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
+
+        def maps_of(x: Tensor) -> Tensor:
+            """``(B, C, *P) -> (B, 1 + gates, *P)``: a zero channel, then every gate's map at window size."""
+            model(x.to(self.device))
+            maps = [
+                F.interpolate(g.last_attention.float(), size=x.shape[2:], mode=mode, align_corners=False)
+                for _, g in gates
+            ]
+            return torch.cat([torch.zeros_like(maps[0]), *maps], dim=1)
+
         model.keep_attention(True)
         try:
-            with autocast_context(self.device, self.amp_dtype):
-                model(x)
-            maps = []
-            for _, gate in gates:
-                mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
-                up = F.interpolate(gate.last_attention.float(), size=padded, mode=mode, align_corners=False)
-                maps.append(up[0, 0][tuple(slice(0, s) for s in shape)].cpu().numpy())
+            # The windows run in the run's own autocast dtype, as its segmentation does.
+            result = sliding_window_inference(
+                maps_of, torch.from_numpy(array), self.patch, len(gates) + 1, overlap=overlap, sw_batch=sw_batch,
+                device=self.device, amp=self.amp_dtype is not None, amp_dtype=self.amp_dtype or torch.float32,
+                return_probabilities=True, softmax=False,
+            )  # fmt: skip
         finally:
             model.keep_attention(False)
         # restore_probabilities fills channel 0 with 1 and the others with 0 outside the crop box:
-        # a leading dummy channel makes every attention map 0 there.
-        stacked = np.stack([np.zeros_like(maps[0]), *maps])
-        restored = restore_probabilities(stacked, props)[1:]
+        # the leading zero channel makes every attention map 0 there.
+        restored = restore_probabilities(result.probabilities.numpy(), props)[1:]
         return {name.replace(".", "_"): m for (name, _), m in zip(gates, restored, strict=True)}
 
 
@@ -205,6 +224,22 @@ def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[
         return model(x.to(device)).float()
 
     return predict
+
+
+def _onnx_config(path: Path, metadata: dict[str, str]) -> Any:
+    """The run configuration in an ONNX file's metadata, telling "not satseg's" from "damaged"."""
+    if ONNX_CONFIG_KEY not in metadata:
+        raise CheckpointError(
+            f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)",
+            hint="export the model with `satseg export-onnx`",
+        )
+    try:
+        return json.loads(metadata[ONNX_CONFIG_KEY])
+    except ValueError as err:
+        raise CheckpointError(
+            f"`{path}`: its `{ONNX_CONFIG_KEY}` metadata is not valid JSON ({err})",
+            hint="the file was edited or damaged; export it again with `satseg export-onnx`",
+        ) from err
 
 
 # What must agree for several models to share one preprocessing of the scan and one set of classes.
@@ -293,12 +328,11 @@ def _load_one(model: str | Path, device: str, backend: str | None) -> Segmenter:
         from satseg.engine.onnx_export import OnnxPredictor
 
         predictor = OnnxPredictor(path, device=device)
-        try:
-            config = json.loads(predictor.metadata[ONNX_CONFIG_KEY])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)") from err
+        config = check_run_config(_onnx_config(path, predictor.metadata), path)
+        check_patch_size(Segmenter(predictor, config, str(model), "onnx", torch_device).patch, path)
         return Segmenter(predictor, config, str(model), "onnx", torch_device)
     net, config = load_run(path)
+    check_patch_size(Segmenter(net, config, str(model), "torch", torch_device).patch, path)
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)

@@ -30,7 +30,7 @@ from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_checkpoint, sa
 from satseg.engine.config import TrainConfig
 from satseg.engine.distributed import DistContext, init_distributed
 from satseg.engine.ema import WeightEMA
-from satseg.engine.inference import autocast_context, run_amp_dtype
+from satseg.engine.inference import autocast_context, check_patch_size, run_amp_dtype
 from satseg.engine.losses import deep_supervision_loss
 from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case, to_device
 from satseg.engine.plots import write_progress_plot
@@ -40,7 +40,15 @@ from satseg.errors import CheckpointError, ConfigError
 from satseg.nn import SegmentationNet, build_model, explicit_model_config, legacy_model_config
 from satseg.nn.registry import model_accepts
 
-__all__ = ["train", "TrainResult", "EpochCallback", "RESUMABLE_OVERRIDES", "mean_dice", "is_improvement"]
+__all__ = [
+    "train",
+    "prepare_run",
+    "TrainResult",
+    "EpochCallback",
+    "RESUMABLE_OVERRIDES",
+    "mean_dice",
+    "is_improvement",
+]
 
 logger = logging.getLogger("satseg.train")
 
@@ -211,21 +219,57 @@ def _load_cases(data_dir: Path, ids: Sequence[str], patch: Sequence[int] | None)
     return cases
 
 
-def _prepare_run(data_dir: Path, out_dir: Path, config: TrainConfig, resume: bool, overrides: dict[str, Any]):
-    """Resolve the configuration (the checkpoint's on resume) and check the run folder."""
+def prepare_run(
+    out_dir: Path, config: TrainConfig, resume: bool, overrides: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Resolve the configuration (the checkpoint's on resume) and check the run folder; nothing is written.
+
+    Returns:
+        ``(configuration in force, the last checkpoint's payload or None)``.
+
+    Raises:
+        CheckpointError: resuming without a checkpoint, or starting over an existing run.
+        ConfigError: on resume, a setting in ``overrides`` that differs from the run's and may not change.
+    """
     last = out_dir / LAST
     if resume:
         if not last.is_file():
             raise CheckpointError(f"`{out_dir}`: nothing to resume (no {LAST})", hint="start the run without --resume")
         payload = load_checkpoint(last)
         saved = TrainConfig.from_dict(payload["config"]["train"])
-        config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_resume_overrides(out_dir, saved, given, int(payload["epoch"]))
+        config = replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
         return config, payload
     if last.is_file():
         raise CheckpointError(
             f"`{out_dir}` already holds a run", hint="continue it with --resume, or pick another --out folder"
         )
     return config, None
+
+
+def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, Any], epochs_done: int) -> None:
+    """Refuse settings a resumed run cannot take (rather than ignoring them without a word)."""
+    conflicts = []
+    for key, value in given.items():
+        if key in RESUMABLE_OVERRIDES:
+            continue
+        kept = saved.learning_rate if key == "lr" else getattr(saved, key, None)
+        if key == "patch" and value is not None:
+            value = tuple(value)
+        if value != kept:
+            conflicts.append(f"{key} {value!r} (the run has {kept!r})")
+    if conflicts:
+        raise ConfigError(
+            f"`{out_dir}`: --resume continues the run with its own settings; these differ: {'; '.join(conflicts)}",
+            hint=f"leave them out (only {', '.join(RESUMABLE_OVERRIDES)} may change), or use a new --out",
+        )
+    epochs = given.get("epochs")
+    if epochs is not None and epochs < epochs_done:
+        raise ConfigError(
+            f"`{out_dir}`: --epochs {epochs} is fewer than the {epochs_done} epochs the run has done",
+            hint=f"give --epochs above {epochs_done} to train on, or leave it out",
+        )
 
 
 def train(
@@ -256,7 +300,7 @@ def train(
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     plan = load_plan(data_dir)
-    config, payload = _prepare_run(data_dir, out_dir, config, resume, resume_overrides or {})
+    config, payload = prepare_run(out_dir, config, resume, resume_overrides or {})
     ctx = init_distributed(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -265,9 +309,14 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     spatial_dims = int(plan["spatial_dims"])
-    patch = tuple(config.patch or plan["patch_size"])
+    patch = check_patch_size(config.patch or plan["patch_size"])
     if len(patch) != spatial_dims:
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
+    largest = plan.get("median_shape") or patch
+    if any(p > 2 * max(s, 16) for p, s in zip(patch, largest, strict=False)):
+        logger.warning(
+            "patch %s is over twice the median case shape %s: most of every patch is padding", patch, largest
+        )
     config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
     labels: dict[str, int] = plan["labels"]
     # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
@@ -300,6 +349,9 @@ def train(
         train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
     else:
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+    # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
+    train_cases = _load_cases(data_dir, train_ids, config.patch)
+    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +365,8 @@ def train(
             ctx,
             data_dir,
             out_dir,
-            train_ids,
-            val_ids,
+            train_cases,
+            val_cases,
             labels,
             payload,
             progress and ctx.is_main,
@@ -344,8 +396,8 @@ def _run(
     ctx: DistContext,
     data_dir: Path,
     out_dir: Path,
-    train_ids: Sequence[str],
-    val_ids: Sequence[str],
+    train_cases: list[TrainingCase],
+    val_cases: list,
     labels: dict[str, int],
     payload: dict[str, Any] | None,
     show_progress: bool,
@@ -374,16 +426,15 @@ def _run(
         logger.info("resuming %s at epoch %d", out_dir, start_epoch)
     history = _read_history(out_dir / "metrics.csv", start_epoch) if ctx.is_main else []
 
-    train_cases: list[TrainingCase] = _load_cases(data_dir, train_ids, config.patch)
     resident = _resident(config, device, train_cases)
     if resident:
         train_cases = to_device(train_cases, device)
     augment_cfg = _augment_config(config, model.spatial_dims)
     spacing = _data_spacing(run_config["plan"])
-    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
     logger.info(
         "training %s/%s on %d cases (%s), validating on %d",
-        config.net, config.skip, len(train_cases), "resident on " + str(device) if resident else "loaded", len(val_ids),
+        config.net, config.skip, len(train_cases), "resident on " + str(device) if resident else "loaded",
+        len(val_cases),
     )  # fmt: skip
 
     step_model: torch.nn.Module = model

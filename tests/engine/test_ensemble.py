@@ -98,6 +98,12 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
     folders = [tmp_path / "fold_0", tmp_path / "fold_1"]
     for folder in folders:
         folder.mkdir()
+    for name, labels in (("pp", Stub.labels), ("other_pp", {"background": 0, "liver": 1})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plan.json").write_text(json.dumps({"labels": labels}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="predicts labels"):  # runs of other data decide nothing
+        decide_lcc(folders, tmp_path / "other_pp")
+    assert not any((folder / POSTPROCESS_FILE).exists() for folder in folders)
     record = decide_lcc(folders, tmp_path / "pp", progress=True)
 
     a, stray = reference == 1, _sphere(shape, (19, 6, 19), 2)

@@ -250,7 +250,7 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nrrd"]
     _assert_same_grid(out / "a_seg.nii.gz", batch / "a.nii.gz")
     _assert_same_grid(out / "b_seg.nrrd", batch / "b.nrrd", atol=1e-9)
-    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(failed) == 3
     for line, name, reason in zip(
         failed,

@@ -129,7 +129,8 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_process_ddp_on_cpu(tmp_path):
+@pytest.mark.parametrize("net", ["unet2d", "di2in2d"])
+def test_torchrun_two_process_ddp_on_cpu(tmp_path, net):
     import os
     import socket
     import subprocess
@@ -155,11 +156,10 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path):
         "--out",
         str(tmp_path / "run"),
         "--net",
-        "unet2d",
+        net,
         "--patch",
         "32,32",
-        "--features",
-        "8,16",
+        *(["--features", "8,16"] if net == "unet2d" else []),
         "--epochs",
         "2",
         "--iters",
@@ -180,5 +180,5 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path):
     torch.manual_seed(0)
     from satseg.nn import build_model
 
-    init = build_model("unet2d", "sat", 1, 2, features=[8, 16]).state_dict()
+    init = build_model(net, "sat", 1, 2, **({"features": [8, 16]} if net == "unet2d" else {})).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in payload["model"].items()), "weights were trained"
