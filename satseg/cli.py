@@ -409,10 +409,10 @@ def train(
     )
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-    fixed = ("net", "skip", "fold", "optimizer", "loss", "augment", "elastic", "deep_supervision", "amp",
-             "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
+    fixed = ("net", "skip", "fold", "optimizer", "loss", "scheduler", "select_l1", "select_lr_scale", "augment",
+             "elastic", "deep_supervision", "amp", "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
     overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
-    if "features" in typed:
+    if "features" in typed or "gate" in typed:
         overrides["model_options"] = config.model_options
     if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
         overrides.pop("fold", None)

@@ -327,6 +327,9 @@ def test_resume_refuses_the_training_recipe_options_it_would_ignore(tmp_path):
         (["--elastic"], "elastic True (the run has False)"),
         (["--no-deep-supervision"], "deep_supervision False (the run has True)"),
         (["--no-augment"], "augment False (the run has True)"),
+        (["--select-l1", "0.001"], "select_l1 0.001 (the run has 0.0)"),
+        (["--scheduler", "constant"], "scheduler 'constant' (the run has 'poly')"),
+        (["--gate", "attend_channels=2"], "model_options"),
     ):
         result = _cli("train", "--data", data, "--out", run, "--resume", "--device", "cpu", *option)
         assert result.exit_code == 1 and reason in result.output, (option, result.output)
