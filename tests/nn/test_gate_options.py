@@ -119,7 +119,9 @@ def test_old_checkpoints_keep_meaning_the_model_they_were_saved_with(tmp_path):
     old_config = {"net": "tiramisu2d", "skip": "sat", "in_channels": 1, "out_channels": 2, **tiny}
     torch.manual_seed(0)
     old = build_model(**old_config, dense_gating="all", gate_long_skips=True).eval()
-    save_checkpoint(tmp_path / "old.pt", model=old, run_config={"model": old_config})
+    plan = {"spatial_dims": 2, "num_channels": 1, "labels": {"background": 0, "a": 1}, "patch_size": [8, 8],
+            "normalization": [{"scheme": "zscore"}]}  # fmt: skip
+    save_checkpoint(tmp_path / "old.pt", model=old, run_config={"model": old_config, "plan": plan})
     loaded, _ = load_run(tmp_path / "old.pt")
     x = torch.randn(1, 1, 8, 8)
     with torch.no_grad():
@@ -128,6 +130,6 @@ def test_old_checkpoints_keep_meaning_the_model_they_were_saved_with(tmp_path):
     explicit = explicit_model_config(old_config)
     assert explicit["gate_options"]["attend_channels"] >= 1 and explicit["dense_gating"] == "down"
     new = build_model(**explicit).eval()
-    save_checkpoint(tmp_path / "new.pt", model=new, run_config={"model": explicit})
+    save_checkpoint(tmp_path / "new.pt", model=new, run_config={"model": explicit, "plan": plan})
     with torch.no_grad():
         torch.testing.assert_close(load_run(tmp_path / "new.pt")[0](x), new(x))
