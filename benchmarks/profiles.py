@@ -49,6 +49,13 @@ VARIANTS: dict[str, Variant] = {
             model={"transfer": "modulate"},
             about="U-Net: 2 maps, BN, maps also scale the decoder",
         ),
+        Variant(
+            "st-l1",
+            "st",
+            train={"select_l1": 2e-3, "select_lr_scale": 10.0},
+            about="select only, L1 2e-3 on trelu(W) (st's task gradients on W are 1e-3 to 2e-2), 10x LR on W: "
+            "switched-off channels are pruned from the skip",
+        ),
         Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),
         Variant(
             "sat-l1",

@@ -26,12 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import torch  # noqa: E402
 from profiles import VARIANTS  # noqa: E402
 from report import aggregate, load_runs, paired_test  # noqa: E402
 from runner import write_json  # noqa: E402
 
-from satseg.engine.params import measure_variant  # noqa: E402
 from satseg.nn import build_model  # noqa: E402
+from satseg.nn.lean import LeanGate, make_lean  # noqa: E402
 
 __all__ = ["study_rows", "study_markdown", "main"]
 
@@ -42,12 +43,24 @@ def _pct_off(runs: list[dict], key: str) -> float:
 
 
 def skip_bytes(run: dict) -> int:
-    """Bytes the skips of ``run``'s model hand to the decoder for one training patch (batch 1, fp32)."""
+    """Bytes the skips of ``run``'s model hold for the decoder on one training patch (batch 1, fp32), as the
+    lean inference path holds them: ``st`` channels that training switched off are pruned."""
     cfg = run["train_config"]
     channels = 3 if run["dataset"] == "ph2" else 1
     classes = len(run["cases"][0]["classes"]) + 1
-    model = build_model(run["model"], cfg["skip"], channels, classes, **cfg["model_options"])
-    return int(measure_variant(model, cfg["patch"], flops=False, memory=False)["skip_bytes"])
+    model = build_model(run["model"], cfg["skip"], channels, classes, **cfg["model_options"]).eval()
+    selecting = [g for _, g in model.skip_gates() if hasattr(g, "select_weight")]
+    with torch.no_grad():
+        for gate, record in zip(selecting, run.get("gates") or [], strict=False):
+            gate.select_weight.copy_(torch.tensor(record["selection"]))
+    held: list[int] = []
+    lean = make_lean(model, prune=True)
+    for m in lean.modules():
+        if isinstance(m, LeanGate):
+            m.register_forward_hook(lambda _m, _i, out: held.append(0 if out is None else out.numel() * 4))
+    with torch.no_grad():
+        lean(torch.zeros(1, channels, *cfg["patch"]))
+    return sum(held)
 
 
 def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
@@ -85,7 +98,7 @@ def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
                 "pct_off_end": _pct_off(group, "gates"),
                 "params": entry["params"],
                 "skip_channels": entry["skip_channels"],
-                "skip_bytes_per_patch": skip_bytes(group[0]),
+                "skip_bytes_per_patch": int(np.mean([skip_bytes(r) for r in group])),
             }
         )
     return rows

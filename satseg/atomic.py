@@ -1,6 +1,11 @@
 """Atomic file writes: write to a temporary name in the target folder, then rename over the target.
 
-A crash or Ctrl-C mid-write leaves the previous file (or no file) in place, never a truncated one.
+A crash or Ctrl-C mid-write leaves the previous file (or no file) in place, never a truncated one. Every
+temporary name starts with ``.<final name>.`` and holds ``.tmp``; a process killed with SIGKILL cannot clean
+up, so writers of a folder they own call :func:`remove_stale_temporaries` when they start again.
+
+Outputs get the usual permissions (``0o666`` minus the umask, folders ``0o777`` minus the umask), not the
+``0o600`` that :func:`tempfile.mkstemp` gives its files.
 """
 
 from __future__ import annotations
@@ -8,12 +13,61 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
+from satseg.errors import ConfigError
+
+__all__ = [
+    "atomic_path",
+    "atomic_folder",
+    "atomic_write_text",
+    "atomic_write_json",
+    "make_parent",
+    "remove_stale_temporaries",
+]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have given it."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+def make_parent(path: str | Path) -> Path:
+    """Create the folder of ``path``; an impossible one (under a file, read-only, ``/proc``) is a ConfigError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(path.parent))
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write `{path}`: {err.strerror or err} (`{err.filename or path.parent}`)",
+            hint="choose an output in a folder you can write to",
+        ) from err
+    return path
+
+
+@contextlib.contextmanager
+def _cannot_write(path: Path) -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` into a one-line ConfigError naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write `{path}`: {err.strerror or err}",
+            hint="check the output folder, its permissions and free space",
+        ) from err
 
 
 @contextlib.contextmanager
@@ -23,20 +77,77 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     Args:
         path: the final file.
         suffix: suffix of the temporary file (some writers pick the format from it); defaults to the
-            final name's suffixes, so ``x.nii.gz`` is written through ``.x.nii.gz.tmpXXXX.nii.gz``.
+            final name's suffixes, so ``x.nii.gz`` is written through ``.x.nii.gz.XXXX.tmp.nii.gz``.
+
+    Raises:
+        ConfigError: the folder cannot be created or written to (naming the path).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_parent(path)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    with _cannot_write(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+        os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        with _cannot_write(path):
+            _usual_mode(Path(tmp))
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success what was written there is moved beside it.
+
+    Files written into the temporary folder under other names (e.g. the ``.raw`` of a ``.mhd``) are moved
+    too, data files before the one named like ``path``, so a reader never sees a half-written output. A
+    folder named like ``path`` (a DICOM series) replaces the old one.
+    """
+    path = make_parent(path)
+    with _cannot_write(path):
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_dir
+        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)
+        with _cannot_write(path):
+            for item in produced:
+                target = path.parent / item.name
+                _usual_mode(item)
+                if item.is_dir():
+                    trash = None
+                    if target.exists():
+                        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent))
+                        os.replace(target, trash / target.name)
+                    os.replace(item, target)
+                    if trash is not None:
+                        shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries this module left in ``folder`` when its writer was killed (SIGKILL, power loss).
+
+    Only call it on a folder the caller owns (no other writer at work there).
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    for item in stale:
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

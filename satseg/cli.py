@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,19 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=
 
 
 class _SatsegGroup(TyperGroup):
-    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1."""
+    """Turns every SatsegError (and any unexpected exception) into one `error:` line and exit code 1.
+
+    It also gathers the values of list options (see :func:`gather_list_values`) and fills the registry's
+    backbones and gates into help texts (``{models}``, ``{gates}``) only when a command is resolved, so that
+    ``satseg --version`` does not import torch.
+    """
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _fill_choices(command)
+            rest = gather_list_values(rest, command.params)
+        return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -44,6 +57,18 @@ class _SatsegGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("error: interrupted; finished outputs are kept, unfinished ones were not written")
             raise typer.Exit(130) from None
+        except OSError as error:  # a path the library did not check: still one line naming it
+            if (ctx.obj or {}).get("debug"):
+                raise
+            where = f"`{error.filename}`: " if error.filename else ""
+            err.print(f"[red]error:[/] {where}{error.strerror or error}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except MemoryError:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err.print("[red]error:[/] out of memory", markup=True, highlight=False)
+            err.print("hint: use a smaller input, patch or --sw-batch", highlight=False)
+            raise typer.Exit(1) from None
         except Exception as error:  # noqa: BLE001 - the CLI must never show a bare traceback
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -79,14 +104,22 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
-def split_items(text: str | None, kind: type = str) -> list | None:
-    """Split a CLI list such as ``"org,st sat"`` or ``"96x96x96"`` into items of ``kind`` (None stays None).
+def split_items(text: str | Sequence[str] | None, kind: type = str, keep_paths: bool = False) -> list | None:
+    """Split a CLI list such as ``"org,st sat"``, ``"96x96x96"`` or ``["org", "st,sat"]`` into items of ``kind``.
+
+    None stays None; an empty list is None, too (a list option that was not given). With ``keep_paths`` a
+    value naming an existing file or folder stays whole (its name may hold spaces or commas).
 
     Raises:
         ConfigError: an item is not a valid ``kind``.
     """
-    if text is None:
+    if text is None or (not isinstance(text, str) and not text):
         return None
+    if keep_paths:
+        values = [text] if isinstance(text, str) else list(text)
+        return [item for v in values for item in ([v] if Path(v).exists() else split_items(v, kind) or [])]
+    if not isinstance(text, str):  # the values of a repeated list option
+        text = " ".join(text)
     items = text.replace(",", " ")
     if kind is int:
         items = items.replace("x", " ")
@@ -96,18 +129,19 @@ def split_items(text: str | None, kind: type = str) -> list | None:
         raise ConfigError(f"cannot read `{text}` as a list of {kind.__name__}", hint="e.g. 96,96,96") from err
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``) into a tuple of positive ints."""
+def parse_sizes(text: str | Sequence[str]) -> tuple[int, ...]:
+    """Parse ``96,96,96`` (or ``96x96x96``, ``96 96 96``, ``["96", "96,96"]``) into a tuple of positive ints."""
     try:
-        values = tuple(split_items(text, int))
+        values = tuple(split_items(text, int) or ())
     except ConfigError:
         values = ()
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{text}`")
+        shown = text if isinstance(text, str) else " ".join(text)
+        raise typer.BadParameter(f"expected positive integers like `96,96,96`, got `{shown}`")
     return values
 
 
-def parse_settings(text: str | None) -> dict[str, Any]:
+def parse_settings(text: str | Sequence[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` items (``"attend_channels=2,attend_norm=true"``) into a dict of typed values.
 
     Values read as int, then float, then ``true``/``false``, else stay text.
@@ -130,6 +164,61 @@ def _typed(raw: str) -> Any:
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
+def _is_number_list(token: str) -> bool:
+    try:
+        return bool(split_items(token, float))
+    except ConfigError:
+        return False
+
+
+def gather_list_values(args: list[str], params: Sequence[Any]) -> list[str]:
+    """Let list options take several values: ``--compare org sat`` becomes ``--compare org --compare sat``.
+
+    List options are the ``multiple`` options (typed ``list[str]``); together with :func:`split_items` every
+    list option accepts space-separated values, comma-separated lists and repeated options alike. A bare
+    token after a list option's value joins that list; in a command with positional arguments only a
+    numeric one does (``--spacing 1 1 1 DATASET`` leaves ``DATASET`` alone).
+    """
+    list_opts = {name for p in params if getattr(p, "multiple", False) for name in getattr(p, "opts", ())}
+    if not list_opts:
+        return args
+    has_positionals = any(getattr(p, "param_type_name", "") == "argument" for p in params)
+    gathered: list[str] = []
+    current: str | None = None  # the list option whose extra values are being gathered
+    awaiting_value = False
+    for index, token in enumerate(args):
+        if token == "--":
+            gathered += args[index:]
+            break
+        if awaiting_value:
+            gathered.append(token)
+            awaiting_value = False
+            continue
+        if current and not token.startswith("-") and (not has_positionals or _is_number_list(token)):
+            gathered += [current, token]
+            continue
+        current = None
+        name = token.split("=", 1)[0]
+        if name in list_opts:
+            current, awaiting_value = name, "=" not in token
+        gathered.append(token)
+    return gathered
+
+
+def _fill_choices(command: Any) -> None:
+    """Put the registry's backbones and skip gates into help texts that ask for them."""
+    asking = [p for p in command.params if "{models}" in (getattr(p, "help", None) or "")]
+    asking += [p for p in command.params if "{gates}" in (getattr(p, "help", None) or "")]
+    if not asking:
+        return
+    from satseg.nn import list_gates, list_models
+
+    choices = {"{models}": ", ".join(list_models()), "{gates}": ", ".join(list_gates())}
+    for param in asking:
+        for placeholder, text in choices.items():
+            param.help = param.help.replace(placeholder, text)
+
+
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout (for ``--json``)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -140,59 +229,149 @@ def main() -> None:
     app(prog_name="satseg")
 
 
+_DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+_LIST = " Space- or comma-separated; may repeat."
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).")],
-    net: Annotated[
-        str, typer.Option(help="Backbone: unet2d unet3d vnet2d vnet3d tiramisu2d tiramisu3d di2in2d di2in3d.")
-    ] = "unet3d",
-    skip: Annotated[str, typer.Option(help="Skip gate: org, st, at, sat.")] = "sat",
-    fold: Annotated[int, typer.Option(help="Fold of splits.json to validate on; -1 trains on all cases.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].")] = None,
-    patch: Annotated[
-        str | None, typer.Option(metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's].")
-    ] = None,
-    batch: Annotated[int | None, typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].")] = None,
-    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.")] = "adadelta",
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].")
-    ] = None,
-    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.")] = "dice+ce",
-    scheduler: Annotated[
-        str, typer.Option(help="poly (decay over the planned epochs) or constant (the paper: Adadelta decay 0).")
-    ] = "poly",
-    features: Annotated[
-        str | None, typer.Option(metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128.")
-    ] = None,
-    gate: Annotated[
-        str | None,
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option("--data", help="Preprocessed folder (from `satseg preprocess`).", rich_help_panel=_DATA)
+    ],
+    fold: Annotated[
+        str,
         typer.Option(
-            metavar="KEY=VALUE,…",
-            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm.",
+            help="Fold of splits.json to validate on; -1: train on all cases; `all`: each fold in OUT/fold_K.",
+            rich_help_panel=_DATA,
+        ),
+    ] = "0",
+    patch: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST, rich_help_panel=_DATA
         ),
     ] = None,
-    select_l1: Annotated[float, typer.Option(help="Weight of an L1 term on trelu(W) (st/sat selection).")] = 0.0,
-    select_lr_scale: Annotated[float, typer.Option(help="Learning-rate multiplier of the selection W.")] = 1.0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
-    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms.")] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].", rich_help_panel=_DATA),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
+    ] = None,
+    augment: Annotated[
+        bool, typer.Option(help="Augment batches on the training device.", rich_help_panel=_DATA)
+    ] = True,
+    rotation_deg: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest continuous rotation, degrees; 0: none \\[default: 180 2D, 30 3D].", rich_help_panel=_DATA
+        ),
+    ] = None,
+    elastic: Annotated[
+        bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
-    val_every: Annotated[int | None, typer.Option(help="Validate every N epochs \\[default: 1].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes \\[default: 0].")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this budget.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    net: Annotated[str, typer.Option(help="Backbone: {models}.", rich_help_panel=_MODEL)] = "unet3d",
+    skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm."
+            + _LIST,
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="WIDTHS", help="Backbone widths per level, e.g. 16,32,64,128." + _LIST, rich_help_panel=_MODEL
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].", rich_help_panel=_OPTIM)
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.", rich_help_panel=_OPTIM)] = "adadelta",
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate \\[default: 1.0 adadelta, 1e-3 adam, 1e-2 sgd].", rich_help_panel=_OPTIM),
+    ] = None,
+    loss: Annotated[str, typer.Option(help="dice+ce, dice or ce.", rich_help_panel=_OPTIM)] = "dice+ce",
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="poly (decay over the planned epochs) or constant (the paper: Adadelta, decay 0).",
+            rich_help_panel=_OPTIM,
+        ),
+    ] = "poly",
+    select_l1: Annotated[
+        float, typer.Option(help="Weight of an L1 term on trelu(W) (st/sat selection).", rich_help_panel=_OPTIM)
+    ] = 0.0,
+    select_lr_scale: Annotated[
+        float, typer.Option(help="Learning-rate multiplier of the selection weights W.", rich_help_panel=_OPTIM)
+    ] = 1.0,
+    deep_supervision: Annotated[
+        bool,
+        typer.Option(help="Train auxiliary heads where the backbone has them (U-Net, DI2IN).", rich_help_panel=_OPTIM),
+    ] = True,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DECAY", help="Validate and ship an EMA of the weights, e.g. 0.999.", rich_help_panel=_OPTIM
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.", rich_help_panel=_OPTIM)] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].", rich_help_panel=_HARDWARE)
+    ] = None,
+    resident: Annotated[
+        bool | None,
+        typer.Option(
+            "--resident/--no-resident",
+            help="Keep the cases on the device \\[default: CUDA if they fit].",
+            rich_help_panel=_HARDWARE,
+        ),
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=_HARDWARE)] = True,
+    amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.", rich_help_panel=_HARDWARE)] = "bf16",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=_HARDWARE)
+    ] = False,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic algorithms.", rich_help_panel=_HARDWARE)
+    ] = False,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Run folder to create (or to continue with --resume).", rich_help_panel=_RUN),
+    ] = ...,  # required; listed here so that the help's panels read data → run control
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=_RUN),
+    ] = False,
+    val_every: Annotated[
+        int | None, typer.Option(help="Validate every N epochs \\[default: 1].", rich_help_panel=_RUN)
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that passes this budget.", rich_help_panel=_RUN)
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=_RUN)
+    ] = False,
 ) -> None:
-    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP)."""
+    """Train a segmentation model on a preprocessed dataset. Works under `torchrun --nproc_per_node N` (DDP).
+
+    Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
+    """
     from satseg.engine.config import TrainConfig
+    from satseg.engine.crossval import train_folds
     from satseg.engine.trainer import train as run_training
 
+    every_fold = fold.strip().lower() == "all"
+    try:
+        fold_number = 0 if every_fold else int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold `{fold}` is not a fold number or `all`") from None
     options = dict(
         epochs=epochs,
         iters_per_epoch=iters,
@@ -203,16 +382,22 @@ def train(
         workers=workers,
         max_minutes=max_minutes,
         patch=parse_sizes(patch) if patch else None,
+        rotation_deg=rotation_deg,
+        ema=ema,
+        resident=resident,
     )
     config = TrainConfig.from_options(
         net=net,
         skip=skip,
-        fold=fold,
+        fold=fold_number,
         optimizer=optimizer,
         loss=loss,
         scheduler=scheduler,
         select_l1=select_l1,
         select_lr_scale=select_lr_scale,
+        augment=augment,
+        elastic=elastic,
+        deep_supervision=deep_supervision,
         amp=amp,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -222,14 +407,30 @@ def train(
         | ({"gate_options": parse_settings(gate)} if gate else {}),
         **options,
     )
-    result = run_training(data, out_dir, config, resume=resume, resume_overrides=options, progress=True)
-    summary = result.summary()
-    if not result.is_main:  # under torchrun only rank 0 reports
-        return
-    if json_output:
-        print_json(summary)
+    # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
+    typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    fixed = ("net", "skip", "fold", "optimizer", "loss", "scheduler", "select_l1", "select_lr_scale", "augment",
+             "elastic", "deep_supervision", "amp", "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
+    overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
+    if "features" in typed or "gate" in typed:
+        overrides["model_options"] = config.model_options
+    if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
+        overrides.pop("fold", None)
+        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
     else:
-        out.print(f"run `{result.run_dir}`: {result.epochs_done} epochs, best val Dice {summary['best_dice']}")
+        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)]
+    if not results[0].is_main:  # under torchrun only rank 0 reports
+        return
+    summaries = [r.summary() for r in results]
+    if json_output:
+        print_json(summaries if every_fold else summaries[0])
+        return
+    for result, summary in zip(results, summaries, strict=True):
+        out.print(
+            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
+            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
+            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+        )
 
 
 @app.command()
@@ -245,7 +446,8 @@ def evaluate(
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance in mm.")] = 1.0,
     labels: Annotated[
-        str | None, typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt).")
+        list[str] | None,
+        typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt)." + _LIST),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel (--pred/--gt).")] = 1,
     device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda.")] = "auto",
@@ -271,14 +473,14 @@ def evaluate(
             fold=fold,
             tolerance_mm=tolerance,
             device=device,
-            progress=_status("segmenting"),
+            progress=True,
         )
     elif pred is not None and gt is not None:
         report = evaluate_folders(
             pred,
             gt,
             output or pred,
-            labels=parse_labels(labels) if labels else None,
+            labels=parse_labels(",".join(split_items(labels))) if labels else None,
             tolerance_mm=tolerance,
             workers=workers,
         )
@@ -287,39 +489,35 @@ def evaluate(
     if as_json:  # what summary.json holds (with --model it includes the gate report)
         print_json({**report.summary, "gates": gates} if model is not None else report.summary)
         return
-    out.print(summary_table(report.summary))
+    _print_table(summary_table(report.summary))
     if gates:
-        out.print(gate_table(gates))
-    err.print(f"wrote `{report.per_case_csv}` and `{report.summary_json}`", highlight=False)
+        _print_table(gate_table(gates))
+    for name in report.summary.get("absent_classes", []):
+        err.print(f"warning: class `{name}` is in no prediction and no reference: its scores only say 'both empty'; "
+                  "check --labels", highlight=False)  # fmt: skip
+    figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
+    err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
 
 
-def _status(verb: str):
-    """A progress callback that prints `verb item` to stderr (one line per item)."""
-    return lambda item: err.print(f"{verb} {item}", highlight=False)
+def _print_table(table: Table) -> None:
+    """Print a result table to stdout, laid out vertically when its figures would not fit the terminal."""
+    from satseg.engine.reporting import fit_table
 
-
-def _params_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(
-        "net", "skip", "params", "vs org", "skip channels", "skip MB", "GFLOPs", "peak MB", title="Skip gates"
-    )
-    table.columns[4].overflow = "fold"
-    for r in rows:
-        mb = lambda v: "-" if v is None else f"{v / 2**20:.2f}"  # noqa: E731
-        table.add_row(
-            r["net"], r["skip"], f"{r['params']:,}", f"{r['params_change_pct']:+.1f} %",
-            ",".join(map(str, r["skip_channels"])), mb(r["skip_bytes"]),
-            "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mb(r["peak_memory_bytes"]),
-        )  # fmt: skip
-    out.print(table)
+    out.print(fit_table(table, out.width))
 
 
 def params(
-    net: Annotated[str, typer.Option("--net", help="Backbone name, or `all` for every registered one.")] = "all",
-    compare: Annotated[str, typer.Option("--compare", help="Skip gates, e.g. org,st,at,sat.")] = "org,st,at,sat",
+    net: Annotated[
+        list[str],
+        typer.Option("--net", metavar="NETS", help="Backbones ({models}), or `all` for every one." + _LIST),
+    ] = ["all"],  # noqa: B006 - typer needs a list default; it is never mutated
+    compare: Annotated[
+        list[str],
+        typer.Option("--compare", metavar="GATES", help="Skip gates to compare ({gates})." + _LIST),
+    ] = ["org,st,at,sat"],  # noqa: B006
     patch: Annotated[
-        str | None, typer.Option("--patch", help="Patch sides, e.g. 96,96,96 (default 64² / 32³).")
+        list[str] | None,
+        typer.Option("--patch", metavar="SIZES", help="Patch sides, e.g. 96,96,96 (default 64² / 32³)." + _LIST),
     ] = None,
     in_channels: Annotated[int, typer.Option("--in-channels")] = 1,
     out_channels: Annotated[int, typer.Option("--out-channels")] = 2,
@@ -332,10 +530,16 @@ def params(
     from satseg.engine.params import compare_models
 
     rows = compare_models(
-        None if net == "all" else [net], split_items(compare), patch=split_items(patch, int), in_channels=in_channels,
+        None if split_items(net) == ["all"] else split_items(net), split_items(compare),
+        patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
         out_channels=out_channels, flops=flops, memory=memory, device=device,
     )  # fmt: skip
-    print_json(rows) if as_json else _params_table(rows)
+    if as_json:
+        print_json(rows)
+    else:
+        from satseg.engine.reporting import params_table
+
+        _print_table(params_table(rows))
 
 
 app.command("params")(params)
@@ -344,11 +548,26 @@ app.command("count-params", hidden=True)(params)
 
 @app.command()
 def preprocess(
-    dataset: Annotated[Path, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ dataset folder.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")],
-    spacing: Annotated[str, typer.Option(help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x.")] = "auto",
-    modality: Annotated[str, typer.Option(help="`auto` (from dataset.json), `ct`, `mri` or `rgb`.")] = "auto",
-    size: Annotated[tuple[int, int] | None, typer.Option(help="2D only: resize to H W (plain resize).")] = None,
+    dataset: Annotated[
+        Path | None, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder.")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")] = ...,
+    images: Annotated[
+        Path | None, typer.Option("--images", file_okay=False, help="Folder of images (with --labels, no DATASET).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", file_okay=False, help="Folder of their masks, paired by name or case id.")
+    ] = None,
+    spacing: Annotated[
+        list[str],
+        typer.Option(metavar="SPACING", help="`auto` (3D: median spacing; 2D: keep), `keep`, or mm z,y,x." + _LIST),
+    ] = ["auto"],  # noqa: B006
+    modality: Annotated[
+        str, typer.Option(help="`auto` (dataset.json; pictures: rgb or grey), `ct`, `mri`, `rgb` or `grey`.")
+    ] = "auto",
+    size: Annotated[
+        list[str] | None, typer.Option(metavar="H,W", help="2D only: resize to H W (plain resize)." + _LIST)
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds in splits.json.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
@@ -356,14 +575,22 @@ def preprocess(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out cases that fail validation.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/)."""
+    """Validate a dataset, then resample, normalise and crop every case into OUTPUT (plan.json, splits.json, cases/).
+
+    Paired picture sets may also be given as two folders: `--images DIR --labels DIR`.
+    """
     from satseg.data import InvalidCasesError, preprocess_dataset
 
-    options = dict(spacing=spacing, modality=modality, size=size, folds=folds, seed=seed, workers=workers)
+    if dataset is None and images is None:
+        raise ConfigError("give the dataset folder, or --images DIR --labels DIR")
+    spacing_items = split_items(spacing)
+    options = dict(spacing=spacing_items[0] if len(spacing_items) == 1 else spacing_items, modality=modality,
+                   size=parse_sizes(size) if size else None, folds=folds, seed=seed, workers=workers)  # fmt: skip
     try:
         report = preprocess_dataset(
-            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json
-        )
+            dataset, output, **options, overwrite=overwrite, skip_bad=skip_bad, progress=not as_json,
+            image_dir=images, label_dir=labels,
+        )  # fmt: skip
     except InvalidCasesError as error:
         _bad_table(error.bad)
         raise
@@ -373,10 +600,22 @@ def preprocess(
     summary = {"output": str(report.output), "written": len(report.written), "reused": len(report.reused)}
     summary |= {"skipped_bad": [b.case_id for b in report.bad], "seconds": round(report.seconds, 2)}
     summary |= {k: plan[k] for k in ("spatial_dims", "modality", "spacing", "size", "patch_size", "labels")}
+    if plan.get("pairing"):
+        summary["pairing"] = plan["pairing"]
     if as_json:
         print_json(summary)
     else:
-        out.print(Panel("\n".join(f"{k}: {v}" for k, v in summary.items()), title="satseg preprocess", expand=False))
+        if plan.get("pairing"):
+            summary["pairing"] = _pairing_text(plan["pairing"])
+        lines = "\n".join(f"{k}: {v}" for k, v in summary.items())
+        out.print(Panel(lines, title="satseg preprocess", expand=False), soft_wrap=False)  # wrap long lines, not cut
+
+
+def _pairing_text(pairing: dict[str, Any]) -> str:
+    """``image/ ↔ label/ by leading case id: 20 pairs, e.g. 21_training.tif ↔ 21_manual1.gif``."""
+    folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+    text = f"{folders} by {pairing['by']}: {pairing['pairs']} pairs"
+    return text + (f", e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}" if pairing["example"] else "")
 
 
 def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
@@ -394,19 +633,24 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Run folder, checkpoint, model.onnx or shipped model \\[default: by input].")
+        list[str] | None,
+        typer.Option(
+            help="Run folder, checkpoint, model.onnx, shipped model or folder of fold runs; several are averaged "
+            "\\[default: the shipped model the input fits]. Comma-separated; may repeat."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
     overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
     sw_batch: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     tile: Annotated[
-        str,
+        list[str],
         typer.Option(
+            metavar="SIZES",
             help="Sliding window: auto (CPU: the largest that fits memory, one per pass; GPU: the training "
-            "patch), patch, or sides like 128,128,128.",
+            "patch), patch, or sides like 128,128,128." + _LIST,
         ),
-    ] = "auto",
+    ] = ["auto"],  # noqa: B006
     tta: Annotated[bool, typer.Option("--tta", help="Average over all mirrorings.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write probabilities.")] = False,
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Write each gate's attention map.")] = False,
@@ -422,6 +666,13 @@ def segment(
             metavar="I/N|auto",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Segment inputs unlike the model's training scans (warn only).")
+    ] = False,
+    lcc: Annotated[
+        bool | None,
+        typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
     ] = False,
@@ -429,11 +680,13 @@ def segment(
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
     from satseg.engine.segment import parse_shard, segment_inputs
 
+    models = split_items(model, keep_paths=True)
+    chosen = None if not models else models[0] if len(models) == 1 else models
     report = segment_inputs(
-        inputs, output=output, model=model, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
-        tile=tile if tile in ("auto", "patch") else parse_sizes(tile), tta=tta, save_probabilities=save_probabilities,
-        save_attention=save_attention, preview=preview, overwrite=overwrite, skip_existing=skip_existing,
-        shard=None if shard is None else parse_shard(shard), progress=_status("segmenting"),
+        inputs, output=output, model=chosen, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        tile=_tile(tile), tta=tta, save_probabilities=save_probabilities, save_attention=save_attention,
+        preview=preview, overwrite=overwrite, skip_existing=skip_existing,
+        shard=None if shard is None else parse_shard(shard), force=force, lcc=lcc, progress=True,
     )  # fmt: skip
     if report.skipped:
         where = f"shard {report.shard[0]}/{report.shard[1]}: " if report.shard else ""
@@ -442,14 +695,24 @@ def segment(
         print_json({"results": report.results, "failures": report.failures, "skipped": report.skipped})
     else:
         for result in report.results:
+            for warning in result["warnings"]:
+                err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
             sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
             out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
         for failure in report.failures:
             hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-            line = Text.assemble(("failed:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
+            line = Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
             err.print(line, highlight=False)
     if report.failures:
         raise typer.Exit(1)
+
+
+def _tile(values: list[str]) -> str | tuple[int, ...]:
+    """``--tile``: ``auto`` or ``patch`` as given, else window sides (the one list parser)."""
+    items = split_items(values) or ["auto"]
+    if len(items) == 1 and items[0].lower() in ("auto", "patch"):
+        return items[0].lower()
+    return parse_sizes(items)
 
 
 @app.command("export-onnx")
@@ -457,6 +720,9 @@ def export_onnx_command(
     run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a trained model to ONNX (dynamic batch and spatial axes, plan and labels in its metadata).
@@ -465,7 +731,7 @@ def export_onnx_command(
     """
     from satseg.engine.export import export_run
 
-    report = export_run(run, output, opset=opset)
+    report = export_run(run, output, opset=opset, overwrite=overwrite)
     summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
                "checked_shapes": report.checked_shapes, "size_bytes": report.size_bytes}  # fmt: skip
     if as_json:
@@ -476,13 +742,38 @@ def export_onnx_command(
 
 
 @app.command()
+def postprocess(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Decide per class from the runs' validation cases whether keeping the largest component helps; record it.
+
+    Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
+    """
+    from satseg.engine.postprocess import decide_lcc
+
+    record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
+    if as_json:
+        print_json(record)
+        return
+    for name, on in record["lcc"].items():
+        without, with_lcc = record["dice_without"][name], record["dice_with"][name]
+        choice = "on" if on else "off"
+        out.print(f"{name}: largest component {choice} (Dice {without:.4f} without, {with_lcc:.4f} with)")
+    err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
+
+
+@app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
     from satseg.engine.reporting import models_table
     from satseg.engine.zoo import list_shipped_models
 
     cards = list_shipped_models()
-    print_json(cards) if as_json else out.print(models_table(cards))
+    print_json(cards) if as_json else _print_table(models_table(cards))
 
 
 @app.command()
@@ -501,4 +792,4 @@ def demo(
     from satseg.engine.reporting import demo_table
 
     result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
-    print_json(result) if as_json else out.print(demo_table(result))
+    print_json(result) if as_json else _print_table(demo_table(result))

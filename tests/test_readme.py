@@ -14,10 +14,11 @@ from satseg.cli import app
 from satseg.data.synthetic import write_synthetic_msd
 
 ROOT = Path(__file__).resolve().parents[1]
-# Keep README training commands short here: options given twice take the last value.
+# Keep README training commands short here: a single-value option given twice takes the last value.
 FAST_TRAIN = ["--epochs", "1", "--iters", "2", "--batch", "2", "--features", "4,8", "--patch", "16,16,16",
               "--device", "cpu"]  # fmt: skip
-RUN_BY_CI = ("satseg demo", "python -m pytest -q", "pip install torch==2.13.0 && pip install -e .")
+INSTALL = 'pip install torch==2.13.0 && pip install -e ".[test]"'
+RUN_BY_CI = ("satseg demo", "python -m pytest -q", INSTALL)
 
 
 def readme_commands() -> list[str]:
@@ -32,6 +33,33 @@ def test_commands_not_run_here_are_run_by_ci():
         assert command in readme_commands(), f"README no longer shows `{command}`"
     assert "satseg demo" in ci and "python -m pytest -q" in ci
     assert "pip install -q torch==2.13.0" in ci and 'pip install -q -e ".[test]"' in ci
+
+
+def _optional_dependencies() -> dict[str, list[str]]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser
+        from pip._vendor import tomli as tomllib
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["project"]["optional-dependencies"]
+
+
+def test_readme_install_line_installs_what_the_test_command_needs():
+    installs = [c for c in readme_commands() if "pip install" in c and "-e" in c]
+    assert installs, "README shows no `pip install -e` line"
+    extras_found = re.findall(r"\.\[([\w,-]+)\]", installs[0])
+    assert extras_found, f"`{installs[0]}` installs no extras, so the tests' tools (pytest) are missing"
+    declared = _optional_dependencies()
+    requirements = []
+    for extra in extras_found[0].split(","):
+        assert extra in declared, f"README installs extra `{extra}`, pyproject.toml has {sorted(declared)}"
+        requirements += declared[extra]
+    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
+    assert "pytest" in names
+    # the README tells the new user how to run the tests, with the module that install line provides
+    assert "python -m pytest -q" in readme_commands()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert text.index("python -m pytest -q") < text.index("## Segment your own scan")
 
 
 @pytest.mark.slow

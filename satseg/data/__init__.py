@@ -28,6 +28,7 @@ _EXPORTS = {
     "preprocess_image": "preprocess",
     "restore_labels": "preprocess",
     "restore_probabilities": "preprocess",
+    "restore_argmax": "preprocess",
     "load_plan": "store",
     "load_case": "store",
     "load_splits": "store",

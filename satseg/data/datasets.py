@@ -4,9 +4,14 @@
   (``{"0": "background", "1": "name"}``). Multi-channel cases are one 4D file.
 * **nnU-Net v2**: ``imagesTr/CASE_0000.nii.gz`` (one file per channel), ``labelsTr/CASE.nii.gz``, ``dataset.json``
   with ``channel_names``, ``labels`` (``{"background": 0, "name": 1}``) and ``file_ending``.
-* **Paired folders**: ``images/`` with ``masks/`` (or ``labels/``), matched by file stem; a mask may carry one of
-  the suffixes ``_segmentation``, ``_mask``, ``_lesion``, ``_seg``, ``_label``. A ``dataset.json`` with ``labels``
-  is optional (default ``{"background": 0, "foreground": 1}``).
+* **Paired folders**: an image folder (``images/``, ``image/``, ``imgs/``, ``img/``) with one label folder
+  (``masks/``, ``mask/``, ``labels/``, ``label/``, ``ground_truth/``, ``gt/``, ``annotations/``, ``1st_manual/``,
+  ``manual/``), or any two folders given explicitly. Files pair by stem; a mask may carry one of the suffixes
+  ``_segmentation``, ``_mask``, ``_lesion``, ``_seg``, ``_label``. When the names differ otherwise (DRIVE:
+  ``21_training.tif`` ↔ ``21_manual1.gif``), files pair by their leading case id, if that id names exactly one
+  image and one mask; an id shared by several files is refused rather than guessed. ``Dataset.pairing`` says how
+  the pairs were formed. A ``dataset.json`` with ``labels`` is optional (default
+  ``{"background": 0, "foreground": 1}``).
 
 Masks of 2D picture sets are turned into label indices by :func:`mask_to_labels`.
 """
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +35,11 @@ __all__ = ["Case", "Dataset", "discover_dataset", "mask_to_labels", "MASK_SUFFIX
 log = logging.getLogger(__name__)
 
 MASK_SUFFIXES: tuple[str, ...] = ("_segmentation", "_mask", "_lesion", "_seg", "_label")
-MODALITIES: tuple[str, ...] = ("ct", "mri", "rgb")
+MODALITIES: tuple[str, ...] = ("ct", "mri", "rgb", "grey")
+IMAGE_DIRS: tuple[str, ...] = ("images", "image", "imgs", "img")
+LABEL_DIRS: tuple[str, ...] = (
+    "masks", "mask", "labels", "label", "ground_truth", "groundtruth", "gt", "annotations", "1st_manual", "manual",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class Dataset:
         channel_names: one name per channel (None when the layout does not say; validation fills it in).
         modalities: normalisation family per channel (``ct``, ``mri``, ``rgb``), None where unknown.
         mask_pictures: True when labels are 2D picture masks (0/255 or RGB) to convert with :func:`mask_to_labels`.
+        pairing: paired folders only: how images and masks were paired (folders, rule, an example pair).
     """
 
     root: Path
@@ -69,6 +81,7 @@ class Dataset:
     channel_names: tuple[str, ...] | None
     modalities: tuple[str | None, ...] | None
     mask_pictures: bool = False
+    pairing: dict | None = None
 
 
 def _modality_of(name: str) -> str:
@@ -82,10 +95,36 @@ def _modality_of(name: str) -> str:
 
 
 def _load_json(path: Path) -> dict:
+    """``dataset.json`` as a dict; anything else (not UTF-8, not JSON, a list) is a one-line DataError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"`{path}` is not UTF-8 text: {err.reason} at byte {err.start}", hint="save it as UTF-8"
+        ) from err
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"`{path}` is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"`{path}` must hold a JSON object, not a {type(data).__name__}", hint='e.g. {"labels": {...}}')
+    return data
+
+
+def _as_mapping(meta: dict, key: str, path: Path, example: str) -> dict:
+    value = meta.get(key, {})
+    if not isinstance(value, dict):
+        raise DataError(
+            f"`{path}`: `{key}` must be a JSON object, not a {type(value).__name__}", hint=f"e.g. {example}"
+        )
+    return value
+
+
+def _channels_in_order(channels: dict, key: str, path: Path) -> list[str]:
+    """Channel names ordered by their integer keys (``{"0": "CT"}``)."""
+    try:
+        ordered = sorted(channels.items(), key=lambda kv: int(kv[0]))
+    except ValueError as err:
+        raise DataError(f"`{path}`: the keys of `{key}` must be channel numbers 0, 1, …: {err}") from err
+    return [str(v) for _, v in ordered]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -98,15 +137,38 @@ def _images(folder: Path) -> list[Path]:
     return [p for p in _files(folder) if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)]
 
 
-def discover_dataset(root: str | Path) -> Dataset:
+def _named_dirs(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """The subfolders of ``root`` whose name (any case) is one of ``names``, in the order of ``names``."""
+    found = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    return [found[n] for n in names if n in found]
+
+
+def discover_dataset(
+    root: str | Path | None = None, *, image_dir: str | Path | None = None, label_dir: str | Path | None = None
+) -> Dataset:
     """Recognise the layout of ``root`` and list its cases.
 
     Args:
-        root: the dataset folder.
+        root: the dataset folder (may be None when ``image_dir`` and ``label_dir`` are given).
+        image_dir, label_dir: two folders of paired images and masks, given explicitly (any names).
 
     Raises:
-        DataError: the folder is missing, empty, or in no known layout (the message says what was looked for).
+        DataError: the folder is missing, empty, or in no known layout (the message says what was looked for),
+            or images and masks cannot be paired unambiguously.
     """
+    if image_dir is not None or label_dir is not None:
+        if image_dir is None or label_dir is None:
+            raise DataError("give both --images DIR and --labels DIR", hint="or give the dataset folder alone")
+        image_dir, label_dir = Path(image_dir).resolve(), Path(label_dir).resolve()
+        for folder in (image_dir, label_dir):
+            if not folder.is_dir():
+                raise DataError(f"`{folder}` is not a folder", hint="--images and --labels take folders of files")
+        dataset = _paired(Path(root).resolve() if root is not None else image_dir.parent, image_dir, label_dir)
+        if not dataset.cases:
+            raise DataError(f"`{image_dir}` holds no images")
+        return dataset
+    if root is None:
+        raise DataError("no dataset given", hint="give the dataset folder, or --images DIR --labels DIR")
     root = Path(root).resolve()  # cases record absolute paths, valid from any working folder
     if not root.exists():
         raise DataError(f"`{root}` does not exist", hint="give the dataset folder (MSD, nnU-Net or images/+masks/)")
@@ -115,14 +177,15 @@ def discover_dataset(root: str | Path) -> Dataset:
     if (root / "imagesTr").is_dir():
         meta = _load_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
         dataset = _nnunet(root, meta) if "channel_names" in meta else _msd(root, meta)
-    elif (root / "images").is_dir():
-        dataset = _paired(root)
+    elif _named_dirs(root, IMAGE_DIRS):
+        dataset = _paired(root, *_paired_dirs(root))
     elif not _files(root):
         raise DataError(f"`{root}` is empty", hint="expected imagesTr/ + labelsTr/ + dataset.json, or images/ + masks/")
     else:
         raise DataError(
             f"`{root}` is not a dataset folder: found neither `imagesTr/` nor `images/`",
-            hint="expected imagesTr/ + labelsTr/ (+ dataset.json) or images/ + masks/",
+            hint="expected imagesTr/ + labelsTr/ (+ dataset.json), images/ + masks/ (or image/ + label/), "
+            "or give --images DIR --labels DIR",
         )
     if not dataset.cases:
         raise DataError(f"`{root}` holds no images in its {dataset.layout} layout")
@@ -133,6 +196,7 @@ def _labels_from_msd(meta: dict, root: Path) -> dict[str, int]:
     raw = meta.get("labels")
     if not raw:
         raise DataError(f"`{root / 'dataset.json'}` has no `labels`", hint='add e.g. "labels": {"0": "background"}')
+    raw = _as_mapping(meta, "labels", root / "dataset.json", '"labels": {"0": "background", "1": "liver"}')
     try:
         return {str(name): int(value) for value, name in raw.items()}
     except (TypeError, ValueError) as err:
@@ -143,7 +207,8 @@ def _msd(root: Path, meta: dict) -> Dataset:
     if not meta:
         raise DataError(f"`{root}` has `imagesTr/` but no readable `dataset.json`", hint="add the MSD dataset.json")
     labels = _labels_from_msd(meta, root)
-    names = [str(v) for _, v in sorted(meta.get("modality", {}).items(), key=lambda kv: int(kv[0]))]
+    where = root / "dataset.json"
+    names = _channels_in_order(_as_mapping(meta, "modality", where, '"modality": {"0": "CT"}'), "modality", where)
     cases: list[Case] = []
     for image in _images(root / "imagesTr"):
         label = root / "labelsTr" / image.name
@@ -157,13 +222,15 @@ def _msd(root: Path, meta: dict) -> Dataset:
 
 def _nnunet(root: Path, meta: dict) -> Dataset:
     where = root / "dataset.json"
-    channels = meta["channel_names"]
-    names = [str(v) for _, v in sorted(channels.items(), key=lambda kv: int(kv[0]))]
+    channels = _as_mapping(meta, "channel_names", where, '"channel_names": {"0": "CT"}')
+    names = _channels_in_order(channels, "channel_names", where)
     try:
         labels = {str(k): int(v) for k, v in meta["labels"].items()}
     except (KeyError, AttributeError, TypeError, ValueError) as err:
         raise DataError(f"`{where}`: `labels` must map names to values", hint='"labels": {"background": 0}') from err
     ending = str(meta.get("file_ending", ".nii.gz"))
+    if ending.lower() not in IMAGE_SUFFIXES:  # it becomes part of every path read: no `../` tricks
+        raise DataError(f"`{where}`: `file_ending` {ending!r} is not an image ending", hint=f"one of {IMAGE_SUFFIXES}")
 
     def group(folder: Path, labelled: bool) -> list[Case]:
         found: dict[str, dict[int, Path]] = {}
@@ -187,34 +254,126 @@ def _nnunet(root: Path, meta: dict) -> Dataset:
     return Dataset(root, "nnunet", tuple(cases), labels, tuple(names), tuple(_modality_of(n) for n in names))
 
 
-def _paired(root: Path) -> Dataset:
-    mask_dir = next((root / n for n in ("masks", "labels", "ground_truth") if (root / n).is_dir()), None)
-    if mask_dir is None:
-        raise DataError(f"`{root}` has `images/` but no `masks/` or `labels/` folder")
-    masks: dict[str, Path] = {}
-    for mask in _images(mask_dir):
-        stem = image_stem(mask)
-        for suffix in MASK_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        masks[stem] = mask
+def _paired_dirs(root: Path) -> tuple[Path, Path]:
+    """The image and label folders of a paired dataset; refuses when several could be the labels."""
+    images = _named_dirs(root, IMAGE_DIRS)
+    labels = _named_dirs(root, LABEL_DIRS)
+    names = ", ".join(f"{p.name}/" for p in images)
+    if len(images) > 1:
+        raise DataError(f"`{root}` has several image folders ({names})", hint="pick one: --images DIR --labels DIR")
+    if not labels:
+        raise DataError(
+            f"`{root}` has `{images[0].name}/` but no label folder ({', '.join(f'{n}/' for n in LABEL_DIRS[:4])}, …)",
+            hint="add the masks folder, or give --images DIR --labels DIR",
+        )
+    if len(labels) > 1:
+        found = ", ".join(f"{p.name}/" for p in labels)
+        raise DataError(
+            f"`{root}` has several folders that could hold the labels ({found})",
+            hint=f"pick one: --images {images[0]} --labels {labels[0]}",
+        )
+    return images[0], labels[0]
+
+
+def _mask_stem(mask: Path) -> str:
+    stem = image_stem(mask)
+    for suffix in MASK_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _leading_token(stem: str) -> str | None:
+    """``21_training`` → ``21``; ``case-07 left`` → ``case``: the stem up to its first separator."""
+    token = re.split(r"[_\-. ]", stem, maxsplit=1)[0]
+    return token or None
+
+
+def _first_number(stem: str) -> str | None:
+    """``case_007_img`` → ``7``: the first run of digits, without leading zeros."""
+    match = re.search(r"\d+", stem)
+    return str(int(match.group())) if match else None
+
+
+_CASE_IDS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+    ("leading case id", _leading_token),
+    ("first number in the name", _first_number),
+)
+
+
+def _pair_by(key: Callable[[str], str | None], images: list[Path], masks: list[Path]):
+    """Pairs of images and masks that share ``key``; and the keys that name several images or masks."""
+    by_key: dict[str, tuple[list[Path], list[Path]]] = {}
+    for image in images:
+        if (k := key(image_stem(image))) is not None:
+            by_key.setdefault(k, ([], []))[0].append(image)
+    for mask in masks:
+        if (k := key(_mask_stem(mask))) is not None and k in by_key:
+            by_key[k][1].append(mask)
+    pairs = {ims[0]: ms[0] for ims, ms in by_key.values() if len(ims) == 1 and len(ms) == 1}
+    ambiguous = {k: (ims, ms) for k, (ims, ms) in by_key.items() if ms and (len(ims) > 1 or len(ms) > 1)}
+    return pairs, ambiguous
+
+
+def _pair_files(images: list[Path], masks: list[Path], image_dir: Path, mask_dir: Path) -> tuple[dict, str]:
+    """Pair images with masks: by name, or else by a case id when that pairs more (and unambiguously)."""
+    named = {_mask_stem(m): m for m in masks}
+    pairs = {im: named[image_stem(im)] for im in images if image_stem(im) in named}
+    rule = "file name"
+    if len(pairs) < len(images):
+        clashes = []
+        for name, key in _CASE_IDS:
+            by_id, ambiguous = _pair_by(key, images, masks)
+            if ambiguous:
+                clashes.append((name, ambiguous))
+            elif len(by_id) > len(pairs):
+                return by_id, name
+        if clashes and not pairs:
+            name, ambiguous = clashes[0]
+            k, (ims, ms) = next(iter(ambiguous.items()))
+            files = ", ".join(f"`{p.name}`" for p in [*ims, *ms][:4])
+            raise DataError(
+                f"`{image_dir}` and `{mask_dir}`: cannot pair images with masks: their names differ, and by "
+                f"{name} `{k}` names {len(ims)} image(s) and {len(ms)} mask(s) ({files})",
+                hint="give each image one mask with the same name or the same leading case id",
+            )
+    return pairs, rule
+
+
+def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
+    images, masks = _images(image_dir), _images(mask_dir)
+    pairs, rule = _pair_files(images, masks, image_dir, mask_dir)
     cases = []
-    for image in _images(root / "images"):
+    for image in images:
         stem = image_stem(image)
-        mask = masks.pop(stem, None)
+        mask = pairs.get(image)
         problem = None if mask is not None else f"no mask named `{stem}[suffix].*` in {mask_dir.name}/"
         cases.append(Case(stem, (image,), mask, problem))
-    if masks:
-        log.warning("%d mask(s) in `%s` have no image (e.g. `%s`); ignored", len(masks), mask_dir, next(iter(masks)))
+    unused = sorted(set(masks) - set(pairs.values()))
+    if unused:
+        log.warning("%d mask(s) in `%s` have no image (e.g. `%s`); ignored", len(unused), mask_dir, unused[0].name)
+    example = next(iter(pairs.items()), None)
+    pairing = {
+        "images": str(image_dir),
+        "labels": str(mask_dir),
+        "by": rule,
+        "pairs": len(pairs),
+        "example": [example[0].name, example[1].name] if example else None,
+    }
+    if example:
+        log.info("paired %d image(s) in `%s/` with masks in `%s/` by %s (e.g. `%s` ↔ `%s`)", len(pairs),
+                 image_dir.name, mask_dir.name, rule, example[0].name, example[1].name)  # fmt: skip
     meta_path = root / "dataset.json"
     meta = _load_json(meta_path) if meta_path.is_file() else {}
     labels = {"background": 0, "foreground": 1}
     if "labels" in meta:
-        raw = meta["labels"]
+        raw = _as_mapping(meta, "labels", meta_path, '"labels": {"background": 0, "lesion": 1}')
         first = next(iter(raw), "0")
-        labels = _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
-    return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True)
+        try:
+            labels = _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
+        except (TypeError, ValueError) as err:
+            raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
+    return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True, pairing=pairing)
 
 
 def mask_to_labels(array: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,43 @@ def read_dicom(folder: Path) -> Image:
     series = max(files, key=lambda sid: len(files[sid]))
     if len(ids) > 1:
         log.warning("`%s` holds %d DICOM series; reading the largest (%s)", folder, len(ids), series)
+    _check_slice_spacing(folder, files[series])
     reader.SetFileNames(files[series])
     return from_sitk(reader.Execute(), "dicom")
+
+
+_SLICE_SPACING_RTOL = 0.01  # 1 %: scanners write positions to a few decimals
+
+
+def _check_slice_spacing(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or duplicated slice).
+
+    ITK would stack such slices as if evenly spaced and only print a warning: every mm and ml measured on
+    the result would then be wrong without a word.
+    """
+    if len(files) < 3:
+        return
+    header = sitk.ImageFileReader()
+    positions, normal = [], None
+    for name in files:
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        if not header.HasMetaDataKey("0020|0032") or not header.HasMetaDataKey("0020|0037"):
+            return  # no positions (e.g. secondary capture): nothing to check against
+        position = np.array([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+        if normal is None:
+            cosines = np.array([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(cosines[:3], cosines[3:])
+        positions.append(float(position @ normal))
+    gaps = np.diff(np.sort(positions))
+    typical = float(np.median(gaps))
+    if typical <= 0 or np.any(np.abs(gaps - typical) > _SLICE_SPACING_RTOL * typical):
+        worst = int(np.argmax(np.abs(gaps - typical)))
+        raise DataError(
+            f"`{folder}`: the DICOM slices are not evenly spaced (gap of {gaps[worst]:.3g} mm after slice {worst + 1} "
+            f"of {len(files)}, {typical:.3g} mm elsewhere): a slice is missing or duplicated",
+            hint="export the complete series again; satseg will not stack uneven slices as if they were even",
+        )
 
 
 def read_picture(path: Path) -> Image:
@@ -40,12 +76,20 @@ def read_picture(path: Path) -> Image:
             pic = pic.convert("RGB")
         elif pic.mode in ("LA", "PA"):
             pic = pic.getchannel(0)
+        if pic.mode == "P" and _grey_palette(pic):  # e.g. GIF masks: the palette's grey values, not its indices
+            pic = pic.convert("L")
         array = np.asarray(pic)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array = np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
     # dpi is a print setting (writers store 72, 96 or even 1 by default), not a pixel size: spacing stays 1
     return Image(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), source_format="picture")
+
+
+def _grey_palette(pic: PILImage.Image) -> bool:
+    """True when every palette entry is a grey (r == g == b); colour palettes keep their indices (class maps)."""
+    palette = np.asarray(pic.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(len(palette)) and bool(np.all(palette == palette[:, :1]))
 
 
 def write_picture(image: Image, path: Path) -> None:

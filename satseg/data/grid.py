@@ -8,6 +8,7 @@ unchanged spacing gives back the very same grid.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,18 @@ import SimpleITK as sitk
 
 from satseg.data.io import Image
 
-__all__ = ["Grid", "nonzero_box", "crop_grid", "spacing_grid", "shape_grid", "resample", "INTERPOLATORS"]
+__all__ = [
+    "Grid",
+    "nonzero_box",
+    "crop_grid",
+    "spacing_grid",
+    "shape_grid",
+    "resample",
+    "INTERPOLATORS",
+    "axis_order",
+    "transpose_grid",
+    "transpose_array",
+]
 
 INTERPOLATORS = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 
@@ -66,6 +78,52 @@ class Grid:
     def point(self, index_xyz: tuple[float, ...]) -> tuple[float, ...]:
         """Physical point of a continuous index given in SimpleITK (x, y, z) order."""
         return self._sitk().TransformContinuousIndexToPhysicalPoint([float(i) for i in index_xyz])
+
+
+def axis_order(grid: Grid) -> tuple[int, ...]:
+    """The array-axis permutation that puts a case in the common order (physical z, y, x), as nnU-Net does.
+
+    Each array axis runs along a direction cosine; the permutation ``p`` (new array axis ``i`` = old axis
+    ``p[i]``) pairs array axes with physical axes so that the summed ``|cos|`` is largest. An axial scan
+    gives the identity; a sagittal one brings its slice axis (physical x) last.
+    """
+    dims = len(grid.shape)
+    direction = np.abs(np.asarray(grid.direction, dtype=float).reshape(dims, dims))
+
+    # new array axis i is physical axis dims-1-i; old array axis a is SimpleITK index axis dims-1-a
+    def score(perm: tuple[int, ...]) -> float:
+        return float(sum(direction[dims - 1 - i, dims - 1 - a] for i, a in enumerate(perm)))
+
+    best = max(itertools.permutations(range(dims)), key=score)
+    identity = tuple(range(dims))
+    return identity if score(identity) >= score(best) - 1e-9 else tuple(int(a) for a in best)
+
+
+def transpose_grid(grid: Grid, perm: tuple[int, ...]) -> Grid:
+    """The grid of the array transposed by ``perm`` (see :func:`axis_order`): the same voxels in space.
+
+    Voxel 0 stays voxel 0, so the origin is unchanged; shape, spacing and the direction's columns follow.
+    """
+    dims = len(grid.shape)
+    old = np.asarray(grid.direction, dtype=float).reshape(dims, dims)
+    new = np.empty_like(old)
+    for i, a in enumerate(perm):
+        new[:, dims - 1 - i] = old[:, dims - 1 - a]
+    return Grid(
+        tuple(grid.shape[a] for a in perm),
+        tuple(grid.spacing[a] for a in perm),
+        grid.origin,
+        tuple(float(v) for v in new.ravel()),
+    )
+
+
+def transpose_array(array: np.ndarray, perm: tuple[int, ...], channels: bool = True) -> np.ndarray:
+    """``array`` (``(C, *S)``, or ``(*S)`` with ``channels=False``) with its spatial axes permuted by ``perm``."""
+    if tuple(perm) == tuple(range(len(perm))):
+        return array
+    lead = [0] if channels else []
+    offset = 1 if channels else 0
+    return np.ascontiguousarray(array.transpose(*lead, *(a + offset for a in perm)))
 
 
 def nonzero_box(array: np.ndarray, extra: np.ndarray | None = None) -> tuple[tuple[int, int], ...]:

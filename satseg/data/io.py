@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
-import uuid
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from satseg.atomic import atomic_folder
 from satseg.errors import ConfigError, DataError
 
 __all__ = [
@@ -47,15 +45,24 @@ __all__ = [
     "from_sitk",
     "atomic_output",
     "IMAGE_SUFFIXES",
+    "MAX_VOXELS",
+    "check_image_path",
 ]
 
 log = logging.getLogger(__name__)
 
 _NIFTI = (".nii.gz", ".nii")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
-_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")  # .gif: DRIVE's manual annotations
 IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES
 """File endings :func:`read_image` understands (a folder of ``.dcm`` files is read as a DICOM series)."""
+
+MAX_VOXELS = 2**31
+"""Largest number of voxels (times channels) an image may have: about 2.1 billion, four times a whole-body CT
+of 512 × 512 × 2000; a header claiming more is refused before any memory is allocated."""
+# DEFLATE (gzip, zlib) cannot compress by more than about 1032:1; slack for headers and small files.
+_MAX_COMPRESSION = 1100
+_SLACK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class Image:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = tuple(float(d) for d in self.direction)
+        if 0 in self.array.shape:
+            raise DataError(f"image has an empty axis (array shape {self.array.shape}, channels first)")
         if len(self.spacing) != dims or len(self.origin) != dims or len(self.direction) != dims * dims:
             raise DataError(
                 f"image geometry does not match a {dims}D array: spacing {self.spacing}, origin {self.origin}, "
@@ -234,15 +243,28 @@ def read_image(path: str | Path) -> Image:
         if suffix in _NIFTI:
             return _read_nifti(path)
         if suffix in _ITK:
-            return from_sitk(sitk.ReadImage(str(path)), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            # .nhdr and .mhd keep their voxels in another file: only the absolute limit applies to them
+            single_file = suffix in (".nrrd", ".mha")
+            voxels = math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
+            check_claimed_size(path, voxels, 1, path.stat().st_size if single_file else None)
+            return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
             return formats.read_picture(path)
-    except DataError:
-        raise
+    except DataError as err:
+        if f"`{path}`" in err.message:
+            raise
+        raise DataError(f"`{path}`: {err.message}", err.hint) from err
     except RuntimeError as err:  # SimpleITK
         raise DataError(f"`{path}` cannot be read: {_sitk_error(err)}") from err
+    except MemoryError as err:
+        raise DataError(f"`{path}` is too large to read into memory") from err
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
         raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {err}") from err
+    except Exception as err:  # e.g. pillow's DecompressionBombError: one line naming the file, never a traceback
+        raise DataError(f"`{path}` cannot be read: {type(err).__name__}: {err}") from err
     raise DataError(
         f"`{path}` is not a supported image", hint=f"supported endings: {', '.join(IMAGE_SUFFIXES)}, DICOM folders"
     )
@@ -256,10 +278,15 @@ def _read_nifti(path: Path) -> Image:
     dims = min(len(size), 3)
     if len(size) > 4 or (len(size) == 4 and reader.GetNumberOfComponents() > 1):
         raise DataError(f"`{path}` has {len(size)} dimensions with vector pixels; satseg reads at most (x, y, z, c)")
+    if 0 in size:
+        raise DataError(f"`{path}` has an empty axis: its header gives size {list(size)} (x, y, z, …)")
     spacing, origin = reader.GetSpacing()[:dims], reader.GetOrigin()[:dims]
     full = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
     direction = tuple(full[:dims, :dims].ravel())
     nii = nib.load(str(path))
+    stored = nii.header.get_data_dtype().itemsize * math.prod(nii.header.get_data_shape())
+    check_claimed_size(path, math.prod(size) * reader.GetNumberOfComponents(), 1, None)
+    check_claimed_size(path, stored, 1, path.stat().st_size, compressed=path.name.lower().endswith(".gz"))
     data = np.asanyarray(nii.dataobj)  # raises on truncated files
     data = data.reshape(*size[:dims], -1, order="F")
     array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
@@ -273,43 +300,69 @@ def _read_nifti(path: Path) -> Image:
     return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
 
 
+def check_claimed_size(
+    path: Path, claimed: int, itemsize: int, file_bytes: int | None, *, compressed: bool = True
+) -> None:
+    """Refuse, before anything is allocated, a header whose voxel count cannot be real.
+
+    Args:
+        path: the file (named in the error).
+        claimed: elements the header announces (voxels times channels).
+        itemsize: bytes per element at least.
+        file_bytes: size of the file holding the voxels, or None when unknown.
+        compressed: the voxels may be DEFLATE-compressed (at most about 1032:1).
+
+    Raises:
+        DataError: more than :data:`MAX_VOXELS` elements, or more bytes than the file can hold.
+    """
+    if claimed > MAX_VOXELS:
+        raise DataError(
+            f"`{path}`: its header claims {claimed:,} voxels, more than satseg's limit of {MAX_VOXELS:,}",
+            hint="a corrupt or hostile header, or crop/downsample the image first",
+        )
+    if file_bytes is not None:
+        room = file_bytes * (_MAX_COMPRESSION if compressed else 1) + (_SLACK_BYTES if compressed else 0)
+        if claimed * itemsize > room:
+            raise DataError(
+                f"`{path}`: its header claims {claimed * itemsize:,} bytes of voxels but the file has {file_bytes:,} "
+                "bytes (truncated, or a corrupt header)",
+                hint="export the image again",
+            )
+
+
 # ---------------------------------------------------------------- writing
 @contextlib.contextmanager
 def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move what was written there onto ``path``.
 
-    Files written beside the temporary path (e.g. the ``.raw`` of a ``.mhd``) are moved too, data files before
-    the named one, so a reader never sees a half-written output. A folder (DICOM series) replaces the old one.
+    The image flavour of :func:`satseg.atomic.atomic_folder`: files written beside the temporary path (the
+    ``.raw`` of a ``.mhd``) are moved too, and a folder (DICOM series) replaces the old one.
 
     Args:
         path: the final file or folder.
         overwrite: if False, refuse when ``path`` exists.
 
     Raises:
-        ConfigError: if ``path`` exists and ``overwrite`` is False.
+        ConfigError: if ``path`` exists and ``overwrite`` is False, or cannot be written.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"`{path}` already exists", hint="choose another path or allow overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp_dir:
         yield tmp_dir / path.name
-        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)
-        for item in produced:
-            target = path.parent / item.name
-            if item.is_dir():
-                trash = None
-                if target.exists():
-                    trash = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-                    os.replace(target, trash)
-                os.replace(item, target)
-                if trash is not None:
-                    shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(item, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def check_image_path(path: str | Path) -> str:
+    """The image ending of an output path (``""`` for a DICOM folder); refuse an unknown ending before any work.
+
+    Raises:
+        ConfigError: ``path`` has an ending that is not an image format.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not suffix and path.suffix:
+        raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
+    return suffix
 
 
 def _storable(array: np.ndarray) -> np.ndarray:
@@ -339,9 +392,7 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         DataError: the image cannot be stored in that format (e.g. float data as PNG).
     """
     path = Path(path)
-    suffix = _suffix(path)
-    if not suffix and path.suffix:
-        raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
+    suffix = check_image_path(path)
     from satseg.data import formats
 
     image = replace(image, array=_storable(np.asarray(image.array)))

@@ -16,11 +16,23 @@ from satseg.data.datasets import MODALITIES, Dataset
 from satseg.data.validate import CaseScan
 from satseg.errors import ConfigError, DataError, look_up_option
 
-__all__ = ["parse_spacing", "parse_size", "build_plan", "make_splits", "suggest_patch_size", "PLAN_FORMAT"]
+__all__ = [
+    "parse_spacing",
+    "parse_size",
+    "build_plan",
+    "make_splits",
+    "suggest_patch_size",
+    "preprocessing_steps",
+    "PLAN_FORMAT",
+    "PREPROCESSING",
+]
 
 log = logging.getLogger(__name__)
 
 PLAN_FORMAT = "satseg-preprocessed/1"
+PREPROCESSING = {"reorient": True, "crop": "foreground", "zscore": "foreground"}
+"""How new plans preprocess a case (see :mod:`satseg.data.preprocess`)."""
+_LEGACY_PREPROCESSING = {"reorient": False, "crop": "nonzero", "zscore": "all"}
 _DIVISOR = 16
 _PATCH_CAP = {2: 512, 3: 128}
 
@@ -76,8 +88,8 @@ def suggest_patch_size(median_shape: Sequence[float]) -> list[int]:
 def _modalities(dataset: Dataset, option: str, num_channels: int) -> list[str]:
     if option != "auto":
         return [option] * num_channels
-    if dataset.layout == "paired":
-        return ["rgb"] * num_channels
+    if dataset.layout == "paired":  # pictures: colour or grey, named for what they are
+        return ["rgb" if num_channels == 3 else "grey"] * num_channels
     if dataset.modalities and len(dataset.modalities) == num_channels:
         return [m or "mri" for m in dataset.modalities]
     log.warning("`%s`: dataset.json names no modality; normalising as MRI (z-score per image)", dataset.root)
@@ -87,11 +99,11 @@ def _modalities(dataset: Dataset, option: str, num_channels: int) -> list[str]:
 def _normalisation(kind: str, channel: int, scans: list[CaseScan]) -> dict:
     if kind == "mri":
         return {"scheme": "zscore"}
-    if kind == "rgb":
+    if kind in ("rgb", "grey"):  # pictures: z-score per channel with the dataset's mean and std
         total = np.sum([s.sums[channel] for s in scans], axis=0, dtype=np.float64)
         mean = total[0] / total[2]
         std = math.sqrt(max(total[1] / total[2] - mean * mean, 0.0))
-        return {"scheme": "rgb", "mean": float(mean), "std": float(max(std, 1e-8))}
+        return {"scheme": kind, "mean": float(mean), "std": float(max(std, 1e-8))}
     samples = [s.foreground[channel] for s in scans if s.foreground and s.foreground[channel].size]
     if not samples:
         raise DataError("CT normalisation needs labelled foreground voxels, and no training label has any")
@@ -126,7 +138,7 @@ def build_plan(
         dataset: the dataset.
         scans: the good cases' scans (labelled and unlabelled).
         spacing: from :func:`parse_spacing`.
-        modality: ``auto`` or one of ``ct``, ``mri``, ``rgb`` (all channels).
+        modality: ``auto`` or one of ``ct``, ``mri``, ``rgb``, ``grey`` (all channels).
         size: 2D resize ``(H, W)`` or None.
 
     Raises:
@@ -166,6 +178,7 @@ def build_plan(
         "channel_names": _channel_names(dataset, channels),
         "modality": kinds[0] if len(set(kinds)) == 1 else "mixed",
         "labels": dict(sorted(dataset.labels.items(), key=lambda kv: kv[1])),
+        "preprocessing": dict(PREPROCESSING),
         "spacing": None if target is None else list(target),
         "size": None if size is None else list(size),
         "normalization": [_normalisation(k, c, train or scans) | {"modality": k} for c, k in enumerate(kinds)],
@@ -174,7 +187,13 @@ def build_plan(
         "patch_size": suggest_patch_size(median_shape),
         "cases": sorted(s.case_id for s in train),
         "test_cases": sorted(s.case_id for s in scans if not s.labelled),
-    }
+    } | ({"pairing": dataset.pairing} if dataset.pairing else {})
+
+
+def preprocessing_steps(plan: dict) -> dict:
+    """The steps a plan's cases went through; plans written before the steps were recorded get the old ones
+    (no reorientation, non-zero crop, z-score over the whole crop), so shipped models keep their input."""
+    return {**_LEGACY_PREPROCESSING, **plan.get("preprocessing", {})}
 
 
 def make_splits(case_ids: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from satseg.data.datasets import Case, Dataset, mask_to_labels
+from satseg.data.grid import Grid, axis_order, transpose_grid
 from satseg.data.io import Image, read_image, with_array
 from satseg.errors import DataError
 
@@ -151,7 +152,9 @@ def scan_case(case: Case, dataset: Dataset, seed: int = 0) -> CaseScan:
         scan.bad = BadCase(case.case_id, bad.file, bad.reason)
         return scan
     scan.spatial_dims, scan.num_channels = image.spatial_dims, image.num_channels
-    scan.shape, scan.spacing = image.spatial_shape, image.spacing
+    # in the common axis order preprocessing transposes every case to (the plan's spacing and shapes follow it)
+    oriented = transpose_grid(Grid.of(image), axis_order(Grid.of(image)))
+    scan.shape, scan.spacing = oriented.shape, oriented.spacing
     rng = np.random.default_rng([seed, zlib.crc32(case.case_id.encode())])
     fg = None if label is None else np.flatnonzero(label)
     if fg is not None and fg.size > _FOREGROUND_SAMPLES:

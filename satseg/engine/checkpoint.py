@@ -19,7 +19,7 @@ from torch import nn
 from satseg import __version__
 from satseg.atomic import atomic_path
 from satseg.errors import CheckpointError, ConfigError
-from satseg.nn import SegmentationNet, build_model
+from satseg.nn import SegmentationNet, build_model, legacy_model_config
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -28,6 +28,7 @@ __all__ = [
     "unwrap_model",
     "load_run",
     "model_from_checkpoint",
+    "check_run_config",
     "RUN_CONFIG",
     "LAST",
     "BEST",
@@ -72,39 +73,124 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"`{path}`: no such checkpoint")
+    _check_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise _unreadable(path, err) from err
         raise CheckpointError(
-            f"`{path}`: not a readable checkpoint ({reason[:200]})",
-            hint="the file is truncated, corrupted or not a satseg checkpoint; use another run's checkpoint",
+            f"`{path}`: holds Python objects beyond tensors and plain data, which satseg will not load "
+            "(unpickling objects can run any code on this machine)",
+            hint="use a checkpoint written by `satseg train`; load it elsewhere only if you trust its source",
         ) from err
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        raise _unreadable(path, err) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"`{path}`: not a satseg checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    check_run_config(payload.get("config"), path)
     return payload
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CheckpointError(
+        f"`{path}`: not a readable checkpoint ({reason[:200]})",
+        hint="the file is truncated, corrupted or not a satseg checkpoint; use another run's checkpoint",
+    )
+
+
+def _check_integrity(path: Path) -> None:
+    """Check every member's CRC-32 (torch.load does not): one flipped byte must not load as a changed weight."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip: torch.load refuses it (or reads a legacy file, which has no checksums)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise _unreadable(path, err) from err
+    if broken is not None:
+        raise CheckpointError(
+            f"`{path}`: corrupted (the checksum of `{broken}` is wrong)",
+            hint="the file was damaged on disk or in transfer; copy it again or use another checkpoint",
+        )
+
+
+def check_run_config(config: Any, source: str | Path) -> dict[str, Any]:
+    """Check the run configuration stored in a checkpoint or ONNX file before anything uses it.
+
+    Raises:
+        CheckpointError: naming the first missing or malformed entry.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"`{source}`: its run configuration {what}", hint="use a checkpoint or model exported by satseg"
+        )
+
+    if not isinstance(config, dict):
+        raise bad("is missing")
+    for key in ("model", "plan"):
+        if not isinstance(config.get(key), dict):
+            raise bad(f"has no `{key}`")
+    plan = config["plan"]
+    labels = plan.get("labels")
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and 0 <= v < 256 for v in labels.values()):
+        raise bad("has no `plan.labels` mapping class names to values 0..255")
+    if len(labels) < 2 or 0 not in labels.values():
+        raise bad("needs a background (0) and at least one class in `plan.labels`")
+    if (
+        plan.get("spatial_dims") not in (2, 3)
+        or not isinstance(plan.get("num_channels"), int)
+        or plan["num_channels"] < 1
+    ):
+        raise bad("has no valid `plan.spatial_dims` (2 or 3) and `plan.num_channels`")
+    train = config.get("train")
+    patch = (train.get("patch") if isinstance(train, dict) else None) or plan.get("patch_size")
+    if (
+        not isinstance(patch, list)
+        or len(patch) != plan["spatial_dims"]
+        or not all(isinstance(p, int) and p >= 1 for p in patch)
+    ):
+        raise bad(f"has no valid patch size for {plan['spatial_dims']}D (got {patch!r})")
+    for key in ("normalization",):
+        if not isinstance(plan.get(key), list) or len(plan[key]) != plan["num_channels"]:
+            raise bad(f"has no `plan.{key}` for its {plan['num_channels']} channel(s)")
+    return config
 
 
 def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "checkpoint") -> SegmentationNet:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     try:
-        model = build_model(**payload["config"]["model"])
+        model = build_model(**legacy_model_config(payload["config"]["model"]))
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"`{source}`: its model configuration cannot be rebuilt ({err})") from err
+    weights = payload.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"`{source}`: holds no model weights")
+    broken = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise CheckpointError(
+            f"`{source}`: {len(broken)} weight tensor(s) hold NaN or Inf (e.g. `{broken[0]}`); the model would "
+            "give empty or random masks",
+            hint="training diverged or the file is damaged; use an earlier checkpoint",
+        )
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"`{source}`: weights do not fit the model it describes ({first[:200]})") from err
     return model.eval()
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[SegmentationNet, dict[str, Any]]:
+def load_run(run_dir: str | Path, which: str = "last") -> tuple[SegmentationNet, dict[str, Any]]:
     """Rebuild a trained model from a run folder (or a checkpoint file).
 
     Args:
         run_dir: a folder made by ``satseg train`` (or a ``.pt`` checkpoint file).
-        which: ``best`` (falls back to ``last`` when no validation ran) or ``last``.
+        which: ``last`` (default: the final weights, or their EMA, whose validation score is the run's honest
+            figure) or ``best`` (the epoch chosen on the validation itself, so its score is optimistic; falls
+            back to ``last`` when no validation ran).
 
     Returns:
         The model in eval mode on the CPU, and the run configuration (model, plan, training settings).

@@ -37,7 +37,15 @@ class TrainConfig:
         loss: ``dice+ce``, ``dice`` or ``ce``.
         weight_decay: L2 weight decay.
         foreground_fraction: share of patches centred on a foreground voxel.
-        augment: on-the-fly augmentation (flips, 90° rotations, scaling, intensity, noise).
+        augment: on-the-fly augmentation on the training device (mirroring, 90° and continuous rotations
+            respecting anisotropy, scaling, intensity scale/shift, gamma, noise; see :mod:`satseg.engine.augment`).
+        rotation_deg: largest continuous rotation in degrees (0: none); ``None``: 180 in 2D, 30 in 3D (nnU-Net's).
+        elastic: add a cheap elastic deformation (a smooth random field of up to 3 voxels) to the augmentation.
+        deep_supervision: train the auxiliary heads of backbones that have them (U-Net, DI2IN).
+        ema: keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate,
+            save and ship the averaged weights; ``None``: off.
+        resident: keep the training cases on the training device and cut patches there (no data loader);
+            ``None``: on for CUDA when the cases take at most a quarter of its free memory.
         amp: mixed precision on CUDA.
         amp_dtype: ``bf16`` or ``fp16``.
         channels_last: channels-last memory format on CUDA.
@@ -69,6 +77,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     foreground_fraction: float = 0.33
     augment: bool = True
+    rotation_deg: float | None = None
+    elastic: bool = False
+    deep_supervision: bool = True
+    ema: float | None = None
+    resident: bool | None = None
     amp: bool = True
     amp_dtype: str = "bf16"
     channels_last: bool = True
@@ -95,6 +108,10 @@ class TrainConfig:
             raise ConfigError(f"`batch` must be at least 1, got {self.batch}")
         if self.workers < 0:
             raise ConfigError(f"`workers` must be 0 or more, got {self.workers}")
+        if self.rotation_deg is not None and not 0.0 <= self.rotation_deg <= 180.0:
+            raise ConfigError(f"`rotation_deg` must be in [0, 180], got {self.rotation_deg}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"`ema` decay must be in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ConfigError(f"`foreground_fraction` must be in [0, 1], got {self.foreground_fraction}")
         if self.select_l1 < 0 or self.select_lr_scale <= 0:

@@ -1,7 +1,7 @@
 """Score folders of predicted label images against reference ones; summarise; report the skip gates.
 
 Files are matched by case name: the file name without its image extension (``.nii.gz``, ``.nii``,
-``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``) and
+``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``, ``.gif``) and
 without one trailing ``_seg``, ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or
 ``_prediction``; so ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction
 needs a reference; references without a prediction are listed in the report and skipped. Metric
@@ -27,6 +27,7 @@ import numpy as np
 from satseg.atomic import atomic_write_text
 from satseg.engine.metrics import COUNTS, METRICS, absent_class_metrics, case_metrics
 from satseg.errors import ConfigError, DataError
+from satseg.paths import check_output
 
 __all__ = [
     "ROW_FIELDS",
@@ -38,14 +39,15 @@ __all__ = [
     "evaluate_case",
     "evaluate_folders",
     "summarise",
+    "absent_classes",
     "gate_report",
     "write_report",
 ]
 
 logger = logging.getLogger(__name__)
 
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", *_PILLOW_EXTENSIONS)
 _CASE_SUFFIXES = ("_segmentation", "_seg", "_labels", "_label", "_gt", "_mask", "_prediction", "_pred")
 # Geometry tolerances: spacing (relative), origin (mm), direction cosines (absolute).
 _SPACING_RTOL, _ORIGIN_ATOL_MM, _DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
@@ -80,6 +82,7 @@ class EvaluationReport:
         missing_predictions: reference cases that had no prediction (not scored).
         per_case_csv: path of ``per_case.csv``, or None when nothing was written.
         summary_json: path of ``summary.json``, or None when nothing was written.
+        figures: the visual report's PNGs (Dice per case, worst cases' outlines), see :mod:`.eval_report`.
     """
 
     rows: list[dict[str, Any]]
@@ -88,6 +91,7 @@ class EvaluationReport:
     missing_predictions: list[str] = field(default_factory=list)
     per_case_csv: Path | None = None
     summary_json: Path | None = None
+    figures: list[Path] = field(default_factory=list)
 
 
 def case_name(path: str | Path) -> str | None:
@@ -185,33 +189,24 @@ def parse_labels(text: str) -> dict[str, int]:
 
 
 def _read_label(path: Path) -> LabelVolume:
-    """Read a label image with SimpleITK, or with Pillow for 2D picture formats (0/255 masks become 0/1)."""
-    import SimpleITK as sitk
-    from PIL import Image as PILImage
+    """Read a label image with satseg's own reader, which refuses truncated and corrupt files.
 
-    try:
-        if path.name.lower().endswith(_PILLOW_EXTENSIONS):
-            with PILImage.open(path) as picture:
-                array = np.asarray(picture)
-            if array.ndim == 3:
-                if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, min(3, array.shape[-1]))):
-                    raise DataError(f"`{path}` is a colour image, not a label image", hint="save labels as greyscale")
-                array = array[..., 0]
-            array = array.astype(np.uint8) if array.dtype == bool else array
-            if np.isin(array, (0, 255)).all():
-                array = (array == 255).astype(np.uint8)
-            return LabelVolume(array, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
-        image = sitk.ReadImage(str(path))
-    except (RuntimeError, OSError) as error:
-        raise DataError(f"cannot read `{path}`: {str(error).strip().splitlines()[-1]}") from error
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"`{path}` has {image.GetNumberOfComponentsPerPixel()} components; a label image has one")
-    return LabelVolume(
-        sitk.GetArrayFromImage(image),
-        tuple(reversed(image.GetSpacing())),
-        tuple(image.GetOrigin()),
-        tuple(image.GetDirection()),
-    )
+    2D pictures: grey (or RGB with equal channels) only; 0/255 masks become 0/1.
+    """
+    from satseg.data.io import read_image
+
+    image = read_image(path)
+    array = image.array
+    if image.source_format == "picture":
+        if not all(np.array_equal(array[0], array[c]) for c in range(1, array.shape[0])):
+            raise DataError(f"`{path}` is a colour image, not a label image", hint="save labels as greyscale")
+        array = array[0]
+        if np.isin(array, (0, 255)).all():
+            array = (array == 255).astype(np.uint8)
+        return LabelVolume(array, image.spacing, image.origin, image.direction)
+    if image.num_channels != 1:
+        raise DataError(f"`{path}` has {image.num_channels} components; a label image has one")
+    return LabelVolume(array[0], image.spacing, image.origin, image.direction)
 
 
 def _as_volume(image: Any, path: Path) -> LabelVolume:
@@ -311,7 +306,7 @@ def evaluate_folders(
             correctly absent there.
         tolerance_mm: surface Dice tolerance in mm.
         workers: cases scored in parallel processes (1: in this process).
-        reader: ``path -> LabelVolume``-like reader; defaults to SimpleITK/Pillow.
+        reader: ``path -> LabelVolume``-like reader; defaults to :func:`satseg.data.io.read_image`.
 
     Returns:
         The :class:`EvaluationReport`.
@@ -337,27 +332,58 @@ def evaluate_folders(
         with ProcessPoolExecutor(max_workers=min(workers, len(matched))) as pool:
             results = list(pool.map(run, matched))
     rows, chosen = _complete_rows(matched, results, chosen)
+    absent = absent_classes(rows)
+    if absent:
+        logger.warning("class(es) %s occur in no prediction and no reference; check the labels", absent)
     summary = {
         "pred_dir": str(pred_dir),
         "gt_dir": str(gt_dir),
         "tolerance_mm": float(tolerance_mm),
         "labels": chosen,
         "missing_predictions": missing,
+        "absent_classes": absent,
         **summarise(rows),
     }
     report = EvaluationReport(rows=rows, summary=summary, labels=chosen, missing_predictions=missing)
     if out_dir is not None:
-        write_report(report, out_dir)
+        files = {case: (pred_path, gt_path) for case, pred_path, gt_path in matched}
+        scored = [path for pair in files.values() for path in pair]
+        write_report(report, out_dir, views=partial(_view_files, files, reader or _read_label), inputs=scored)
     return report
 
 
-def write_report(report: EvaluationReport, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Write ``per_case.csv`` and ``summary.json`` (with ``extra`` keys added) into ``out_dir``, atomically."""
+def _view_files(files: Mapping[str, tuple[Path, Path]], read: Reader, case: str):
+    """A case of a folder evaluation, read back for its preview (no image: outlines on black)."""
+    from satseg.engine.eval_report import CaseView
+
+    pred_path, gt_path = files[case]
+    pred, ref = _as_volume(read(pred_path), pred_path), _as_volume(read(gt_path), gt_path)
+    return CaseView(None, ref.array, pred.array, ref.spacing)
+
+
+def write_report(
+    report: EvaluationReport,
+    out_dir: str | Path,
+    extra: Mapping[str, Any] | None = None,
+    views: Callable[[str], Any] | None = None,
+    inputs: Sequence[str | Path] = (),
+) -> None:
+    """Write ``per_case.csv`` and ``summary.json`` (with ``extra`` keys added) into ``out_dir``, atomically.
+
+    With ``views`` (case name → :class:`~satseg.engine.eval_report.CaseView` or None), also the visual report:
+    ``report/dice_per_case.png`` and outline previews of the worst cases. Earlier reports are replaced; none
+    of the files may be one of ``inputs`` (the scored files).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
+    for path in (report.per_case_csv, report.summary_json):
+        check_output(path, inputs=inputs, overwrite=True)
     atomic_write_text(report.per_case_csv, _csv_text(report.rows))
     atomic_write_text(report.summary_json, json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n")
+    if views is not None and report.rows:
+        from satseg.engine.eval_report import write_visual_report
+
+        report.figures = write_visual_report(report.rows, out_dir, views, inputs=inputs)
 
 
 def _complete_rows(
@@ -380,6 +406,19 @@ def _complete_rows(
         ]
         rows.extend(sorted(case_rows + absent, key=lambda row: order[row["class"]]))
     return rows, chosen
+
+
+def absent_classes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Classes found in no prediction and no reference of any case.
+
+    Their Dice of 1.0 only says "both empty" everywhere: usually a wrong ``--labels`` value, never evidence
+    that the model finds the class.
+    """
+    seen: dict[str, bool] = {}
+    for row in rows:
+        present = bool(row["tp"] or row["fp"] or row["fn"])
+        seen[row["class"]] = seen.get(row["class"], False) or present
+    return [name for name, present in seen.items() if not present]
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -10,17 +10,21 @@ import json
 from pathlib import Path
 
 from satseg import __version__
-from satseg.engine.checkpoint import load_run
+from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_run
+from satseg.engine.inference import check_patch_size
 from satseg.engine.onnx_export import ExportReport, export_onnx
 from satseg.engine.segmenter import ONNX_CONFIG_KEY
 from satseg.engine.zoo import resolve_model_path
 from satseg.nn import SegmentationNet
 from satseg.nn.lean import make_lean
+from satseg.paths import check_output
 
 __all__ = ["export_run", "export_model"]
 
 
-def export_run(run: str | Path, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4) -> ExportReport:
+def export_run(
+    run: str | Path, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4, overwrite: bool = False
+) -> ExportReport:
     """Export a run folder, checkpoint or shipped model to ONNX, checking parity with PyTorch.
 
     Args:
@@ -28,20 +32,32 @@ def export_run(run: str | Path, output: str | Path, *, opset: int = 17, toleranc
         output: the ``.onnx`` file to write (atomically).
         opset: ONNX opset.
         tolerance: largest accepted |PyTorch − ONNX Runtime| on the logits (fp32).
+        overwrite: replace an existing ``output`` (never the run's own files).
 
     Raises:
+        ConfigError: ``output`` exists (without ``overwrite``), is a folder, or is one of the run's files.
         CheckpointError: the run cannot be loaded, or the exported model disagrees with PyTorch.
     """
-    model, config = load_run(resolve_model_path(run))
-    return export_model(model, config, output, opset=opset, tolerance=tolerance)
+    source = resolve_model_path(run)
+    inputs = [source / n for n in (BEST, LAST, RUN_CONFIG)] if source.is_dir() else [source]
+    check_output(output, inputs=inputs, overwrite=overwrite)  # before the minutes an export takes
+    model, config = load_run(source)
+    return export_model(model, config, output, opset=opset, tolerance=tolerance, source=source)
 
 
 def export_model(
-    model: SegmentationNet, config: dict, output: str | Path, *, opset: int = 17, tolerance: float = 1e-4
+    model: SegmentationNet,
+    config: dict,
+    output: str | Path,
+    *,
+    opset: int = 17,
+    tolerance: float = 1e-4,
+    source: str | Path = "model",
 ) -> ExportReport:
-    """Export a loaded model with its run configuration (see :func:`export_run`)."""
+    """Export a loaded model with its run configuration (see :func:`export_run`); ``output`` is written
+    atomically and replaced if it exists (the caller checks it). ``source`` names the model in errors."""
     plan = config["plan"]
-    patch = config.get("train", {}).get("patch") or plan["patch_size"]
+    patch = check_patch_size(config.get("train", {}).get("patch") or plan["patch_size"], source)
     metadata = {
         ONNX_CONFIG_KEY: json.dumps(config),
         "labels": json.dumps(plan["labels"]),

@@ -23,14 +23,15 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from satseg.errors import ConfigError
+from satseg.errors import CheckpointError, ConfigError
 
 __all__ = [
     "SlidingWindowResult",
@@ -38,6 +39,11 @@ __all__ = [
     "window_starts",
     "gaussian_importance",
     "throughput_tile",
+    "check_patch_size",
+    "MAX_PATCH_VOXELS",
+    "AMP_DTYPES",
+    "run_amp_dtype",
+    "autocast_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,52 @@ _SIGMA_SCALE = 1.0 / 8.0  # Gaussian sigma as a fraction of the patch side (nnU-
 _MIN_WEIGHT = 1e-4  # floor of the importance map (its maximum is 1): no window border counts for nothing
 _DEVICE_MEMORY_FRACTION = 0.25  # accumulator on a CUDA device only if it takes at most this share of free memory
 _SLAB_BYTES = 64 * 2**20  # size of the temporaries made by the slab-wise normalisation and argmax
+MAX_PATCH_VOXELS = 256**3
+"""Largest window (patch) satseg trains or predicts with: 256³ or 4096² voxels. Activations of one such window
+already take gigabytes; a larger one comes from a typo or a hostile plan, not from a GPU that could hold it."""
+
+
+def check_patch_size(patch: Sequence[int], source: str | Any = "--patch") -> tuple[int, ...]:
+    """Refuse a patch (window) size that is not positive or exceeds :data:`MAX_PATCH_VOXELS`.
+
+    Args:
+        patch: sides per spatial axis.
+        source: where it came from (``--patch`` or the model file), named in the error.
+
+    Raises:
+        ConfigError: naming ``source``.
+    """
+    sides = tuple(int(p) for p in patch)
+    if not sides or min(sides) < 1 or math.prod(sides) > MAX_PATCH_VOXELS:
+        raise ConfigError(
+            f"`{source}`: patch {list(sides)} has {math.prod(sides):,} voxels; satseg takes 1 to "
+            f"{MAX_PATCH_VOXELS:,} voxels per window",
+            hint="use a smaller patch, e.g. the plan's patch_size",
+        )
+    return sides
+
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The ``--amp-dtype`` names and the autocast dtypes they stand for."""
+
+
+def run_amp_dtype(train: Mapping[str, Any] | None) -> torch.dtype | None:
+    """The autocast dtype a run trained with, from its training settings (``None``: it trained in float32).
+
+    One dtype per run, used for training, validation, ``segment`` and ``evaluate --model`` alike.
+    Runs saved before the setting existed trained with the default, bf16.
+    """
+    train = train or {}
+    if not train.get("amp", True):
+        return None
+    return AMP_DTYPES[str(train.get("amp_dtype", "bf16"))]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on CUDA; a no-op on other devices or when ``dtype`` is None (float32)."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -181,6 +233,7 @@ def _check_arguments(
         raise ConfigError(
             f"`patch_size` must give {dims} positive sides for an image of shape {tuple(image.shape)}, got {patch}"
         )
+    check_patch_size(patch, "patch_size")
     if not 2 <= num_classes <= 256:
         raise ConfigError(f"`num_classes` must be in 2..256 (background included), got {num_classes}")
     if not 0.0 <= overlap < 1.0:
@@ -200,13 +253,18 @@ def _check_arguments(
 
 
 def _predict_probabilities(
-    predict: Predictor, batch: Tensor, mirrors: list[tuple[int, ...]], num_classes: int, autocast: bool
+    predict: Predictor,
+    batch: Tensor,
+    mirrors: list[tuple[int, ...]],
+    num_classes: int,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    softmax: bool = True,
 ) -> Tensor:
-    """Mean softmax over the mirrored copies of ``batch``: ``(B, C, *P) -> (B, K, *P)`` float32."""
+    """Mean softmax (or raw output) over the mirrored copies of ``batch``: ``(B, C, *P) -> (B, K, *P)`` float32."""
     total = None
     for flips in mirrors:
         x = batch.flip(flips) if flips else batch
-        with torch.autocast("cuda") if autocast else contextlib.nullcontext():
+        with autocast():
             logits = predict(x)
         if not isinstance(logits, Tensor) or logits.shape != (batch.shape[0], num_classes, *batch.shape[2:]):
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -215,7 +273,13 @@ def _predict_probabilities(
                 f"expected ({batch.shape[0]}, {num_classes}, {', '.join(map(str, batch.shape[2:]))})",
                 hint="check that `num_classes` matches the model's output channels",
             )
-        probs = torch.softmax(logits.float(), dim=1)
+        if not bool(torch.isfinite(logits).all()):
+            # softmax of NaN is NaN and argmax of NaN is 0: the mask would silently be all background
+            raise CheckpointError(
+                "the model gave NaN or Inf for this input",
+                hint="its weights or the input are broken; check the checkpoint and the scan",
+            )
+        probs = torch.softmax(logits.float(), dim=1) if softmax else logits.float()
         probs = probs.flip(flips) if flips else probs
         total = probs if total is None else total.add_(probs)
     return total.div_(len(mirrors)) if len(mirrors) > 1 else total
@@ -245,8 +309,10 @@ def sliding_window_inference(
     device: str | torch.device = "cpu",
     tta: bool = False,
     amp: bool = True,
+    amp_dtype: torch.dtype = torch.bfloat16,
     return_probabilities: bool = False,
     progress: ProgressCallback | None = None,
+    softmax: bool = True,
 ) -> SlidingWindowResult:
     """Segment a whole scan with a patch-trained model by Gaussian-weighted sliding windows.
 
@@ -268,9 +334,12 @@ def sliding_window_inference(
         device: where the windows are predicted (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …).
         tta: average the predictions of all ``2 ** spatial_dims`` mirrorings (flips of every subset of
             spatial axes), each flipped back before averaging the softmax.
-        amp: use autocast (float16) on CUDA; ignored on the CPU. Probabilities are always float32.
+        amp: use autocast on CUDA; ignored on the CPU. Probabilities are always float32.
+        amp_dtype: the autocast dtype: the one the model trained with (see :func:`run_amp_dtype`).
         return_probabilities: also return the ``(K, *S)`` probabilities.
         progress: called as ``progress(done, total)`` with window counts after every batch.
+        softmax: blend softmax probabilities; False blends the raw outputs (e.g. attention maps in ``[0, 1]``),
+            returned as ``probabilities``.
 
     Returns:
         :class:`SlidingWindowResult` with ``labels`` ``(*S)`` uint8 and optional ``probabilities``.
@@ -303,7 +372,11 @@ def sliding_window_inference(
         tuple(slice(b, b + p) for b, p in zip(begin, patch, strict=True)) for begin in itertools.product(*starts)
     ]
     mirrors = _mirror_sets(len(patch), tta)
-    autocast = amp and device.type == "cuda"
+    dtype = amp_dtype if amp else None
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return autocast_context(device, dtype)
+
     # The outputs are ordinary tensors (made above); the windows are inference tensors, so callers may
     # edit the returned labels and probabilities in place.
     labels = torch.empty(shape, dtype=torch.uint8)
@@ -313,7 +386,7 @@ def sliding_window_inference(
         for first in range(0, len(windows), sw_batch):
             chunk = windows[first : first + sw_batch]
             batch = torch.stack([image[(slice(None), *w)] for w in chunk]).to(device, non_blocking=True)
-            probs = _predict_probabilities(predict, batch, mirrors, num_classes, autocast).to(acc_device)
+            probs = _predict_probabilities(predict, batch, mirrors, num_classes, autocast, softmax).to(acc_device)
             probs.mul_(importance)
             for w, p in zip(chunk, probs, strict=True):
                 accumulator[(slice(None), *w)] += p

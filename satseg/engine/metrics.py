@@ -19,8 +19,12 @@ Conventions (also in the README):
   Hausdorff distance between the two surfaces (SimpleITK's ``HausdorffDistanceImageFilter`` on the surface
   images); **ASSD** the mean of all distances of both directions pooled
   (``(Σ d(A→B) + Σ d(B→A)) / (|∂A| + |∂B|)``).
-* **Surface Dice (NSD)** at tolerance ``τ`` mm (Nikolov et al., arXiv:1809.04430), counted in surface
-  voxels: ``(#{d(A→B) ≤ τ} + #{d(B→A) ≤ τ}) / (|∂A| + |∂B|)``.
+* **Surface Dice (NSD)** at tolerance ``τ`` mm (Nikolov et al., arXiv:1809.04430), on surface elements: the
+  surface is made of the voxel faces between foreground and background, each with its area in mm² (mm in 2D,
+  where it is an edge length; spacing applied), and ``NSD = (area of ∂A within τ of ∂B + area of ∂B within τ of
+  ∂A) / (area of ∂A + area of ∂B)``. A face is "within τ" when its voxel's distance is (the voxel-centre
+  approximation of the face's own distance). Counting surface voxels instead would over-weight the thin
+  axis of anisotropic scans and corners.
 * **Empty masks.** Both empty (the class is absent and correctly not predicted): Dice = IoU = precision =
   recall = NSD = 1, FNR = 0, HD95 = HD = ASSD = 0. Exactly one empty: Dice = IoU = NSD = 0 and the
   distances are NaN (undefined). Any other ratio whose denominator is zero (e.g. precision with an empty
@@ -48,6 +52,7 @@ __all__ = [
     "overlap_metrics",
     "surface_mask",
     "surface_distances",
+    "surface_areas",
     "distance_metrics",
     "class_metrics",
     "absent_class_metrics",
@@ -125,6 +130,32 @@ def surface_mask(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
+def surface_areas(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Per voxel, the area (mm², or mm in 2D) of its faces between the mask and background.
+
+    Args:
+        mask: boolean array ``(*spatial)``; outside the array counts as background.
+        spacing: voxel size in mm per array axis.
+
+    Returns:
+        float64 array of the mask's shape; non-zero exactly on :func:`surface_mask`. Its sum is the area of the
+        voxelised surface (the perimeter in 2D).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = _check_spacing(spacing, mask.ndim)
+    padded = np.pad(mask, 1, constant_values=False)
+    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+    voxel = math.prod(spacing)
+    areas = np.zeros(mask.shape, dtype=np.float64)
+    for axis in range(mask.ndim):
+        exposed = np.zeros(mask.shape, dtype=np.int8)
+        for step in (-1, 1):
+            neighbour = np.roll(padded, step, axis=axis)[inner]
+            exposed += mask & ~neighbour
+        areas += exposed * (voxel / spacing[axis])
+    return areas
+
+
 def surface_distances(
     pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +207,16 @@ def distance_metrics(
         return dict(_ONE_EMPTY)
     to_ref, to_pred = surface_distances(pred_mask, ref_mask, spacing)
     pooled = np.concatenate([to_ref, to_pred])
-    within = np.count_nonzero(pooled <= tolerance_mm + _TOLERANCE_SLACK_MM)
+    box = _union_box(pred_mask, ref_mask)
+    pred_area = surface_areas(pred_mask[box], spacing)
+    ref_area = surface_areas(ref_mask[box], spacing)
+    areas = np.concatenate([pred_area[pred_area > 0], ref_area[ref_area > 0]])  # C order, as the distances
+    within = float(areas[pooled <= tolerance_mm + _TOLERANCE_SLACK_MM].sum())
     return {
         "hd95": float(max(np.percentile(to_ref, 95), np.percentile(to_pred, 95))),
         "hd": float(max(to_ref.max(), to_pred.max())),
         "assd": float(pooled.mean()),
-        "nsd": float(within / pooled.size),
+        "nsd": within / float(areas.sum()),
     }
 
 

@@ -13,8 +13,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from satseg.atomic import atomic_path
 from satseg.errors import CheckpointError, ConfigError, look_up_option
 
 __all__ = ["ExportReport", "export_onnx", "OnnxPredictor", "read_onnx_metadata", "EXPORTERS"]
@@ -106,12 +105,6 @@ def _export_proto(model: nn.Module, example: Tensor, opset: int, exporter: str):
     return program.model_proto
 
 
-def _temporary_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _max_abs_diff(model: nn.Module, path: Path, shapes: Sequence[tuple[int, ...]]) -> float:
     """Largest ``|PyTorch - ONNX Runtime|`` over random inputs of ``shapes`` (CPU, float32)."""
     import onnxruntime as ort
@@ -128,6 +121,12 @@ def _max_abs_diff(model: nn.Module, path: Path, shapes: Sequence[tuple[int, ...]
             if got.shape != expected.shape:
                 raise CheckpointError(
                     f"the exported graph gives shape {got.shape} for input {shape}, not {expected.shape}"
+                )
+            if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+                # max(0.0, nan) is 0.0: without this check a model of NaN would pass with a difference of 0
+                raise CheckpointError(
+                    f"the model gives NaN or Inf for a random input of shape {shape}; it cannot be exported",
+                    hint="its weights are broken (diverged training or a damaged file)",
                 )
             worst = max(worst, float(np.abs(got - expected).max()))
     except CheckpointError:
@@ -208,8 +207,8 @@ def export_onnx(
         entry.key, entry.value = key, value
     import onnx
 
-    tmp = _temporary_beside(path)  # checked before it replaces `path`: a failed export leaves no file behind
-    try:
+    # checked before it replaces `path`: a failed export leaves no file behind
+    with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
         shapes: tuple[tuple[int, ...], ...] = ()
         diff = None
@@ -223,9 +222,6 @@ def export_onnx(
                     f"(tolerance {tolerance:g}); `{path}` was not written",
                     hint="try the other exporter or opset",
                 )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(
         path=path,
         opset=opset,

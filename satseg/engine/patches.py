@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-__all__ = ["TrainingCase", "make_training_case", "PatchBatches", "epoch_rng"]
+__all__ = ["TrainingCase", "make_training_case", "PatchBatches", "epoch_rng", "to_device"]
 
 _MAX_FG_SAMPLES = 20_000  # foreground voxels kept per class to centre patches on; plenty for sampling
 
@@ -20,8 +20,8 @@ class TrainingCase:
 
     Attributes:
         case_id: the case's name.
-        image: ``(C, *S)`` float32.
-        label: ``(*S)`` uint8.
+        image: ``(C, *S)`` float32 (a NumPy array, or a tensor already on the training device).
+        label: ``(*S)`` uint8 (idem).
         foreground: per foreground class present, an ``(N, dims)`` array of voxel indices.
     """
 
@@ -47,6 +47,15 @@ def make_training_case(case_id: str, image: np.ndarray, label: np.ndarray, patch
             coords = coords[rng.choice(len(coords), _MAX_FG_SAMPLES, replace=False)]
         foreground.append(coords)
     return TrainingCase(case_id, np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label), foreground)
+
+
+def to_device(cases: Sequence[TrainingCase], device: torch.device) -> list[TrainingCase]:
+    """The cases with image and label moved to ``device`` as tensors (foreground indices stay NumPy)."""
+    moved = []
+    for case in cases:
+        image, label = torch.from_numpy(case.image).to(device), torch.from_numpy(case.label).to(device)
+        moved.append(TrainingCase(case.case_id, image, label, case.foreground))
+    return moved
 
 
 def epoch_rng(seed: int, epoch: int, rank: int = 0, worker: int = 0) -> np.random.Generator:
@@ -109,4 +118,7 @@ class PatchBatches(IterableDataset):
                 image, label = _sample(case, self.patch, rng, rng.random() < self.foreground_fraction)
                 images.append(image)
                 labels.append(label)
-            yield torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
+            if isinstance(images[0], torch.Tensor):  # cases resident on the training device: cut there
+                yield torch.stack(images), torch.stack(labels).long()
+            else:
+                yield torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))

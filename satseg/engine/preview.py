@@ -1,4 +1,5 @@
-"""Preview PNGs: the mask drawn over the image (2D) or over three orthogonal slices (3D)."""
+"""Preview PNGs: the mask drawn over the image (2D) or over three orthogonal slices (3D); or, for evaluation
+reports, the outlines of a reference and a prediction over the image."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from PIL import Image as PILImage
 
 from satseg.atomic import atomic_path
 
-__all__ = ["overlay_png"]
+__all__ = ["overlay_png", "outline_png", "REFERENCE_COLOUR", "PREDICTION_COLOUR"]
 
 _COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
@@ -38,30 +39,24 @@ def _blend(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float], 
     return np.asarray(picture)
 
 
-def overlay_png(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], path: str | Path) -> Path:
-    """Write a PNG of ``labels`` over ``image``.
+def _views(image: np.ndarray, masks: list[np.ndarray], spacing: tuple[float, ...]):
+    """The 2D picture, or 3D axial/coronal/sagittal slices through the masks' centre of mass, as
+    ``(image (C, y, x), [mask (y, x)…], (row mm, column mm))`` (the volume's centre when the masks are empty)."""
+    if masks[0].ndim == 2:
+        return [(image, masks, tuple(spacing))]
+    fg = np.argwhere(np.any([m > 0 for m in masks], axis=0))
+    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(masks[0].shape) // 2
+    z, y, x = centre
+    sz, sy, sx = spacing
+    return [
+        (image[:, z], [m[z] for m in masks], (sy, sx)),
+        (image[:, :, y][:, ::-1], [m[:, y][::-1] for m in masks], (sz, sx)),
+        (image[:, :, :, x][:, ::-1], [m[:, :, x][::-1] for m in masks], (sz, sy)),
+    ]
 
-    Args:
-        image: ``(C, *S)`` intensities.
-        labels: ``(*S)`` label map on the same grid.
-        spacing: mm per array axis, for the panels' aspect ratio.
-        path: the PNG to write (atomically).
 
-    For 3D, three panels show the axial, coronal and sagittal slices through the mask's centre of mass
-    (the volume's centre when the mask is empty).
-    """
-    if labels.ndim == 2:
-        panels = [_blend(image, labels, spacing)]
-    else:
-        fg = np.argwhere(labels > 0)
-        centre = fg.mean(0).round().astype(int) if len(fg) else np.array(labels.shape) // 2
-        z, y, x = centre
-        sz, sy, sx = spacing
-        panels = [
-            _blend(image[:, z], labels[z], (sy, sx)),
-            _blend(image[:, :, y][:, ::-1], labels[:, y][::-1], (sz, sx)),
-            _blend(image[:, :, :, x][:, ::-1], labels[:, :, x][::-1], (sz, sy)),
-        ]
+def _save_panels(panels: list[np.ndarray], path: str | Path) -> Path:
+    """Panels side by side (4 px apart), enlarged to about 256 px tall, written atomically as PNG."""
     height = max(p.shape[0] for p in panels)
     canvas = np.zeros((height, sum(p.shape[1] for p in panels) + 4 * (len(panels) - 1), 3), np.uint8)
     left = 0
@@ -75,3 +70,63 @@ def overlay_png(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...
     with atomic_path(path, suffix=".png") as tmp:
         picture.save(tmp, format="PNG")
     return Path(path)
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], path: str | Path) -> Path:
+    """Write a PNG of ``labels`` over ``image``.
+
+    Args:
+        image: ``(C, *S)`` intensities.
+        labels: ``(*S)`` label map on the same grid.
+        spacing: mm per array axis, for the panels' aspect ratio.
+        path: the PNG to write (atomically).
+
+    For 3D, three panels show the axial, coronal and sagittal slices through the mask's centre of mass
+    (the volume's centre when the mask is empty).
+    """
+    return _save_panels([_blend(im, masks[0], sp) for im, masks, sp in _views(image, [labels], spacing)], path)
+
+
+REFERENCE_COLOUR = (60, 200, 75)  # green
+PREDICTION_COLOUR = (230, 25, 75)  # red
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` that touch a pixel outside it (4-neighbourhood)."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _outlines(image: np.ndarray, masks: list[np.ndarray], spacing: tuple[float, float]) -> np.ndarray:
+    rgb = _grey(image)
+    for mask, colour in zip(masks, (REFERENCE_COLOUR, PREDICTION_COLOUR), strict=False):
+        for value in np.unique(mask):
+            if value != 0:
+                rgb[_outline(mask == value)] = colour
+    picture = PILImage.fromarray(rgb.astype(np.uint8))
+    height = max(1, round(picture.height * spacing[0] / spacing[1]))
+    return np.asarray(picture.resize((picture.width, height), PILImage.NEAREST))
+
+
+def outline_png(
+    image: np.ndarray | None,
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: tuple[float, ...],
+    path: str | Path,
+) -> Path:
+    """Write a PNG of the reference (green) and predicted (red) outlines over ``image``.
+
+    Args:
+        image: ``(C, *S)`` intensities, or None to draw on black (e.g. scoring folders of label files).
+        reference, prediction: ``(*S)`` label maps on the image's grid; every label value is outlined.
+        spacing: mm per array axis.
+        path: the PNG to write (atomically).
+
+    For 3D, the slices go through the centre of mass of both masks together, so a missed structure shows.
+    """
+    if image is None:
+        image = np.zeros((1, *reference.shape), np.float32)
+    views = _views(image, [reference, prediction], spacing)
+    return _save_panels([_outlines(im, masks, sp) for im, masks, sp in views], path)

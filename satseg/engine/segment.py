@@ -1,7 +1,11 @@
 """``satseg segment``: segment files, folders and DICOM series; write masks on the inputs' exact grids.
 
-A failure on one input (unreadable file, wrong dimensionality or channels, existing output) is
-recorded and the batch goes on; the report lists every failure.
+Before any heavy work each input is compared with the model's training plan (:mod:`satseg.engine.guard`):
+a scan the model was not made for (CT for an MRI model, a far larger field of view, …) is refused unless
+``force``; with no model given, only a shipped model the scan fits is picked. A failure on one input
+(unreadable file, a scan that does not fit, existing output, and any unexpected error such as running out
+of memory) is recorded and the batch goes on; the report lists every failure. No output may be one of the
+inputs, even with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from satseg.data.io import Image, image_stem, is_supported_image, read_image, write_image
+from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
+from satseg.engine.guard import Misfit, check_fit, describe_scan
 from satseg.engine.preview import overlay_png
+from satseg.engine.progress import ItemProgress
 from satseg.engine.segmenter import Segmenter, load_segmenter
-from satseg.engine.zoo import default_model_for
+from satseg.engine.zoo import default_model_for, shipped_models_for
 from satseg.errors import ConfigError, DataError, SatsegError
+from satseg.paths import check_output
 
 __all__ = [
     "SegmentReport",
@@ -37,7 +44,7 @@ logger = logging.getLogger("satseg.segment")
 
 # Masks are written in the input's format, except where that format is lossy or spans several files.
 _OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
-_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
 
 
 @dataclass
@@ -155,21 +162,61 @@ def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str,
     return {name: float(counts[v]) * unit for name, v in names.items() if v != 0}
 
 
-def _segmenter_for(image: Image, model: str | Path | None, cache: dict, device: str, backend: str | None) -> Segmenter:
-    if model is None:
-        card = default_model_for(image.spatial_dims, image.num_channels)
-        model = card["name"]
-    key = str(model)
+ModelArg = str | Path | Sequence[str | Path]
+
+
+def _cached(model: ModelArg, cache: dict, device: str, backend: str | None) -> Segmenter:
+    key = str(model) if isinstance(model, (str, Path)) else tuple(map(str, model))
     if key not in cache:
         cache[key] = load_segmenter(model, device=device, backend=backend)
     return cache[key]
+
+
+def _refusal(misfits: list[Misfit]) -> str:
+    return "; ".join(str(m) for m in misfits if m.refuse)
+
+
+def _segmenter_for(
+    image: Image, source: Path, model: ModelArg | None, cache: dict, device: str, backend: str | None, force: bool
+) -> tuple[Segmenter, list[Misfit]]:
+    """The model for ``image`` (given, or the shipped one it fits) and how the image differs from its plan.
+
+    Raises:
+        DataError: the image does not fit (the given model, or any shipped one) and ``force`` is off.
+    """
+    if model is not None:
+        segmenter = _cached(model, cache, device, backend)
+        segmenter.check_image(image, source)  # no --force for images the network cannot take at all
+        misfits = check_fit(image, segmenter.plan)
+        if _refusal(misfits) and not force:
+            raise DataError(
+                f"does not fit model `{segmenter.name}`: {_refusal(misfits)}",
+                hint=f"it needs a model trained on scans like it ({describe_scan(image)}); or pass --force",
+            )
+        return segmenter, misfits
+    default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
+    tried = []
+    for card in shipped_models_for(image.spatial_dims, image.num_channels):
+        segmenter = _cached(card["name"], cache, device, backend)
+        misfits = check_fit(image, segmenter.plan)
+        if not _refusal(misfits):
+            return segmenter, misfits
+        tried.append((segmenter, misfits))
+    if force:
+        return tried[0]
+    reasons = "; ".join(f"`{s.name}` knows other scans: {_refusal(m)}" for s, m in tried)
+    raise DataError(
+        f"no shipped model fits this {describe_scan(image)} ({reasons})",
+        hint="train a model on such scans (satseg preprocess, satseg train) and pass --model RUN; "
+        "or pass --force to segment with the closest shipped model anyway",
+    )
 
 
 def segment_inputs(
     inputs: Sequence[str | Path],
     *,
     output: Path | None = None,
-    model: str | Path | None = None,
+    model: ModelArg | None = None,
     device: str = "auto",
     backend: str | None = None,
     overlap: float = 0.5,
@@ -182,23 +229,31 @@ def segment_inputs(
     overwrite: bool = False,
     skip_existing: bool = False,
     shard: tuple[int, int] | None = None,
-    progress: Callable[[str], None] | None = None,
+    force: bool = False,
+    lcc: bool | None = None,
+    progress: bool = False,
 ) -> SegmentReport:
     """Segment every input; see ``satseg segment --help`` for the options.
 
     Args:
+        model: a model (run folder, checkpoint, ONNX file, shipped name), a folder of fold runs or a list of
+            models (averaged as one ensemble); None picks the shipped model each input fits.
         tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
             throughput; on a GPU the training patch), ``patch``, or sides (see ``Segmenter.window``).
         skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
             last, so its presence means every output of that input is complete). ``overwrite`` wins.
         shard: ``(I, N)``: segment only shard ``I`` of ``N`` (see :func:`shard_inputs`); implies
             ``skip_existing``, so a shard that is run again resumes where it stopped.
+        force: segment inputs that do not fit the model's training data (the differences are warnings).
+        lcc: largest-component post-processing for every class (True), none (False) or as the run records.
+        progress: show bars over the inputs and the current input's windows, with remaining time, on stderr.
 
     Returns:
         A report with, per input, the files written, per-label volumes and timings, the failures and the
         inputs skipped.
     """
     pairs = expand_inputs(inputs)
+    sources = [p for p, _ in pairs]  # every input of the run: no shard writes over any of them
     multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
     report = SegmentReport(shard=shard, total_inputs=len(pairs))
     if shard is not None:
@@ -206,50 +261,74 @@ def segment_inputs(
         skip_existing = True
     cache: dict[str, Segmenter] = {}
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
-        cache[str(model)] = load_segmenter(model, device=device, backend=backend)
-    for source, folder in pairs:
-        if progress is not None:
-            progress(str(source))
-        started = time.perf_counter()
-        try:
-            target = output_path(source, output, folder, multiple)
-            if skip_existing and not overwrite and target.exists():
-                report.skipped.append(str(source))
+        _cached(model, cache, device, backend)
+    with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
+        for source, folder in pairs:
+            bar.item(source.name)
+            started = time.perf_counter()
+            try:
+                target = output_path(source, output, folder, multiple)
+                check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+                if skip_existing and not overwrite and target.exists():
+                    report.skipped.append(str(source))
+                    continue
+                check_output(target, inputs=sources, overwrite=overwrite)
+                image = read_image(source)
+                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
+                for misfit in misfits:
+                    logger.warning("%s: %s", source, misfit)
+                report.models[str(source)] = segmenter.name
+                seg = segmenter.segment(
+                    image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
+                    attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
+                )  # fmt: skip
+                written = _write_outputs(
+                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+                )
+            except SatsegError as error:
+                report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
+                logger.warning("%s: %s", source, error.message)
                 continue
-            if target.exists() and not overwrite:
-                raise DataError(f"`{target}`: output exists", hint="pass --overwrite or choose another -o")
-            image = read_image(source)
-            segmenter = _segmenter_for(image, model, cache, device, backend)
-            report.models[str(source)] = segmenter.name
-            seg = segmenter.segment(
-                image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
-                attention=save_attention, tile=tile, source=source,
+            except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
+                message, hint = _unforeseen(error)
+                report.failures.append({"input": str(source), "error": message, "hint": hint})
+                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
+                continue
+            labels = seg.labels.array[0]
+            report.results.append(
+                {
+                    "input": str(source),
+                    "model": segmenter.name,
+                    "backend": segmenter.backend,
+                    "models_averaged": segmenter.members,
+                    "largest_component": seg.lcc,
+                    "warnings": [str(m) for m in misfits],
+                    "outputs": [str(p) for p in written],
+                    "shape": list(labels.shape),
+                    "spacing": list(image.spacing),
+                    "window": list(seg.window),
+                    "unit": "ml" if labels.ndim == 3 else "mm2",
+                    "volumes": label_volumes(labels, image.spacing, segmenter.labels),
+                    "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
+                                "total_s": round(time.perf_counter() - started, 4)},
+                }
             )  # fmt: skip
-            written = _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite)
-        except SatsegError as error:
-            report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-            logger.warning("%s: %s", source, error.message)
-            continue
-        labels = seg.labels.array[0]
-        report.results.append(
-            {
-                "input": str(source),
-                "model": segmenter.name,
-                "outputs": [str(p) for p in written],
-                "shape": list(labels.shape),
-                "spacing": list(image.spacing),
-                "window": list(seg.window),
-                "unit": "ml" if labels.ndim == 3 else "mm2",
-                "volumes": label_volumes(labels, image.spacing, segmenter.labels),
-                "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
-                            "total_s": round(time.perf_counter() - started, 4)},
-            }
-        )  # fmt: skip
     return report
 
 
-def _write_outputs(source, target, image, seg, segmenter, preview, save_probabilities, overwrite) -> list[Path]:
-    """Write the mask and the extras; refuse before writing anything when one of them exists already."""
+def _unforeseen(error: Exception) -> tuple[str, str]:
+    """One-line message and hint for an exception satseg did not raise on purpose."""
+    if isinstance(error, MemoryError):
+        return "out of memory while segmenting this file", "use a smaller --sw-batch, or a machine with more memory"
+    text = str(error).strip()
+    detail = f": {text.splitlines()[0][:300]}" if text else ""
+    return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
+
+
+def _write_outputs(
+    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+) -> list[Path]:
+    """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
     # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
     extras: list[tuple[Path, Image | None]] = []
@@ -258,9 +337,8 @@ def _write_outputs(source, target, image, seg, segmenter, preview, save_probabil
     extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
     if preview:
         extras.append((target.parent / f"{stem}_preview.png", None))
-    existing = [p for p in [target, *(p for p, _ in extras)] if p.exists()]
-    if existing and not overwrite:
-        raise DataError(f"`{existing[0]}`: output exists", hint="pass --overwrite or choose another -o")
+    for path in [target, *(p for p, _ in extras)]:
+        check_output(path, inputs=sources, overwrite=overwrite)
     for path, extra in extras:
         if extra is not None:
             write_image(extra, path, overwrite=overwrite)

@@ -1,7 +1,10 @@
 """A trained model ready to segment scans: from a run folder, a checkpoint, an ONNX file or a shipped name.
 
 :class:`Segmenter` applies the model's own preprocessing (its training plan), runs sliding-window
-inference, and maps the prediction back onto the input's exact grid.
+inference, and maps the prediction back onto the input's exact grid: the class probabilities are
+resampled (linear) and the argmax is taken there. Several models (e.g. the runs of every fold) make one
+ensemble that averages their probabilities; the largest-connected-component post-processing a run
+records (``satseg postprocess``) is applied to the labels.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,17 +26,25 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from satseg.data.io import Image, with_array
-from satseg.data.preprocess import preprocess_image, restore_labels, restore_probabilities
-from satseg.engine.checkpoint import load_run
+from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
+from satseg.engine.checkpoint import BEST, LAST, check_run_config, load_run
 from satseg.engine.distributed import resolve_device
-from satseg.engine.inference import sliding_window_inference, throughput_tile
+from satseg.engine.inference import (
+    MAX_PATCH_VOXELS,
+    check_patch_size,
+    run_amp_dtype,
+    sliding_window_inference,
+    throughput_tile,
+)
 from satseg.engine.params import LiveTensorBytes
+from satseg.engine.postprocess import keep_largest_components, read_lcc
 from satseg.engine.zoo import resolve_model_path
-from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
+from satseg.errors import CheckpointError, ConfigError, DataError, SatsegError, look_up_option
 from satseg.nn import SegmentationNet, build_model
 from satseg.nn.lean import make_lean
+from satseg.paths import safe_name
 
-__all__ = ["Segmenter", "Segmentation", "load_segmenter", "BACKENDS", "TILES"]
+__all__ = ["Segmenter", "Segmentation", "load_segmenter", "ensemble", "expand_models", "BACKENDS", "TILES"]
 
 BACKENDS = ("torch", "onnx")
 TILES = ("auto", "patch")
@@ -58,7 +70,10 @@ def _available_memory() -> int | None:
 
 @dataclass
 class Segmentation:
-    """One segmented scan: labels on the input grid, optional probabilities and attention maps."""
+    """One segmented scan: labels on the input grid, optional probabilities and attention maps.
+
+    ``lcc`` names the classes reduced to their largest connected component.
+    """
 
     labels: Image
     probabilities: Image | None = None
@@ -66,6 +81,7 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
     window: tuple[int, ...] = ()
     """The sliding window used, on the model's grid."""
+    lcc: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,7 +94,10 @@ class Segmenter:
         name: where the model came from (run folder, file or shipped name).
         backend: ``torch`` or ``onnx``.
         device: where windows run.
-        model: the torch module (``None`` for ONNX), needed for attention maps.
+        model: the torch module (``None`` for ONNX and ensembles), needed for attention maps.
+        lcc: classes whose largest connected component alone is kept, as the run records it.
+        members: how many models are averaged (1 unless an :func:`ensemble`).
+        parts: the ensemble's members.
     """
 
     predict: Callable[[Tensor], Tensor]
@@ -87,10 +106,19 @@ class Segmenter:
     backend: str
     device: torch.device
     model: SegmentationNet | None = None
+    lcc: list[str] = field(default_factory=list)
+    members: int = 1
+    parts: list[Segmenter] = field(default_factory=list)
+    """An :func:`ensemble`'s members (empty for one model): the window must suit each of them."""
 
     @property
     def plan(self) -> dict[str, Any]:
         return self.config["plan"]
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype the model trained with (None: float32); windows run in it on CUDA."""
+        return run_amp_dtype(self.config.get("train"))
 
     @property
     def labels(self) -> dict[str, int]:
@@ -110,19 +138,33 @@ class Segmenter:
             self.__dict__["_shape_model"] = build_model(**self.config["model"]).eval()
         return self.__dict__["_shape_model"]
 
+    def input_divisor(self) -> int:
+        """Every window side must be a multiple of this (for an ensemble: of every member's divisor)."""
+        if self.parts:
+            return math.lcm(*(part.input_divisor() for part in self.parts))
+        return self.reference_model().input_divisor
+
     def window_bytes_per_voxel(self) -> float:
         """Bytes one window's forward needs per voxel: the lean model's peak of live tensors on a small
-        window (activations scale with the voxels), plus the window, its softmax and its weighted copy."""
+        window (activations scale with the voxels), plus the window, its softmax and its weighted copy.
+
+        An ensemble runs its members one after the other: the largest member's peak, plus the members'
+        log-probabilities it stacks."""
         if "_voxel_bytes" not in self.__dict__:
-            model = self.reference_model()
-            lean = make_lean(model).cpu()
-            side = max(16, 2 * model.input_divisor)
-            x = torch.zeros(1, model.in_channels, *[side] * model.spatial_dims)
-            tracker = LiveTensorBytes()
-            with torch.no_grad(), tracker:
-                lean(x)
-            extra = 4 * (2 * model.out_channels + model.in_channels)
-            self.__dict__["_voxel_bytes"] = tracker.peak / side**model.spatial_dims + extra
+            if self.parts:
+                stacked = 4 * len(self.labels) * (len(self.parts) + 1)
+                voxel_bytes = max(part.window_bytes_per_voxel() for part in self.parts) + stacked
+            else:
+                model = self.reference_model()
+                lean = make_lean(model).cpu()
+                side = max(16, 2 * model.input_divisor)
+                x = torch.zeros(1, model.in_channels, *[side] * model.spatial_dims)
+                tracker = LiveTensorBytes()
+                with torch.no_grad(), tracker:
+                    lean(x)
+                extra = 4 * (2 * model.out_channels + model.in_channels)
+                voxel_bytes = tracker.peak / side**model.spatial_dims + extra
+            self.__dict__["_voxel_bytes"] = voxel_bytes
         return self.__dict__["_voxel_bytes"]
 
     def window(
@@ -147,16 +189,16 @@ class Segmenter:
             if available is not None:
                 budget = min(budget, int(available * _CPU_MEMORY_SHARE))
             max_voxels = int(budget / (self.window_bytes_per_voxel() * _WINDOW_SLACK))
-            divisor = self.reference_model().input_divisor
-            return throughput_tile(shape, self.patch, divisor, overlap, max_voxels), 1
+            max_voxels = min(max_voxels, MAX_PATCH_VOXELS)  # satseg's bound on any window
+            return throughput_tile(shape, self.patch, self.input_divisor(), overlap, max_voxels), 1
         sides = tuple(int(t) for t in tile)
-        divisor = self.reference_model().input_divisor
+        divisor = self.input_divisor()
         if len(sides) != len(shape) or any(t < 1 or t % divisor for t in sides):
             raise ConfigError(
                 f"tile {'x'.join(map(str, sides))} does not fit model `{self.name}`",
                 hint=f"give {len(shape)} sides, each a multiple of {divisor}, or auto / patch",
             )
-        return sides, sw_batch
+        return check_patch_size(sides, "--tile"), sw_batch
 
     def check_image(self, image: Image, source: str | Path) -> None:
         """Raise DataError (naming ``source``) when the image's dimensionality or channels do not fit."""
@@ -165,6 +207,13 @@ class Segmenter:
             raise DataError(
                 f"`{source}`: a {image.spatial_dims}D image with {image.num_channels} channel(s) does not fit "
                 f"model `{self.name}`, which takes {dims}D images with {channels} channel(s)"
+            )
+        if dims == 3 and min(image.spatial_shape) == 1:
+            # A flat picture saved as a one-slice volume: padded to a 3D patch, it takes minutes and means nothing.
+            raise DataError(
+                f"`{source}`: a single-slice volume (shape {list(image.spatial_shape)}) cannot be segmented by the "
+                f"3D model `{self.name}`",
+                hint="use a 2D model for 2D pictures, or give the whole volume",
             )
 
     def segment(
@@ -178,10 +227,16 @@ class Segmenter:
         attention: bool = False,
         tile: str | Sequence[int] = "auto",
         source: str | Path = "image",
+        lcc: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Segmentation:
         """Segment one scan; the returned images share the input's grid exactly.
 
-        ``tile``: the sliding window, see :meth:`window`.
+        Args:
+            tile: the sliding window, see :meth:`window`.
+            lcc: keep only the largest connected component of every class (True), of none (False), or of
+                the classes the run records (None, the default).
+            progress: called as ``progress(done, total)`` with the sliding windows predicted so far.
         """
         self.check_image(image, source)
         timings = {}
@@ -198,73 +253,184 @@ class Segmenter:
             overlap=overlap,
             sw_batch=sw_batch,
             device=self.device,
+            amp=self.amp_dtype is not None,
+            amp_dtype=self.amp_dtype or torch.float32,
             tta=tta,
-            return_probabilities=probabilities,
+            return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
+            progress=progress,
         )
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        labels = restore_labels(result.labels.numpy(), props)
-        seg = Segmentation(with_array(image, labels[None].astype(np.uint8)), timings=timings, window=window)
-        if probabilities and result.probabilities is not None:
-            probs = restore_probabilities(result.probabilities.numpy(), props)
-            seg.probabilities = with_array(image, probs)
+        grid_probs = result.probabilities.numpy()
+        labels = restore_argmax(grid_probs, props)
+        classes = self._lcc_classes(lcc)
+        labels = keep_largest_components(labels, [self.labels[name] for name in classes])
+        seg = Segmentation(with_array(image, labels[None]), timings=timings, window=window, lcc=classes)
+        if probabilities:
+            seg.probabilities = with_array(image, restore_probabilities(grid_probs, props))
         if attention:
-            seg.attention = {k: with_array(image, v[None]) for k, v in self._attention(array, props).items()}
+            maps = self._attention(array, props, overlap, sw_batch)
+            seg.attention = {k: with_array(image, v[None]) for k, v in maps.items()}
         timings["restore_s"] = time.perf_counter() - start
         return seg
 
+    def _lcc_classes(self, lcc: bool | None) -> list[str]:
+        if lcc is None:
+            return list(self.lcc)
+        return [name for name, value in self.labels.items() if value != 0] if lcc else []
+
     @torch.inference_mode()
-    def _attention(self, array: np.ndarray, props: dict) -> dict[str, np.ndarray]:
-        """Each attending gate's map from one whole-image forward, resampled onto the original grid."""
+    def _attention(
+        self, array: np.ndarray, props: dict, overlap: float = 0.5, sw_batch: int = 4
+    ) -> dict[str, np.ndarray]:
+        """Each attending gate's map, window by window like the segmentation, resampled onto the original grid.
+
+        Windows of the model's patch size keep device memory bounded on any scan (a whole-image forward pass
+        of a large CT would not fit); the maps are blended with the same Gaussian weights as the probabilities.
+        """
         if self.model is None:
-            raise DataError("attention maps need the PyTorch model", hint="use a run folder, not an ONNX file")
+            raise DataError(
+                "attention maps need one PyTorch model", hint="use one run folder, not an ONNX file or an ensemble"
+            )
         model = self.model.to(self.device).eval()
         gates = [(name, g) for name, g in model.skip_gates() if g.transfers_attention]
         if not gates:
             return {}
-        shape = array.shape[1:]
-        padded = [-(-s // model.input_divisor) * model.input_divisor for s in shape]
-        pad = [p for s, t in zip(reversed(shape), reversed(padded), strict=True) for p in (0, t - s)]
-        x = F.pad(torch.from_numpy(array)[None], pad).to(self.device)
+        mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
+
+        def maps_of(x: Tensor) -> Tensor:
+            """``(B, C, *P) -> (B, 1 + gates, *P)``: a zero channel, then every gate's map at window size."""
+            model(x.to(self.device))
+            maps = [
+                F.interpolate(g.last_attention.float(), size=x.shape[2:], mode=mode, align_corners=False)
+                for _, g in gates
+            ]
+            return torch.cat([torch.zeros_like(maps[0]), *maps], dim=1)
+
         model.keep_attention(True)
         try:
-            model(x)
-            maps = []
-            for _, gate in gates:
-                mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
-                up = F.interpolate(gate.last_attention.float(), size=padded, mode=mode, align_corners=False)
-                maps.append(up[0, 0][tuple(slice(0, s) for s in shape)].cpu().numpy())
+            # The windows run in the run's own autocast dtype, as its segmentation does.
+            result = sliding_window_inference(
+                maps_of, torch.from_numpy(array), self.patch, len(gates) + 1, overlap=overlap, sw_batch=sw_batch,
+                device=self.device, amp=self.amp_dtype is not None, amp_dtype=self.amp_dtype or torch.float32,
+                return_probabilities=True, softmax=False,
+            )  # fmt: skip
         finally:
             model.keep_attention(False)
         # restore_probabilities fills channel 0 with 1 and the others with 0 outside the crop box:
-        # a leading dummy channel makes every attention map 0 there.
-        stacked = np.stack([np.zeros_like(maps[0]), *maps])
-        restored = restore_probabilities(stacked, props)[1:]
+        # the leading zero channel makes every attention map 0 there.
+        restored = restore_probabilities(result.probabilities.numpy(), props)[1:]
         return {name.replace(".", "_"): m for (name, _), m in zip(gates, restored, strict=True)}
 
 
 def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    # No autocast here: sliding_window_inference autocasts to the run's own dtype (Segmenter.amp_dtype).
     model.to(device).eval()
-    use_amp = device.type == "cuda"
 
     def predict(x: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return model(x.to(device)).float()
+        return model(x.to(device)).float()
 
     return predict
 
 
-def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | None = None) -> Segmenter:
-    """Load a model for segmentation.
+def _onnx_config(path: Path, metadata: dict[str, str]) -> Any:
+    """The run configuration in an ONNX file's metadata, telling "not satseg's" from "damaged"."""
+    if ONNX_CONFIG_KEY not in metadata:
+        raise CheckpointError(
+            f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)",
+            hint="export the model with `satseg export-onnx`",
+        )
+    try:
+        return json.loads(metadata[ONNX_CONFIG_KEY])
+    except ValueError as err:
+        raise CheckpointError(
+            f"`{path}`: its `{ONNX_CONFIG_KEY}` metadata is not valid JSON ({err})",
+            hint="the file was edited or damaged; export it again with `satseg export-onnx`",
+        ) from err
+
+
+# What must agree for several models to share one preprocessing of the scan and one set of classes.
+_PREPROCESSING_KEYS = ("spatial_dims", "num_channels", "labels", "spacing", "size", "normalization")
+
+
+def expand_models(models: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """The models named: a folder holding run folders (e.g. ``fold_0`` … ``fold_4``) stands for those runs."""
+    items = [models] if isinstance(models, (str, Path)) else list(models)
+    found: list[str | Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and not any((path / name).is_file() for name in (BEST, LAST)):
+            runs = sorted(d for d in path.iterdir() if d.is_dir() and any((d / n).is_file() for n in (BEST, LAST)))
+            if runs:
+                found += runs
+                continue
+        found.append(item)
+    if not found:
+        raise ConfigError("no model given")
+    return found
+
+
+def ensemble(members: Sequence[Segmenter], name: str | None = None) -> Segmenter:
+    """One segmenter averaging the members' softmax probabilities (each window, each mirroring).
+
+    The members must share the preprocessing and classes (e.g. the fold runs of one preprocessed
+    folder). The ensemble's predictor returns ``log(mean_m softmax(logits_m))``, whose softmax is exactly
+    the mean probability, so sliding windows, test-time mirroring and the return to the scan work as for
+    one model. A class is post-processed (largest component) when every member records it.
+
+    Raises:
+        ConfigError: members preprocess differently or predict other classes.
+    """
+    first = members[0]
+    if len(members) == 1:
+        return first
+    for other in members[1:]:
+        differs = [k for k in _PREPROCESSING_KEYS if first.plan.get(k) != other.plan.get(k)]
+        if differs:
+            raise ConfigError(
+                f"`{other.name}` and `{first.name}` cannot be averaged: their plans differ in {', '.join(differs)}",
+                hint="ensemble runs trained on the same preprocessed folder",
+            )
+    predictors = [m.predict for m in members]
+    log_count = math.log(len(predictors))
+
+    def predict(x: Tensor) -> Tensor:
+        logs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in predictors])
+        return torch.logsumexp(logs, dim=0) - log_count
+
+    lcc = [c for c in first.lcc if all(c in m.lcc for m in members)]
+    label = name or " + ".join(m.name for m in members)
+    backend = first.backend if all(m.backend == first.backend for m in members) else "mixed"
+    return Segmenter(predict, first.config, label, backend, first.device, None, lcc, len(members), list(members))
+
+
+def load_segmenter(
+    model: str | Path | Sequence[str | Path], *, device: str = "auto", backend: str | None = None
+) -> Segmenter:
+    """Load a model, or several as one :func:`ensemble`, for segmentation.
 
     Args:
-        model: a run folder, a ``.pt`` checkpoint, an exported ``.onnx`` file, or a shipped model name
-            (see ``satseg models``).
+        model: a run folder, a ``.pt`` checkpoint, an exported ``.onnx`` file, a shipped model name
+            (see ``satseg models``), a folder of run folders (one per fold), or a list of these.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files and, on the CPU, for run folders,
-            checkpoints and shipped models too (their lean form exported once to :func:`cache_dir`, falling back
-            to ``torch`` when ONNX Runtime is missing or the export fails); ``torch`` on GPUs.
+        backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files and, on the CPU, for a single run
+            folder, checkpoint or shipped model too (its lean form exported once to :func:`cache_dir`, falling
+            back to ``torch`` when ONNX Runtime is missing or the export fails); ``torch`` on GPUs and for
+            the members of an ensemble (see the comment below).
     """
+    models = expand_models(model)
+    if len(models) > 1:
+        # An ensemble runs on PyTorch unless --backend onnx says otherwise: torch frees each member's
+        # activations before the next member runs, whereas every ONNX Runtime session keeps its own memory
+        # arena at its peak, so N sessions on the large CPU windows would need about N times the memory.
+        name = str(model) if isinstance(model, (str, Path)) else None
+        return ensemble([_load_one(m, device, backend, cpu_onnx=False) for m in models], name)
+    return _load_one(models[0], device, backend)
+
+
+def _load_one(model: str | Path, device: str, backend: str | None, cpu_onnx: bool = True) -> Segmenter:
+    """One model; ``cpu_onnx``: with no ``backend`` given, run a checkpoint on the CPU through its cached
+    ONNX export (see :func:`load_segmenter`)."""
     path = resolve_model_path(model)
     backend_given = backend
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
@@ -279,13 +445,13 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
         from satseg.engine.onnx_export import OnnxPredictor
 
         predictor = OnnxPredictor(path, device=device)
-        try:
-            config = json.loads(predictor.metadata[ONNX_CONFIG_KEY])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"`{path}`: not exported by satseg (no `{ONNX_CONFIG_KEY}` metadata)") from err
+        config = check_run_config(_onnx_config(path, predictor.metadata), path)
+        check_patch_size(Segmenter(predictor, config, str(model), "onnx", torch_device).patch, path)
         return Segmenter(predictor, config, str(model), "onnx", torch_device)
     net, config = load_run(path)
-    if backend_given is None and torch_device.type == "cpu":
+    check_patch_size(Segmenter(net, config, str(model), "torch", torch_device).patch, path)
+    lcc = read_lcc(path if path.is_dir() else path.parent, config["plan"]["labels"])
+    if backend_given is None and cpu_onnx and torch_device.type == "cpu":
         # On the CPU ONNX Runtime runs the lean model faster than PyTorch (benchmarks/results/cpu-segment.md):
         # export it once per model to the cache; any failure falls back to PyTorch.
         onnx_path = cached_onnx_export(net, config)
@@ -293,11 +459,11 @@ def load_segmenter(model: str | Path, *, device: str = "auto", backend: str | No
             from satseg.engine.onnx_export import OnnxPredictor
 
             predictor = OnnxPredictor(onnx_path, device="cpu")
-            return Segmenter(predictor, config, str(model), "onnx", torch_device, net)
+            return Segmenter(predictor, config, str(model), "onnx", torch_device, net, lcc)
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)
-    return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net)
+    return Segmenter(_torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net, lcc)
 
 
 def cache_dir() -> Path:
@@ -329,15 +495,17 @@ def cached_onnx_export(net: SegmentationNet, config: dict[str, Any]) -> Path | N
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    path = cache_dir() / "onnx" / f"{config['model'].get('net', 'model')}-{_model_digest(net, config)}.onnx"
-    if path.is_file():
-        return path
     from satseg.engine.export import export_model
 
     try:
+        # The net's name comes from the checkpoint: it becomes part of the file name only if it is a plain name.
+        net_name = safe_name(str(config["model"].get("net", "model")), "model name", "the run configuration")
+        path = cache_dir() / "onnx" / f"{net_name}-{_model_digest(net, config)}.onnx"
+        if path.is_file():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_model(net, config, path)
-    except (OSError, CheckpointError, ConfigError) as err:
+        export_model(net, config, path)  # written through the one atomic writer: never a half file in the cache
+    except (OSError, SatsegError) as err:
         log.warning("ONNX export for the CPU failed (%s); segmenting with PyTorch", err)
         return None
     log.info("exported the model for ONNX Runtime to `%s` (cached)", path)

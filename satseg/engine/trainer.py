@@ -25,31 +25,50 @@ from torch.utils.data import DataLoader, DistributedSampler
 from satseg import __version__
 from satseg.atomic import atomic_write_json, atomic_write_text
 from satseg.data.store import load_case, load_plan, load_splits
-from satseg.engine.augment import augment_batch
+from satseg.engine.augment import AugmentConfig, augment_batch
 from satseg.engine.checkpoint import BEST, LAST, RUN_CONFIG, load_checkpoint, save_checkpoint
 from satseg.engine.config import TrainConfig
 from satseg.engine.distributed import DistContext, init_distributed
+from satseg.engine.ema import WeightEMA
+from satseg.engine.inference import autocast_context, check_patch_size, run_amp_dtype
 from satseg.engine.losses import deep_supervision_loss
-from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case
+from satseg.engine.patches import PatchBatches, TrainingCase, make_training_case, to_device
+from satseg.engine.plots import write_progress_plot
 from satseg.engine.progress import TrainProgress
 from satseg.engine.validation import validate
 from satseg.errors import CheckpointError, ConfigError
-from satseg.nn import SegmentationNet, build_model
+from satseg.nn import SegmentationNet, build_model, explicit_model_config, legacy_model_config
+from satseg.nn.registry import model_accepts
 
-__all__ = ["train", "TrainResult", "EpochCallback", "RESUMABLE_OVERRIDES"]
+__all__ = [
+    "train",
+    "prepare_run",
+    "TrainResult",
+    "EpochCallback",
+    "RESUMABLE_OVERRIDES",
+    "mean_dice",
+    "is_improvement",
+]
 
 logger = logging.getLogger("satseg.train")
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 """Called after each epoch's checkpoint is written, with the epoch number and its metrics row."""
 
+PROGRESS_PLOT = "progress.png"  # loss, validation Dice per class and learning rate, redrawn every epoch
+
 # Settings a resumed run may change; everything else must match the interrupted run.
-RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "workers", "device", "val_every", "compile")
+RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "workers", "device", "val_every", "compile", "resident")
 
 
 @dataclass
 class TrainResult:
-    """What a finished (or budget-stopped) run reached."""
+    """What a finished (or budget-stopped) run reached.
+
+    The honest figure is :attr:`final_dice`: the validation Dice of the weights the run ships
+    (``checkpoint_last.pt``: the final weights, or their EMA with ``--ema``). :attr:`best_dice` is the
+    best epoch's, chosen on that same validation, so it is optimistic.
+    """
 
     run_dir: Path
     epochs_done: int
@@ -59,14 +78,19 @@ class TrainResult:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     is_main: bool = True
+    final_dice: float | None = None
+    final_weights: str = "final"
 
     def summary(self) -> dict[str, Any]:
         """Plain-JSON summary for ``--json``."""
         return {
             "run_dir": str(self.run_dir),
             "epochs_done": self.epochs_done,
+            "val_dice": self.final_dice,
+            "val_dice_weights": self.final_weights,
             "best_dice": self.best_dice,
             "best_epoch": self.best_epoch,
+            "best_dice_note": "optimistic: the epoch was chosen on this same validation",
             "last_dice": self.last_dice,
             "seconds": round(self.seconds, 2),
         }
@@ -74,6 +98,56 @@ class TrainResult:
 
 def _default_batch(spatial_dims: int) -> int:
     return 2 if spatial_dims == 3 else 12
+
+
+def mean_dice(per_class: dict[str, float]) -> float:
+    """Mean over the classes with a defined Dice (NaN: absent from every case and never predicted); NaN if none."""
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def is_improvement(score: float | None, best: float | None) -> bool:
+    """Whether ``score`` beats ``best``, NaN and None counting as −inf (so a NaN never freezes the best)."""
+
+    def key(value: float | None) -> float:
+        return -math.inf if value is None or math.isnan(value) else value
+
+    return score is not None and not math.isnan(score) and key(score) > key(best)
+
+
+def _model_config(config: TrainConfig, plan: dict) -> dict[str, Any]:
+    model_cfg = {
+        "net": config.net,
+        "skip": config.skip,
+        "in_channels": int(plan["num_channels"]),
+        "out_channels": len(plan["labels"]),
+        **config.model_options,
+    }
+    if model_accepts(config.net, "deep_supervision"):
+        model_cfg.setdefault("deep_supervision", config.deep_supervision)
+    return model_cfg
+
+
+def _augment_config(config: TrainConfig, spatial_dims: int) -> AugmentConfig:
+    degrees = config.rotation_deg if config.rotation_deg is not None else (180.0 if spatial_dims == 2 else 30.0)
+    return AugmentConfig(rotate_max_deg=degrees, elastic=0.2 if config.elastic else 0.0)
+
+
+def _data_spacing(plan: dict) -> list[float] | None:
+    """mm per array axis of the preprocessed cases (None when each case keeps its own, e.g. 2D resizes)."""
+    if plan.get("spacing"):
+        return list(plan["spacing"])
+    return None if plan.get("size") else plan.get("median_spacing")
+
+
+def _resident(config: TrainConfig, device: torch.device, cases: Sequence[TrainingCase]) -> bool:
+    if config.resident is not None:
+        return config.resident
+    if device.type != "cuda" or config.workers:
+        return False
+    nbytes = sum(c.image.nbytes + c.label.nbytes for c in cases)
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free / 4
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -145,21 +219,57 @@ def _load_cases(data_dir: Path, ids: Sequence[str], patch: Sequence[int] | None)
     return cases
 
 
-def _prepare_run(data_dir: Path, out_dir: Path, config: TrainConfig, resume: bool, overrides: dict[str, Any]):
-    """Resolve the configuration (the checkpoint's on resume) and check the run folder."""
+def prepare_run(
+    out_dir: Path, config: TrainConfig, resume: bool, overrides: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Resolve the configuration (the checkpoint's on resume) and check the run folder; nothing is written.
+
+    Returns:
+        ``(configuration in force, the last checkpoint's payload or None)``.
+
+    Raises:
+        CheckpointError: resuming without a checkpoint, or starting over an existing run.
+        ConfigError: on resume, a setting in ``overrides`` that differs from the run's and may not change.
+    """
     last = out_dir / LAST
     if resume:
         if not last.is_file():
             raise CheckpointError(f"`{out_dir}`: nothing to resume (no {LAST})", hint="start the run without --resume")
         payload = load_checkpoint(last)
         saved = TrainConfig.from_dict(payload["config"]["train"])
-        config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_resume_overrides(out_dir, saved, given, int(payload["epoch"]))
+        config = replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
         return config, payload
     if last.is_file():
         raise CheckpointError(
             f"`{out_dir}` already holds a run", hint="continue it with --resume, or pick another --out folder"
         )
     return config, None
+
+
+def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, Any], epochs_done: int) -> None:
+    """Refuse settings a resumed run cannot take (rather than ignoring them without a word)."""
+    conflicts = []
+    for key, value in given.items():
+        if key in RESUMABLE_OVERRIDES:
+            continue
+        kept = saved.learning_rate if key == "lr" else getattr(saved, key, None)
+        if key == "patch" and value is not None:
+            value = tuple(value)
+        if value != kept:
+            conflicts.append(f"{key} {value!r} (the run has {kept!r})")
+    if conflicts:
+        raise ConfigError(
+            f"`{out_dir}`: --resume continues the run with its own settings; these differ: {'; '.join(conflicts)}",
+            hint=f"leave them out (only {', '.join(RESUMABLE_OVERRIDES)} may change), or use a new --out",
+        )
+    epochs = given.get("epochs")
+    if epochs is not None and epochs < epochs_done:
+        raise ConfigError(
+            f"`{out_dir}`: --epochs {epochs} is fewer than the {epochs_done} epochs the run has done",
+            hint=f"give --epochs above {epochs_done} to train on, or leave it out",
+        )
 
 
 def train(
@@ -177,7 +287,7 @@ def train(
     Args:
         data_dir: folder written by :func:`satseg.data.preprocess.preprocess_dataset`.
         out_dir: run folder: ``config.json``, ``checkpoint_last.pt``, ``checkpoint_best.pt``,
-            ``metrics.csv``, ``train.log``.
+            ``metrics.csv``, ``progress.png``, ``train.log``.
         config: training settings (ignored on resume, except :data:`RESUMABLE_OVERRIDES`).
         resume: continue the run in ``out_dir`` from its last checkpoint.
         resume_overrides: settings to change when resuming (e.g. more ``epochs``).
@@ -190,7 +300,7 @@ def train(
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     plan = load_plan(data_dir)
-    config, payload = _prepare_run(data_dir, out_dir, config, resume, resume_overrides or {})
+    config, payload = prepare_run(out_dir, config, resume, resume_overrides or {})
     ctx = init_distributed(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -199,18 +309,22 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     spatial_dims = int(plan["spatial_dims"])
-    patch = tuple(config.patch or plan["patch_size"])
+    patch = check_patch_size(config.patch or plan["patch_size"])
     if len(patch) != spatial_dims:
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
+    largest = plan.get("median_shape") or patch
+    if any(p > 2 * max(s, 16) for p, s in zip(patch, largest, strict=False)):
+        logger.warning(
+            "patch %s is over twice the median case shape %s: most of every patch is padding", patch, largest
+        )
     config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
     labels: dict[str, int] = plan["labels"]
-    model_cfg = {
-        "net": config.net,
-        "skip": config.skip,
-        "in_channels": int(plan["num_channels"]),
-        "out_channels": len(labels),
-        **config.model_options,
-    }
+    # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
+    # records every option whose default may change, so its checkpoints keep meaning the same model
+    if payload is not None:
+        model_cfg = legacy_model_config(dict(payload["config"]["model"]))
+    else:
+        model_cfg = explicit_model_config(_model_config(config, plan))
     torch.manual_seed(config.seed)  # the initial weights, too, follow from the seed
     model = build_model(**model_cfg)
     if int(model.spatial_dims) != spatial_dims:
@@ -235,6 +349,9 @@ def train(
         train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
     else:
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+    # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
+    train_cases = _load_cases(data_dir, train_ids, config.patch)
+    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,8 +365,8 @@ def train(
             ctx,
             data_dir,
             out_dir,
-            train_ids,
-            val_ids,
+            train_cases,
+            val_cases,
             labels,
             payload,
             progress and ctx.is_main,
@@ -279,8 +396,8 @@ def _run(
     ctx: DistContext,
     data_dir: Path,
     out_dir: Path,
-    train_ids: Sequence[str],
-    val_ids: Sequence[str],
+    train_cases: list[TrainingCase],
+    val_cases: list,
     labels: dict[str, int],
     payload: dict[str, Any] | None,
     show_progress: bool,
@@ -292,12 +409,16 @@ def _run(
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d)
     optimizer = _make_optimizer(config, _param_groups(model, config))
-    amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
-    use_amp = cuda and config.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    # One dtype per run (recorded in its config): training, validation, segment and evaluate all use it.
+    amp_dtype = run_amp_dtype(config.to_dict()) if cuda else None
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ema = WeightEMA(model, config.ema) if config.ema is not None else None
     start_epoch, best_dice, best_epoch = 0, None, None
     if payload is not None:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(payload.get("train_model", payload["model"]))
+        if ema is not None:
+            ema.load(payload["model"], payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
@@ -305,9 +426,16 @@ def _run(
         logger.info("resuming %s at epoch %d", out_dir, start_epoch)
     history = _read_history(out_dir / "metrics.csv", start_epoch) if ctx.is_main else []
 
-    train_cases: list[TrainingCase] = _load_cases(data_dir, train_ids, config.patch)
-    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
-    logger.info("training %s/%s on %d cases, validating on %d", config.net, config.skip, len(train_cases), len(val_ids))
+    resident = _resident(config, device, train_cases)
+    if resident:
+        train_cases = to_device(train_cases, device)
+    augment_cfg = _augment_config(config, model.spatial_dims)
+    spacing = _data_spacing(run_config["plan"])
+    logger.info(
+        "training %s/%s on %d cases (%s), validating on %d",
+        config.net, config.skip, len(train_cases), "resident on " + str(device) if resident else "loaded",
+        len(val_cases),
+    )  # fmt: skip
 
     step_model: torch.nn.Module = model
     if ctx.distributed:
@@ -344,7 +472,11 @@ def _run(
                 ctx.rank,
                 indices,
             )
-            loader = DataLoader(batches, batch_size=None, num_workers=config.workers, pin_memory=cuda)
+            loader = (
+                batches
+                if resident
+                else DataLoader(batches, batch_size=None, num_workers=config.workers, pin_memory=cuda)
+            )
             model.train()
             losses = []
             progress.start_epoch(epoch)
@@ -352,11 +484,11 @@ def _run(
                 image = image.to(device, non_blocking=True)
                 label = label.to(device, non_blocking=True)
                 if config.augment:
-                    image, label = augment_batch(image, label, aug_gen)
+                    image, label = augment_batch(image, label, aug_gen, augment_cfg, spacing)
                 if cuda and config.channels_last:
                     fmt = torch.channels_last if image.ndim == 4 else torch.channels_last_3d
                     image = image.contiguous(memory_format=fmt)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                with autocast_context(device, amp_dtype):
                     outputs = step_model(image)
                 loss = deep_supervision_loss(outputs, label, config.loss)
                 if config.select_l1:
@@ -372,18 +504,25 @@ def _run(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model)
                 losses.append(loss.item())
                 progress.step(losses[-1])
 
             row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses))}
             validate_now = val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            shipped = ema.module if ema is not None else model  # the weights validated, saved and shipped
             if ctx.is_main and validate_now:
-                last_dice = validate(model, val_cases, labels, config.patch, device, use_amp, amp_dtype)
+                val_start = time.perf_counter()
+                last_dice = validate(
+                    shipped, val_cases, labels, config.patch, device, use_amp, amp_dtype or torch.float32
+                )
                 row.update({f"dice_{name}": d for name, d in last_dice.items()})
-                row["dice_mean"] = float(np.mean(list(last_dice.values())))
+                row["dice_mean"] = mean_dice(last_dice)
+                row["val_seconds"] = round(time.perf_counter() - val_start, 3)
             row["seconds"] = round(time.perf_counter() - epoch_start, 3)
             if ctx.is_main:
-                improved = "dice_mean" in row and (best_dice is None or row["dice_mean"] > best_dice)
+                improved = "dice_mean" in row and is_improvement(row["dice_mean"], best_dice)
                 if improved:
                     best_dice, best_epoch = row["dice_mean"], epoch
                 state = {
@@ -393,11 +532,14 @@ def _run(
                     "best_dice": best_dice,
                     "best_epoch": best_epoch,
                 }
-                save_checkpoint(out_dir / LAST, model=model, run_config=run_config, **state)
+                if ema is not None:  # "model" holds the EMA weights (what inference loads); these resume training
+                    state |= {"train_model": model.state_dict(), "ema": ema.state()}
+                save_checkpoint(out_dir / LAST, model=shipped, run_config=run_config, **state)
                 if improved:
-                    save_checkpoint(out_dir / BEST, model=model, run_config=run_config, **state)
+                    save_checkpoint(out_dir / BEST, model=shipped, run_config=run_config, **state)
                 history.append(row)
                 _write_history(out_dir / "metrics.csv", history)
+                write_progress_plot(history, out_dir / PROGRESS_PLOT)
                 logger.info("epoch %d: %s", epoch, {k: row[k] for k in row if k != "epoch"})
                 progress.end_epoch(row)
             ctx.barrier()
@@ -413,6 +555,9 @@ def _run(
                 break
         else:
             epoch = config.epochs
+    final = history[-1] if history and int(history[-1]["epoch"]) == epoch - 1 else {}
+    final_dice = float(final["dice_mean"]) if final.get("dice_mean") not in (None, "") else None
     return TrainResult(
-        out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main
-    )
+        out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main,
+        final_dice, "ema" if ema is not None else "final",
+    )  # fmt: skip

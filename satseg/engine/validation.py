@@ -41,8 +41,9 @@ def validate(
     per_case = []
     for _, image, label in cases:
         result = sliding_window_inference(
-            model, torch.from_numpy(image), patch, len(labels), overlap=0.5, device=device, amp=amp
-        )
+            model, torch.from_numpy(image), patch, len(labels), overlap=0.5, device=device, amp=amp,
+            amp_dtype=amp_dtype,
+        )  # fmt: skip
         per_case.append(dice_per_class(result.labels.numpy(), label, labels))
     model.train(was_training)
     return {

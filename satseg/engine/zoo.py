@@ -2,6 +2,10 @@
 
 Each shipped model is a folder ``models/<name>/`` holding ``checkpoint.pt`` (a satseg checkpoint),
 ``card.md`` (the model card) and ``card.json`` (its key figures, read by ``satseg models``).
+
+The repository keeps them in its top-level ``models/``; an installed wheel carries them as package data
+in ``satseg/models/`` (see ``setup.py``). :data:`MODELS_DIR` is the packaged folder when there is one,
+else the source checkout's ``models/`` beside the package (editable install, ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -10,12 +14,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import satseg
 from satseg.errors import CheckpointError
 
-__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for"]
+__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for", "shipped_models_for"]
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-"""The repository's ``models/`` folder (the package is installed in editable/development mode)."""
+
+def _models_dir() -> Path:
+    package = Path(satseg.__file__).resolve().parent
+    packaged = package / "models"
+    return packaged if packaged.is_dir() else package.parent / "models"
+
+
+MODELS_DIR = _models_dir()
+"""Where the shipped models are: ``satseg/models/`` in an installed wheel, else the checkout's ``models/``."""
 
 
 def list_shipped_models(models_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -62,17 +74,26 @@ def resolve_model_path(model: str | Path, models_dir: Path | None = None) -> Pat
     )
 
 
+def shipped_models_for(spatial_dims: int, num_channels: int, models_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The shipped models whose cards say they take ``spatial_dims``-D images with ``num_channels`` channels.
+
+    Whether a scan fits one of them otherwise (modality, field of view…) is :mod:`satseg.engine.guard`'s
+    question, answered from the model's plan.
+    """
+    cards = list_shipped_models(models_dir)
+    return [c for c in cards if c.get("spatial_dims") == spatial_dims and c.get("num_channels") == num_channels]
+
+
 def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path | None = None) -> dict[str, Any]:
-    """The shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels.
+    """The first shipped model whose card says it takes ``spatial_dims``-D images with ``num_channels`` channels.
 
     Args:
         spatial_dims: 2 or 3.
         num_channels: channels of the image.
         models_dir: the folder of shipped models; default :data:`MODELS_DIR`.
     """
-    for card in list_shipped_models(models_dir):
-        if card.get("spatial_dims") == spatial_dims and card.get("num_channels") == num_channels:
-            return card
+    for card in shipped_models_for(spatial_dims, num_channels, models_dir):
+        return card
     raise CheckpointError(
         f"no shipped model takes {spatial_dims}D images with {num_channels} channel(s)",
         hint="pass --model with a run folder or an exported .onnx file",

@@ -11,7 +11,7 @@ from satseg.nn.gates import (
     list_gates,
     trelu,
 )
-from satseg.nn.registry import build_model, list_models, register_model
+from satseg.nn.registry import build_model, explicit_model_config, legacy_model_config, list_models, register_model
 
 __all__ = [
     "SegmentationNet",
@@ -26,4 +26,6 @@ __all__ = [
     "build_model",
     "list_models",
     "register_model",
+    "explicit_model_config",
+    "legacy_model_config",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from satseg.errors import ConfigError
-from satseg.nn.gates import SkipGate
+from satseg.nn.gates import LEGACY_GATE_OPTIONS, SkipGate
 
 __all__ = ["SegmentationNet"]
 
@@ -25,6 +25,9 @@ class SegmentationNet(nn.Module):
 
     input_divisor: int = 1
     deep_supervision: bool = False
+    legacy_options: dict[str, Any] = {"gate_options": LEGACY_GATE_OPTIONS}
+    """Options whose default changed since satseg 0.1.0, with that release's values: every new checkpoint
+    records them explicitly; one that does not predates them and is rebuilt with these values."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, skip: str) -> None:
         super().__init__()

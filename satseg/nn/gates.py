@@ -29,6 +29,8 @@ __all__ = [
     "selection_init",
     "gate_option_names",
     "SELECT_INITS",
+    "DEFAULT_GATE_OPTIONS",
+    "LEGACY_GATE_OPTIONS",
 ]
 
 
@@ -228,6 +230,12 @@ def list_gates() -> list[str]:
 _SELECT_OPTIONS = ("select_init",)
 _ATTEND_OPTIONS = ("attend_channels", "attend_norm")
 
+DEFAULT_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+"""The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint)."""
+
+LEGACY_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+"""What satseg 0.1.0 built, for checkpoints saved before gate options were recorded."""
+
 
 def gate_option_names() -> tuple[str, ...]:
     """Every gate option :func:`build_gate` accepts (each gate uses those that apply to it)."""
@@ -251,6 +259,7 @@ def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> S
     cls = _GATES[look_up_option(skip, _GATES, "skip")]
     for key in options:
         look_up_option(key, gate_option_names(), "gate option")
+    options = {**DEFAULT_GATE_OPTIONS, **options}
     applies = (_SELECT_OPTIONS if issubclass(cls, _Selecting) else ()) + (
         _ATTEND_OPTIONS if issubclass(cls, _Attending) else ()
     )

@@ -14,10 +14,17 @@ from typing import Any
 
 from satseg.errors import look_up_option
 from satseg.nn.base import SegmentationNet
-from satseg.nn.gates import list_gates
+from satseg.nn.gates import DEFAULT_GATE_OPTIONS, list_gates
 from satseg.nn.layers import init_glorot_uniform
 
-__all__ = ["register_model", "list_models", "build_model"]
+__all__ = [
+    "register_model",
+    "list_models",
+    "build_model",
+    "model_accepts",
+    "explicit_model_config",
+    "legacy_model_config",
+]
 
 ModelBuilder = Callable[..., SegmentationNet]
 _MODELS: dict[str, tuple[ModelBuilder, type[SegmentationNet]]] = {}
@@ -43,6 +50,12 @@ def list_models() -> list[str]:
     import satseg.nn.backbones  # noqa: F401  (registers the builders)
 
     return sorted(_MODELS)
+
+
+def model_accepts(net: str, option: str) -> bool:
+    """Whether backbone ``net`` takes ``option`` (e.g. ``deep_supervision``)."""
+    net = look_up_option(net, list_models(), "net")
+    return option in inspect.signature(_MODELS[net][1].__init__).parameters
 
 
 def build_model(
@@ -71,3 +84,29 @@ def build_model(
     init_glorot_uniform(model)
     model.config = {"net": net, "skip": skip, "in_channels": in_channels, "out_channels": out_channels, **options}
     return model
+
+
+def _model_class(net: str) -> type[SegmentationNet]:
+    return _MODELS[look_up_option(net, list_models(), "net")][1]
+
+
+def explicit_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (``build_model`` keyword arguments) with every option whose default has changed between
+    releases written out, so a checkpoint keeps meaning the same model when a later release changes them."""
+    cls = _model_class(config["net"])
+    defaults = inspect.signature(cls.__init__).parameters
+    out = dict(config)
+    for key in cls.legacy_options:
+        if key == "gate_options":
+            out[key] = {**DEFAULT_GATE_OPTIONS, **(config.get(key) or {})}
+        else:
+            out.setdefault(key, defaults[key].default)
+    return out
+
+
+def legacy_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The model a configuration saved by satseg 0.1.0 (no explicit gate options) describes: the options
+    whose defaults changed since take that release's values (see ``SegmentationNet.legacy_options``)."""
+    if "gate_options" in config:
+        return dict(config)
+    return {**_model_class(config["net"]).legacy_options, **config}

@@ -101,7 +101,8 @@ def test_evaluate_folders_writes_rows_equal_to_case_metrics(folders, tmp_path):
         report.summary["classes"]["liver"]["dice"]["mean"]
     )
     assert on_disk["tolerance_mm"] == 1.5 and on_disk["num_cases"] == 2
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_case.csv", "summary.json"]  # no temp files
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_case.csv", "report", "summary.json"]
+    assert not list((tmp_path / "out" / "report").glob(".*"))  # no temp files
 
 
 def test_summary_is_mean_and_population_std_over_cases_without_nan(folders):
@@ -284,3 +285,24 @@ def test_a_reader_returning_channel_first_images_is_accepted(folders):
         report.rows[2],
         {"case": "case_b", "class": "liver", "label": 1, **case_metrics(pred, ref, LABELS, spacing)["liver"]},
     )
+
+
+def test_folder_evaluation_writes_a_visual_report_worst_case_first(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    report = evaluate_folders(pred_dir, gt_dir, tmp_path / "scores", labels={"liver": 1, "tumour": 2})
+    per_case = {}
+    for row in report.rows:
+        if math.isfinite(row["dice"]):
+            per_case.setdefault(row["case"], []).append(row["dice"])
+    ranking = sorted(per_case, key=lambda case: np.mean(per_case[case]))
+    folder = tmp_path / "scores" / "report"
+    expected = [folder / "dice_per_case.png"] + [folder / f"worst_{i}_{c}.png" for i, c in enumerate(ranking, 1)]
+    assert report.figures == expected
+    for png in expected:
+        with PILImage.open(png) as picture:
+            picture.load()
+            assert picture.format == "PNG" and picture.width >= 100 and picture.height >= 40
+    # the report sits in a subfolder: scoring the same folder again still sees only the predictions
+    again = evaluate_folders(pred_dir, gt_dir, pred_dir, labels={"liver": 1})
+    evaluate_folders(pred_dir, gt_dir, None, labels={"liver": 1})
+    assert {row["case"] for row in again.rows} == {"case_a", "case_b"}

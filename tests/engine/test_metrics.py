@@ -15,6 +15,7 @@ from satseg.engine.metrics import (
     confusion_counts,
     distance_metrics,
     overlap_metrics,
+    surface_areas,
     surface_distances,
     surface_mask,
 )
@@ -101,8 +102,10 @@ def test_distances_on_a_hand_computed_case():
     assert values["hd"] == pytest.approx(4.0)
     assert values["hd95"] == pytest.approx(3.8)  # 95th percentile of [0, 2, 4], linear: 2 + 0.9 * 2
     assert values["assd"] == pytest.approx((0 + 0 + 2 + 4) / 4)
-    assert values["nsd"] == pytest.approx(3 / 4)
-    assert distance_metrics(pred, ref, (0.5, 2.0), tolerance_mm=1.9)["nsd"] == pytest.approx(2 / 4)
+    # surface elements: faces across y are 2.0 mm long, across x 0.5 mm; pred: 2*2.0 + 2*0.5 = 5.0,
+    # ref: its end voxels 2*2.0 + 0.5 = 4.5 each, its middle one 2*2.0 = 4.0 (13.0 in all)
+    assert values["nsd"] == pytest.approx((5.0 + 4.5 + 4.0) / (5.0 + 13.0))
+    assert distance_metrics(pred, ref, (0.5, 2.0), tolerance_mm=1.9)["nsd"] == pytest.approx((5.0 + 4.5) / 18.0)
 
 
 @pytest.mark.parametrize("offset", [1, 3])
@@ -134,11 +137,45 @@ def test_cropped_distances_equal_brute_force_on_the_full_array(shape):
     pairwise = cdist(points_pred, points_ref)
     to_ref, to_pred = pairwise.min(axis=1), pairwise.min(axis=0)
     pooled = np.concatenate([to_ref, to_pred])
+    weights = np.concatenate([_face_areas_brute(pred, spacing), _face_areas_brute(ref, spacing)])
     values = distance_metrics(pred, ref, spacing, tolerance_mm=1.0)
     assert values["hd95"] == pytest.approx(max(np.percentile(to_ref, 95), np.percentile(to_pred, 95)))
     assert values["hd"] == pytest.approx(pooled.max())
     assert values["assd"] == pytest.approx(pooled.mean())
-    assert values["nsd"] == pytest.approx(np.mean(pooled <= 1.0))
+    assert values["nsd"] == pytest.approx(weights[pooled <= 1.0].sum() / weights.sum())
+
+
+def _face_areas_brute(mask, spacing):
+    """Per surface voxel (C order), the summed area of its faces that border background or the array edge."""
+    areas = []
+    for index in np.argwhere(mask):
+        total = 0.0
+        for axis in range(mask.ndim):
+            for step in (-1, 1):
+                other = index.copy()
+                other[axis] += step
+                if not 0 <= other[axis] < mask.shape[axis] or not mask[tuple(other)]:
+                    total += np.prod(spacing) / spacing[axis]
+        if total:
+            areas.append(total)
+    return np.array(areas)
+
+
+def test_surface_dice_weighs_surface_elements_by_area_not_by_voxel_count():
+    """A 2 x 4 rectangle against the same one with a 5th column, y spacing 1 mm and x spacing 4 mm.
+
+    The perimeters are 2 * (16 + 2) = 36 mm and 2 * (20 + 2) = 44 mm; the extra column's two voxels (4 + 1 mm of
+    boundary each) lie 4 mm from the reference, beyond a 1 mm tolerance: NSD = (36 + 44 - 10) / (36 + 44) = 0.875.
+    Counting voxels would give (8 + 8) / (8 + 10) = 0.889.
+    """
+    ref = np.zeros((8, 10), bool)
+    ref[2:4, 2:6] = True
+    pred = ref.copy()
+    pred[2:4, 6] = True
+    spacing = (1.0, 4.0)
+    assert surface_areas(pred, spacing).sum() == pytest.approx(44.0)
+    assert surface_areas(ref, spacing).sum() == pytest.approx(36.0)
+    assert distance_metrics(pred, ref, spacing, tolerance_mm=1.0)["nsd"] == pytest.approx(70 / 80)
 
 
 def test_small_structure_in_a_large_volume_gives_the_same_values_as_alone():

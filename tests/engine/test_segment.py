@@ -82,6 +82,9 @@ def _rotation(ax, ay, az):
 # oblique; the second also flips the y axis (left-handed, far from RAS or LPS)
 OBLIQUE = tuple(_rotation(20, -15, 10).ravel())
 OBLIQUE_FLIPPED = tuple((_rotation(-8, 25, 30) @ np.diag([1, -1, 1])).ravel())
+# stored sagittal: the array's slice axis (SimpleITK index x) runs along physical z, tilted by a few degrees
+SAGITTAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+SAGITTAL_TILTED = tuple((_rotation(6, -4, 3) @ SAGITTAL).ravel())
 
 
 def _volume(shape=(12, 18, 14), seed=3):
@@ -113,6 +116,9 @@ def _write_input(kind, folder):
         nii.set_sform(affine, code=2)
         nii.set_qform(affine, code=1)
         nib.save(nii, str(path))
+    elif kind == "nifti_sagittal":
+        path = folder / "scan.nii.gz"
+        sitk.WriteImage(_sitk_volume((1.9, 1.1, 0.8), (20.0, -7.0, 3.0), SAGITTAL_TILTED), str(path))
     elif kind == "nrrd":
         path = folder / "scan.nrrd"
         sitk.WriteImage(_sitk_volume((1.1, 0.7, 1.9), (4.0, -3.5, 100.0), OBLIQUE_FLIPPED), str(path))
@@ -164,6 +170,7 @@ GEOMETRY_CASES = {
     # kind: (output name, tolerance). DICOM positions are text and the NIfTI output stores float32 affines.
     "nifti_lps": ("scan_seg.nii.gz", 1e-6),
     "nifti_ras": ("scan_seg.nii.gz", 1e-6),
+    "nifti_sagittal": ("scan_seg.nii.gz", 1e-6),
     "nrrd": ("scan_seg.nrrd", 1e-9),
     "mha": ("scan_seg.mha", 1e-9),
     "dicom": ("series_seg.nii.gz", 1e-4),
@@ -188,6 +195,26 @@ def test_mask_lies_exactly_on_the_input_grid(kind, model3d, model2d, tmp_path):
     if kind in ("png", "jpeg"):
         with PILImage.open(path) as src, PILImage.open(out_path) as mask:
             assert mask.size == src.size and mask.mode == "L"
+
+
+def test_sagittal_store_is_segmented_like_the_axial_one(model3d, tmp_path):
+    """The same volume stored axial and sagittal: preprocessing transposes both to one axis order, so the
+    model sees the same input and the sagittal mask is the axial one transposed, on the sagittal grid."""
+    volume = _volume(shape=(16, 20, 18))
+    axial = _sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), volume)
+    sagittal = _sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(SAGITTAL.ravel()), volume.transpose(2, 1, 0))
+    sitk.WriteImage(axial, str(tmp_path / "axial.nii.gz"))
+    sitk.WriteImage(sagittal, str(tmp_path / "sagittal.nii.gz"))
+    report = segment_inputs([tmp_path / "axial.nii.gz", tmp_path / "sagittal.nii.gz"], model=model3d[0], device="cpu",
+                            save_probabilities=True)  # fmt: skip
+    assert report.failures == []
+    mask_a = _assert_same_grid(tmp_path / "axial_seg.nii.gz", tmp_path / "axial.nii.gz")
+    mask_s = _assert_same_grid(tmp_path / "sagittal_seg.nii.gz", tmp_path / "sagittal.nii.gz")
+    np.testing.assert_array_equal(mask_s, mask_a.transpose(2, 1, 0))
+    probs_a = nib.load(str(tmp_path / "axial_probabilities.nii.gz")).get_fdata()
+    probs_s = nib.load(str(tmp_path / "sagittal_probabilities.nii.gz")).get_fdata()
+    assert probs_a.std() > 0.01  # a model that outputs something non-constant, so the comparison means something
+    np.testing.assert_allclose(probs_s, np.swapaxes(probs_a, 0, 2), atol=1e-5)
 
 
 def test_cli_mask_lies_on_an_oblique_flipped_nrrd(model3d, tmp_path):
@@ -223,7 +250,7 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nrrd"]
     _assert_same_grid(out / "a_seg.nii.gz", batch / "a.nii.gz")
     _assert_same_grid(out / "b_seg.nrrd", batch / "b.nrrd", atol=1e-9)
-    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(failed) == 3
     for line, name, reason in zip(
         failed,
@@ -274,6 +301,24 @@ def test_json_volumes_match_voxel_counts_times_voxel_volume(model3d, tmp_path):
     expected_ml = count * float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
     assert entry["unit"] == "ml"
     assert entry["volumes"] == {"core": pytest.approx(expected_ml, rel=1e-12)}
+    # progress (scans and windows, with remaining time) goes to stderr; stdout holds the JSON alone
+    assert "segmenting" in result.stderr and "remaining" in result.stderr and path.name in result.stderr
+    assert "1/1" in result.stderr and "segmenting" not in result.stdout
+
+
+def test_item_progress_counts_items_and_windows():
+    from satseg.engine.progress import ItemProgress
+
+    with ItemProgress(2, "segmenting", enabled=True) as bar:
+        bar.item("a.nii.gz")
+        bar.windows(3, 8)
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert (tasks["a.nii.gz"].completed, tasks["a.nii.gz"].total) == (3, 8)
+        assert tasks["segmenting"].completed == 0
+        bar.item("b.nii.gz")
+        tasks = {t.description.strip(): t for t in bar._progress.tasks}
+        assert tasks["segmenting"].completed == 1 and tasks["b.nii.gz"].completed == 0
+    assert bar._progress.tasks[0].completed == 2  # the last item counts when the run ends
 
 
 def test_preview_png_colours_exactly_the_masked_voxels(model3d, tmp_path):
@@ -411,6 +456,7 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
     assert summary["split"] == "all" and summary["fold"] == 0
     printed = CliRunner().invoke(app, [*args, "--json"])
     assert printed.exit_code == 0 and json.loads(printed.stdout) == json.loads((out / "summary.json").read_text())
+    assert "evaluating" in printed.stderr and "3/3" in printed.stderr and "remaining" in printed.stderr
     with (out / "per_case.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["case"] for r in rows) == ["synth_000", "synth_001", "synth_002"]
@@ -422,6 +468,14 @@ def test_evaluate_model_scores_against_the_original_labels(model3d, tmp_path):
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / f"{row['case']}.nii.gz"))) == 1
         dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
         assert float(row["dice"]) == pytest.approx(dice, rel=1e-9), row["case"]
+    # the visual report: Dice per case, and outlines of the worst cases over their images
+    worst = sorted(rows, key=lambda r: (float(r["dice"]), r["case"]))
+    drawn = sorted(p.name for p in (out / "report").glob("worst_*.png"))
+    assert drawn == [f"worst_{i}_{r['case']}.png" for i, r in enumerate(worst, start=1)]
+    for png in [out / "report" / "dice_per_case.png", *(out / "report").glob("worst_*.png")]:
+        with PILImage.open(png) as picture:
+            picture.load()
+            assert picture.format == "PNG" and 100 <= picture.width <= 2000 and 40 <= picture.height <= 2000
 
 
 def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):

@@ -68,3 +68,29 @@ def test_schedule_follows_epochs_not_the_clock(tmp_path, monkeypatch):
     assert rates == pytest.approx([(1 - e / epochs) ** 0.9 for e in range(len(rates))])
     constant = TrainConfig(scheduler="constant", epochs=epochs)
     assert {trainer._lr_at(constant, e) for e in range(epochs)} == {1.0}
+
+
+def test_train_cli_gate_options_reach_the_run(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from satseg.cli import app, parse_settings
+
+    assert parse_settings(["attend_channels=2,attend_norm=true", "select_init=keras-glorot"]) == {
+        "attend_channels": 2,
+        "attend_norm": True,
+        "select_init": "keras-glorot",
+    }
+    assert parse_settings("select_init=0.25") == {"select_init": 0.25}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_settings("attend_channels")
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--net", "unet2d", "--features", "4,8"]
+    args += ["--gate", "attend_channels=2", "--gate", "attend_norm=true", "--epochs", "1", "--iters", "1"]
+    args += ["--patch", "32,32", "--batch", "2", "--device", "cpu", "--scheduler", "constant", "--select-l1", "1e-3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["gate_options"] == {"select_init": 0.5, "attend_channels": 2, "attend_norm": True}
+    assert config["train"]["scheduler"] == "constant" and config["train"]["select_l1"] == 1e-3

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from satseg.cli import app
 from satseg.data.io import Image, write_image
-from satseg.engine.checkpoint import BEST, save_checkpoint
+from satseg.engine.checkpoint import LAST, save_checkpoint
 from satseg.engine.segment import parse_shard, segment_inputs, shard_inputs
 from satseg.errors import ConfigError
 from satseg.nn import build_model
@@ -37,7 +37,7 @@ def run_folder(tmp_path_factory):
     arch = {"net": "unet3d", "skip": "sat", "in_channels": 1, "out_channels": 2, "features": [4, 8]}
     folder = tmp_path_factory.mktemp("run")
     config = {"model": arch, "plan": PLAN, "train": {"patch": [8, 8, 8]}}
-    save_checkpoint(folder / BEST, model=build_model(**arch).eval(), run_config=config)
+    save_checkpoint(folder / LAST, model=build_model(**arch).eval(), run_config=config)
     return folder
 
 
@@ -113,7 +113,7 @@ def test_cli_shard_says_how_many_it_skipped_and_unsharded_reruns_still_refuse(ru
     second = CliRunner().invoke(app, [*args, "--shard", "0/1"])
     assert second.exit_code == 0 and "skipped 2 input(s)" in second.output
     plain = CliRunner().invoke(app, args)  # without --shard / --skip-existing an existing mask is an error
-    assert plain.exit_code == 1 and "output exists" in plain.output
+    assert plain.exit_code == 1 and "s0_seg.nii.gz` already exists" in plain.output
     resumed = CliRunner().invoke(app, [*args, "--skip-existing"])
     assert resumed.exit_code == 0 and "skipped 2 input(s)" in resumed.output
     bad = CliRunner().invoke(app, [*args, "--shard", "2/2"])

@@ -1,16 +1,19 @@
 """The CPU sliding window chosen for throughput (`segment --tile auto`), checked against hand-computed sides
 and against the window counts of `window_starts` (how many windows the tiling really runs)."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import satseg.engine.segmenter as segmenter_module
-from satseg.data.io import Image
-from satseg.engine.checkpoint import BEST, save_checkpoint
-from satseg.engine.inference import throughput_tile, window_starts
+from satseg.cli import app
+from satseg.data.io import Image, write_image
+from satseg.engine.checkpoint import LAST, save_checkpoint
+from satseg.engine.inference import MAX_PATCH_VOXELS, throughput_tile, window_starts
 from satseg.engine.segmenter import load_segmenter
 from satseg.errors import ConfigError
 from satseg.nn import build_model
@@ -71,7 +74,7 @@ def segmenter(tmp_path_factory):
         "normalization": [{"scheme": "zscore", "modality": "mri"}], "patch_size": [8, 8, 8],
     }  # fmt: skip
     folder = tmp_path_factory.mktemp("run")
-    save_checkpoint(folder / BEST, model=build_model(**arch).eval(), run_config={"model": arch, "plan": plan})
+    save_checkpoint(folder / LAST, model=build_model(**arch).eval(), run_config={"model": arch, "plan": plan})
     return load_segmenter(folder, device="cpu")
 
 
@@ -122,3 +125,44 @@ def test_cpu_default_backend_is_onnx_runtime_exported_once_and_agrees_with_torch
     torch_seg = torch_segmenter.segment(image, tile="patch", probabilities=True)
     np.testing.assert_allclose(onnx_seg.probabilities.array, torch_seg.probabilities.array, atol=1e-5)
     assert first.model is not None  # the torch model stays for attention maps
+
+
+def test_windows_stay_within_satseg_s_bound_on_any_scan(segmenter, monkeypatch):
+    monkeypatch.setattr(segmenter_module, "_CPU_WINDOW_BYTES", 2**50)  # memory would allow any window …
+    monkeypatch.setattr(segmenter_module, "_available_memory", lambda: None)
+    window, _ = segmenter.window((300, 300, 300), "auto", 0.5, 4)
+    assert math.prod(window) <= MAX_PATCH_VOXELS < 300**3  # … the 256³-voxel bound still splits the scan
+    assert all(w % 4 == 0 for w in window)
+    with pytest.raises(ConfigError, match="voxels per window"):
+        segmenter.window((300, 300, 300), (300, 300, 300))
+
+
+def test_an_ensemble_window_suits_every_member_and_runs_in_torch(segmenter, tmp_path):
+    # A second run on the same plan whose U-Net pools once (divisor 2): the ensemble's sides stay multiples of 4.
+    arch = {"net": "unet3d", "skip": "org", "in_channels": 1, "out_channels": 2, "features": [4, 8]}
+    save_checkpoint(tmp_path / "shallow" / LAST, model=build_model(**arch).eval(),
+                    run_config={"model": arch, "plan": segmenter.plan})  # fmt: skip
+    shallow = load_segmenter(tmp_path / "shallow", device="cpu")
+    assert shallow.input_divisor() == 2 and segmenter.input_divisor() == 4
+    both = load_segmenter([segmenter.name, tmp_path / "shallow"], device="cpu")
+    assert both.members == 2 and both.input_divisor() == 4
+    # One model runs in ONNX Runtime on the CPU; an ensemble's members in PyTorch (one arena each would add up).
+    assert segmenter.backend == shallow.backend == "onnx" and both.backend == "torch"
+    assert both.window_bytes_per_voxel() > max(segmenter.window_bytes_per_voxel(), shallow.window_bytes_per_voxel())
+    assert both.window((18, 30, 9), "auto")[0] == (20, 32, 12)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        both.window((18, 30, 9), (18, 30, 10))
+
+
+@pytest.mark.parametrize(
+    "tile", [["--tile", "8", "16", "12"], ["--tile", "8,16,12"], ["--tile", "8", "--tile", "16,12"]]
+)
+def test_cli_tile_is_a_list_option(segmenter, tmp_path, tile):
+    rng = np.random.default_rng(2)
+    array = rng.normal(size=(1, 20, 30, 9)).astype(np.float32) + 3.0
+    write_image(Image(array, (1.0, 1.0, 1.0), (0, 0, 0), tuple(np.eye(3).ravel())), tmp_path / "scan.nii.gz")
+    args = ["segment", "--model", segmenter.name, "--device", "cpu", "-o", str(tmp_path / "out"), "--json", *tile]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "scan.nii.gz")])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)["results"]
+    assert entry["window"] == [8, 16, 12] and entry["backend"] == "onnx"

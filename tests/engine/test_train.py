@@ -5,11 +5,13 @@ import json
 
 import pytest
 import torch
+from PIL import Image as PILImage
 
 from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import write_synthetic_msd
 from satseg.engine.checkpoint import load_checkpoint, load_run
 from satseg.engine.config import TrainConfig
+from satseg.engine.plots import PANEL_SIZE
 from satseg.engine.trainer import train
 from satseg.errors import CheckpointError, DataError, SatsegError
 
@@ -85,10 +87,22 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
     cfg = TrainConfig(net="unet2d", skip="st", epochs=2, batch=2, patch=(32, 32), **TINY)
     train(data, tmp_path / "run", cfg, progress=False)
     run = tmp_path / "run"
-    for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "train.log"):
+    for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "progress.png", "train.log"):
         assert (run / name).is_file(), name
+    with PILImage.open(run / "progress.png") as plot:  # redrawn every epoch beside metrics.csv
+        plot.load()
+        assert plot.format == "PNG" and plot.size == (PANEL_SIZE[0], 3 * PANEL_SIZE[1])
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == {"net": "unet2d", "skip": "st", "in_channels": 1, "out_channels": 2, "features": [8, 16]}
+    gate_options = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}  # the defaults, written out
+    assert config["model"] == {
+        "net": "unet2d",
+        "skip": "st",
+        "in_channels": 1,
+        "out_channels": 2,
+        "features": [8, 16],
+        "deep_supervision": True,
+        "gate_options": gate_options,
+    }
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)
     payload = torch.load(run / "checkpoint_last.pt", weights_only=True)
@@ -115,7 +129,8 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_process_ddp_on_cpu(tmp_path):
+@pytest.mark.parametrize("net", ["unet2d", "di2in2d"])
+def test_torchrun_two_process_ddp_on_cpu(tmp_path, net):
     import os
     import socket
     import subprocess
@@ -141,11 +156,10 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path):
         "--out",
         str(tmp_path / "run"),
         "--net",
-        "unet2d",
+        net,
         "--patch",
         "32,32",
-        "--features",
-        "8,16",
+        *(["--features", "8,16"] if net == "unet2d" else []),
         "--epochs",
         "2",
         "--iters",
@@ -166,5 +180,5 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path):
     torch.manual_seed(0)
     from satseg.nn import build_model
 
-    init = build_model("unet2d", "sat", 1, 2, features=[8, 16]).state_dict()
+    init = build_model(net, "sat", 1, 2, **({"features": [8, 16]} if net == "unet2d" else {})).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in payload["model"].items()), "weights were trained"

@@ -157,6 +157,17 @@ def test_di2in_deep_supervision_off_returns_tensor_in_training():
     assert isinstance(model(torch.randn(2, 1, 8, 8)), torch.Tensor)
 
 
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_di2in_every_parameter_gets_a_gradient(deep_supervision):
+    """DDP without find_unused_parameters fails on a parameter that gets no gradient (e.g. an unused aux head)."""
+    options = {**PARAMS["di2in2d"]["options"], "deep_supervision": deep_supervision}
+    model = build_model("di2in2d", "sat", **options).train()
+    out = model(torch.randn(2, 1, 8, 8))
+    sum(o.sum() for o in out).backward() if isinstance(out, list) else out.sum().backward()
+    idle = [name for name, p in model.named_parameters() if p.grad is None]
+    assert idle == []
+
+
 @pytest.mark.parametrize("net", sorted(PARAMS))
 def test_check_input_shape_rejects_bad_inputs(net):
     model = _build(net, "sat")

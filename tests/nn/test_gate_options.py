@@ -55,7 +55,8 @@ def test_attend_norm_puts_bn_between_kernel_and_sigmoid(dims):
         gate.attend_norm.bias.copy_(torch.tensor([0.1, 0.2]))
     f = torch.randn(2, 5, *[4] * dims)
     w = trelu(gate.select_weight).view(1, -1, *[1] * dims)
-    u = torch.einsum("bc...,kc->bk...", f * w, gate.attend.weight.flatten(1)) + gate.attend.bias.view(1, -1, *[1] * dims)
+    bias = gate.attend.bias.view(1, -1, *[1] * dims)
+    u = torch.einsum("bc...,kc->bk...", f * w, gate.attend.weight.flatten(1)) + bias
     bn = gate.attend_norm
     shape = (1, -1, *[1] * dims)
     u = (u - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
@@ -107,3 +108,28 @@ def test_modulate_scales_the_decoder_by_the_map():
     a = seen["ref"][:, -1:]  # the attention map, last channel of the concatenation
     torch.testing.assert_close(seen["in"][:, :-1], seen["ref"][:, :-1] * (1 + a))
     torch.testing.assert_close(seen["in"][:, -1:], a)
+
+
+def test_old_checkpoints_keep_meaning_the_model_they_were_saved_with(tmp_path):
+    from satseg.engine.checkpoint import load_run, save_checkpoint
+    from satseg.nn import explicit_model_config
+
+    # satseg 0.1.0 saved Tiramisu configs without gate options; its Tiramisu gated every skip
+    tiny = {"layers_per_block": [2, 1, 2], "growth_rate": 3, "first_features": 4}
+    old_config = {"net": "tiramisu2d", "skip": "sat", "in_channels": 1, "out_channels": 2, **tiny}
+    torch.manual_seed(0)
+    old = build_model(**old_config, dense_gating="all", gate_long_skips=True).eval()
+    plan = {"spatial_dims": 2, "num_channels": 1, "labels": {"background": 0, "a": 1}, "patch_size": [8, 8],
+            "normalization": [{"scheme": "zscore"}]}  # fmt: skip
+    save_checkpoint(tmp_path / "old.pt", model=old, run_config={"model": old_config, "plan": plan})
+    loaded, _ = load_run(tmp_path / "old.pt")
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x))
+    # a new configuration writes those options out, so a later change of defaults cannot reinterpret it
+    explicit = explicit_model_config(old_config)
+    assert explicit["gate_options"]["attend_channels"] >= 1 and explicit["dense_gating"] == "down"
+    new = build_model(**explicit).eval()
+    save_checkpoint(tmp_path / "new.pt", model=new, run_config={"model": explicit, "plan": plan})
+    with torch.no_grad():
+        torch.testing.assert_close(load_run(tmp_path / "new.pt")[0](x), new(x))

@@ -12,10 +12,13 @@ from satseg.nn import build_model
 
 
 def _step(model, x, y):
+    """One loss and backward; with deep supervision every head's output counts (aux heads get gradients)."""
     model.zero_grad(set_to_none=True)
-    out = model(x)
-    F.cross_entropy(out, y).backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    outs = model(x)
+    outs = outs if isinstance(outs, list) else [outs]
+    sum(F.cross_entropy(out, y) for out in outs).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return torch.stack([out.detach() for out in outs]), grads
 
 
 @pytest.mark.parametrize(
@@ -29,6 +32,8 @@ def _step(model, x, y):
         ("unet3d", "sat", {"gate_options": {"attend_channels": 2, "attend_norm": True}}),
         ("unet2d", "sat", {}),
         ("unet2d", "org", {}),
+        ("unet3d", "sat", {"deep_supervision": True}),
+        ("unet2d", "org", {"deep_supervision": True}),
     ],
 )
 def test_concat_free_training_matches_the_concatenating_forward_and_gradients(net, skip, options):
@@ -41,19 +46,27 @@ def test_concat_free_training_matches_the_concatenating_forward_and_gradients(ne
     y = torch.randint(0, 3, (2, *[12] * dims))
     out_split, grads_split = _step(split, x, y)
     out_concat, grads_concat = _step(concat, x, y)
+    assert out_split.shape[0] == (2 if options.get("deep_supervision") else 1)  # main (+ one aux head)
     torch.testing.assert_close(out_split, out_concat, rtol=1e-5, atol=1e-5)
     assert grads_split.keys() == grads_concat.keys() == {n for n, _ in split.named_parameters()}
     for name, grad in grads_concat.items():
         torch.testing.assert_close(grads_split[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_modulate_and_eval_keep_the_concatenating_forward():
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_modulate_and_eval_keep_the_concatenating_forward(deep_supervision):
     torch.manual_seed(0)
-    model = build_model("unet3d", "sat", 1, 2, features=(4, 8), transfer="modulate").train()
+    model = build_model(
+        "unet3d", "sat", 1, 2, features=(4, 8, 16), transfer="modulate", deep_supervision=deep_supervision
+    ).train()
     reference = copy.deepcopy(model)
     reference.concat_free_training = False
     x = torch.randn(1, 1, 8, 8, 8)
-    assert torch.equal(model(x), reference(x))  # modulate: the same code path, bit for bit
+    out, expected = model(x), reference(x)
+    if deep_supervision:
+        assert len(out) == len(expected) == 2
+    for a, b in zip(out if deep_supervision else [out], expected if deep_supervision else [expected], strict=True):
+        assert torch.equal(a, b)  # modulate: the same code path, bit for bit
     model.eval(), reference.eval()
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))

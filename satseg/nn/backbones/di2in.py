@@ -66,7 +66,7 @@ class DI2IN(SegmentationNet):
         encoder_convs: convolutions per encoder level (the stride-2 one included for levels ≥ 1).
         decoder_convs: convolutions after each concatenation, per decoder level ``0 … len - 2``.
         supervision_levels: decoder levels (1 … len - 2) with an auxiliary head.
-        deep_supervision: return the auxiliary logits too in training mode.
+        deep_supervision: build the auxiliary heads and return their logits too in training mode.
         norm: normalisation after every conv.
         act: activation.
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
@@ -121,7 +121,8 @@ class DI2IN(SegmentationNet):
         for lvl in reversed(range(len(widths) - 1)):
             self.up_convs.append(convs(widths[lvl + 1], widths[lvl], 1))
             self.decoder.append(convs(widths[lvl] + self.gates[lvl].out_channels, widths[lvl], dec[lvl]))
-            if lvl in sup or lvl == 0:
+            # Auxiliary heads only where they are trained: an unused head gets no gradient, which breaks DDP.
+            if lvl == 0 or (self.deep_supervision and lvl in sup):
                 self.heads[str(lvl)] = conv1(widths[lvl], out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:

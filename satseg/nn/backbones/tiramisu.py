@@ -143,6 +143,8 @@ class Tiramisu(SegmentationNet):
             any dense gating, so the paper's count implies they were not gated — an inference.
     """
 
+    legacy_options = {**SegmentationNet.legacy_options, "dense_gating": "all", "gate_long_skips": True}
+
     def __init__(
         self,
         spatial_dims: int,

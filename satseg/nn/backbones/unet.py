@@ -45,6 +45,9 @@ class UNet(SegmentationNet):
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
+        deep_supervision: add a 1×1 head to every decoder level but the last; in training mode the
+            forward pass then returns ``[main, aux…]``, all full-size logits, aux from the finest scale to
+            the coarsest (as DI2IN); eval mode returns the main logits only.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class UNet(SegmentationNet):
         gate_options: Mapping[str, Any] | None = None,
         align_channels: bool = False,
         transfer: str = "concat",
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
@@ -85,6 +89,14 @@ class UNet(SegmentationNet):
             self.ups.append(UpConv(spatial_dims, features[level + 1], up_width))
             self.decoder.append(DoubleConv(spatial_dims, up_width + transferred, width, norm, act))
         self.head = layer_type("conv", spatial_dims)(features[0], out_channels, 1)
+        self.deep_supervision = bool(deep_supervision)
+        conv = layer_type("conv", spatial_dims)
+        # one head per decoder level except the last (finest), coarsest first like self.decoder
+        self.aux_heads = (
+            nn.ModuleList(conv(features[level], out_channels, 1) for level in reversed(range(1, len(features) - 1)))
+            if self.deep_supervision
+            else None
+        )
 
     concat_free_training = True
     """Train without the decoder's concatenation buffers (see :func:`_decode_without_concat`); False: concatenate."""
@@ -98,17 +110,26 @@ class UNet(SegmentationNet):
             if level < len(self.gates):
                 # Gate as soon as the level is computed: only the gate's output is kept for the decoder.
                 skips.append(self.gates[level](x))
+        supervise = self.training and self.aux_heads is not None
         modulate = self.transfer == "modulate" and self.gates[0].transfers_attention
         split = self.concat_free_training and self.training and torch.is_grad_enabled() and not modulate
-        for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
+        aux: list[Tensor] = []
+        for i, (up, block, skip) in enumerate(zip(self.ups, self.decoder, reversed(skips), strict=True)):
             if split:
                 x = _decode_without_concat(up, block, x, skip)
-                continue
-            x = up(x)
-            if modulate:
-                x = x * (1 + skip.mean(dim=1, keepdim=True))
-            x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+            else:
+                x = up(x)
+                if modulate:
+                    x = x * (1 + skip.mean(dim=1, keepdim=True))
+                x = block(torch.cat([x, skip], dim=1))
+            if supervise and i < len(self.aux_heads):
+                aux.insert(0, self.aux_heads[i](x))
+        main = self.head(x)
+        if not supervise:
+            return main
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        size = tuple(main.shape[2:])
+        return [main, *(F.interpolate(a, size=size, mode=mode, align_corners=False) for a in aux)]
 
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
