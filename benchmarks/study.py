@@ -63,12 +63,27 @@ def skip_bytes(run: dict) -> int:
     return sum(held)
 
 
+def _variant(run: dict) -> str:
+    return run.get("variant", run["skip"])
+
+
+def _paired_on_common_seeds(runs: list[dict], ds: str, net: str, variant: str) -> dict[str, Any] | None:
+    """Wilcoxon of ``variant`` vs ``org`` on per-case Dice averaged over the seeds both have."""
+    mine = [r for r in runs if (r["dataset"], r["net"], _variant(r)) == (ds, net, variant)]
+    org = [r for r in runs if (r["dataset"], r["net"], _variant(r)) == (ds, net, "org")]
+    common = {r["seed"] for r in mine} & {r["seed"] for r in org}
+    if not common:
+        return None
+    pair = [r for r in mine + org if r["seed"] in common]
+    return paired_test(aggregate(pair), ds, net, variant)
+
+
 def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
     """One row per (dataset, net, variant) with the study's figures (see the module docstring)."""
     agg = aggregate(runs)
     rows = []
     for (ds, net, variant), entry in sorted(agg.items()):
-        group = [r for r in runs if (r["dataset"], r["net"], r.get("variant", r["skip"])) == (ds, net, variant)]
+        group = [r for r in runs if (r["dataset"], r["net"], _variant(r)) == (ds, net, variant)]
         base = agg.get((ds, net, "org"))
         by_seed = {}
         if base is not None and variant != "org":
@@ -77,7 +92,7 @@ def study_rows(runs: list[dict]) -> list[dict[str, Any]]:
                 s: d - org[s] for s, d in zip(entry["seeds"], entry["seed_means"]["dice"], strict=True) if s in org
             }
         halves = [r["half_budget"]["dice"] for r in group if r.get("half_budget")]
-        test = paired_test(agg, ds, net, variant) if variant != "org" else None
+        test = _paired_on_common_seeds(runs, ds, net, variant) if variant != "org" else None
         rows.append(
             {
                 "dataset": ds,
