@@ -23,6 +23,7 @@ from profiles import SKIPS, TABLE3_NETS, Profile
 from runner import git_commit, machine_info, write_json
 from scipy.stats import wilcoxon
 
+from satseg.atomic import atomic_write_text
 from satseg.nn import build_model
 
 __all__ = ["load_runs", "aggregate", "write_report", "PAPER"]
@@ -410,7 +411,7 @@ def write_report(profile: Profile, out: Path, cache: Path, root: Path) -> None:
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.md").write_text("\n".join(md))
+    atomic_write_text(out / "tables.md", "\n".join(md))
     summary = {
         "profile": profile.name,
         "machine": machine,

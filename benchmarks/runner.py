@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from profiles import VARIANTS, DatasetSpec, Profile
 
+from satseg.atomic import atomic_write_text
 from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image
 from satseg.data.preprocess import preprocess_dataset, restore_labels
@@ -50,11 +51,8 @@ log = logging.getLogger("bench")
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (temporary name in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as compact-indented JSON through satseg's one atomic writer."""
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def git_commit(root: Path) -> str:

@@ -31,6 +31,7 @@ from profiles import VARIANTS  # noqa: E402
 from report import aggregate, load_runs, paired_test  # noqa: E402
 from runner import write_json  # noqa: E402
 
+from satseg.atomic import atomic_write_text  # noqa: E402
 from satseg.nn import build_model  # noqa: E402
 from satseg.nn.lean import LeanGate, make_lean  # noqa: E402
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.results) / args.profile
     runs, _ = load_runs(out / "runs")
     rows = study_rows(runs)
-    (out / "study.md").write_text(study_markdown(rows, f"Convergence study, profile `{args.profile}`"), "utf-8")
+    atomic_write_text(out / "study.md", study_markdown(rows, f"Convergence study, profile `{args.profile}`"))
     write_json(out / "study.json", rows)
     print((out / "study.md").read_text("utf-8"))
 
