@@ -210,9 +210,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             predict = model
         if mode.startswith("sw_"):
             try:
-                from satseg.engine.inference import sliding_window_inference
+                from satseg.inference.sliding_window import sliding_window_inference
             except ImportError:
-                return {"note": "satseg.engine.inference not available"}
+                return {"note": "satseg.inference.sliding_window not available"}
             window = spec["window"]
 
             def run():
@@ -481,7 +481,7 @@ SEGMENT_CLASSES = 3
 
 def _segment_variants(model, window: tuple[int, ...], threads: int, workdir: Path) -> tuple[dict, dict]:
     """The predictors compared by ``--cpu-segment``, all with ``model``'s weights: name -> ``run(x) -> labels``."""
-    from satseg.engine.inference import sliding_window_inference
+    from satseg.inference.sliding_window import sliding_window_inference
 
     lean = make_lean(model)
     notes: dict[str, str] = {}
@@ -496,7 +496,7 @@ def _segment_variants(model, window: tuple[int, ...], threads: int, workdir: Pat
     try:
         import onnxruntime as ort
 
-        from satseg.engine.onnx_export import export_onnx
+        from satseg.export.onnx import export_onnx
 
         path = workdir / "lean.onnx"
         export_onnx(lean, path, example_shape=(1, IN_CH, *SEGMENT_PATCH), metadata={}, check=False)
@@ -530,8 +530,8 @@ def cpu_segment(args) -> int:
     vs MONAI's sliding window, same weights, same window (``Segmenter.window``'s auto choice), interleaved round by
     round so the machine's load hits every variant alike; plus the training-patch tiling (the former default),
     timed on a few of its windows and scaled to all of them."""
-    from satseg.engine.inference import throughput_tile, window_starts
-    from satseg.engine.segmenter import Segmenter
+    from satseg.inference.segmenter import Segmenter
+    from satseg.inference.sliding_window import throughput_tile, window_starts
 
     threads = torch.get_num_threads()
     volume = tuple(args.volume)

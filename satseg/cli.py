@@ -363,9 +363,9 @@ def train(
 
     Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
     """
-    from satseg.engine.config import TrainConfig
-    from satseg.engine.crossval import train_folds
-    from satseg.engine.trainer import train as run_training
+    from satseg.training.config import TrainConfig
+    from satseg.training.crossval import train_folds
+    from satseg.training.trainer import train as run_training
 
     every_fold = fold.strip().lower() == "all"
     try:
@@ -458,12 +458,12 @@ def evaluate(
     Either `--pred DIR --gt DIR` (files matched by case name, `case.nii.gz` ↔ `case_seg.nii.gz`), or
     `--model RUN --data PREPROCESSED --split val` (segments the split's cases, scores them on their original grids).
     """
-    from satseg.engine.evaluate import evaluate_folders, parse_labels
-    from satseg.engine.reporting import gate_table, summary_table
+    from satseg.evaluation.folders import evaluate_folders, parse_labels
+    from satseg.tables import gate_table, summary_table
 
     gates = []
     if model is not None and data is not None:
-        from satseg.engine.evaluate_model import evaluate_model
+        from satseg.evaluation.model import evaluate_model
 
         report, gates = evaluate_model(
             model,
@@ -501,7 +501,7 @@ def evaluate(
 
 def _print_table(table: Table) -> None:
     """Print a result table to stdout, laid out vertically when its figures would not fit the terminal."""
-    from satseg.engine.reporting import fit_table
+    from satseg.tables import fit_table
 
     out.print(fit_table(table, out.width))
 
@@ -527,7 +527,7 @@ def params(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
-    from satseg.engine.params import compare_models
+    from satseg.nn.params import compare_models
 
     rows = compare_models(
         None if split_items(net) == ["all"] else split_items(net), split_items(compare),
@@ -537,7 +537,7 @@ def params(
     if as_json:
         print_json(rows)
     else:
-        from satseg.engine.reporting import params_table
+        from satseg.tables import params_table
 
         _print_table(params_table(rows))
 
@@ -678,7 +678,7 @@ def segment(
     ] = False,
 ) -> None:
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
-    from satseg.engine.segment import parse_shard, segment_inputs
+    from satseg.inference.batch import parse_shard, segment_inputs
 
     models = split_items(model, keep_paths=True)
     chosen = None if not models else models[0] if len(models) == 1 else models
@@ -729,7 +729,7 @@ def export_onnx_command(
 
     The same random input runs through PyTorch and ONNX Runtime; the largest difference is printed and must be ≤ 1e-4.
     """
-    from satseg.engine.export import export_run
+    from satseg.export.run import export_run
 
     report = export_run(run, output, opset=opset, overwrite=overwrite)
     summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
@@ -753,7 +753,7 @@ def postprocess(
 
     Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
     """
-    from satseg.engine.postprocess import decide_lcc
+    from satseg.inference.postprocess import decide_lcc
 
     record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
     if as_json:
@@ -769,8 +769,8 @@ def postprocess(
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
-    from satseg.engine.reporting import models_table
-    from satseg.engine.zoo import list_shipped_models
+    from satseg.tables import models_table
+    from satseg.zoo import list_shipped_models
 
     cards = list_shipped_models()
     print_json(cards) if as_json else _print_table(models_table(cards))
@@ -788,8 +788,8 @@ def demo(
 
     preprocess → train (org, sat) → evaluate → segment → params, in a few minutes on a CPU.
     """
-    from satseg.engine.demo import DemoSettings, run_demo
-    from satseg.engine.reporting import demo_table
+    from satseg.demo import DemoSettings, run_demo
+    from satseg.tables import demo_table
 
     result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
     print_json(result) if as_json else _print_table(demo_table(result))

@@ -12,9 +12,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from satseg.cli import app, gather_list_values, parse_sizes, split_items
-from satseg.engine.params import compare_models
-from satseg.engine.reporting import demo_table, fit_table, gate_table, params_table, summary_table
 from satseg.nn import list_gates, list_models
+from satseg.nn.params import compare_models
+from satseg.tables import demo_table, fit_table, gate_table, params_table, summary_table
 
 runner = CliRunner()
 FAST = ["--no-flops", "--no-memory"]
@@ -185,7 +185,7 @@ def test_gate_and_demo_tables_are_whole_at_80_columns():
 
 
 def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
-    import satseg.engine.demo as demo
+    import satseg.demo as demo
 
     configs = []
     real_train = demo.train

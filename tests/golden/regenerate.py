@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from satseg.engine.checkpoint import load_run
 from satseg.nn.lean import make_lean
+from satseg.runs import load_run
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 MODELS_DIR = GOLDEN_DIR.parents[1] / "models"

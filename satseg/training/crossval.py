@@ -1,0 +1,56 @@
+"""``satseg train --fold all``: one run per cross-validation fold, one after the other, in ``OUT/fold_<k>``.
+
+The fold runs together are an ensemble (``satseg segment --model OUT``) and the data
+``satseg postprocess OUT --data PREPROCESSED`` decides post-processing on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from satseg.data.store import load_splits
+from satseg.runs import LAST
+from satseg.training.config import TrainConfig
+from satseg.training.trainer import TrainResult, prepare_run, train
+
+__all__ = ["fold_run_dir", "train_folds"]
+
+
+def fold_run_dir(out_dir: str | Path, fold: int) -> Path:
+    """The run folder of fold ``fold`` under ``out_dir``."""
+    return Path(out_dir) / f"fold_{fold}"
+
+
+def train_folds(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    resume_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train ``config`` once per fold of ``splits.json``, sequentially, each fold in its own run folder.
+
+    With ``resume``, folds whose run folder holds a checkpoint continue and the others start; without it,
+    an existing fold run is an error (as for one run). A resumed fold run is checked against
+    ``resume_overrides`` and its own fold number (a run moved into the wrong ``fold_K`` folder is refused, not
+    continued as fold K). Every existing fold run is checked before any fold trains.
+    """
+    folds = range(len(load_splits(data_dir)))
+    overrides = {fold: {**(resume_overrides or {}), "fold": fold} for fold in folds}
+    # Every fold run is checked now, not after hours of training the folds before it.
+    for fold in folds:
+        if (fold_run_dir(out_dir, fold) / LAST).is_file():
+            prepare_run(fold_run_dir(out_dir, fold), replace(config, fold=fold), resume, overrides[fold])
+    results = []
+    for fold in folds:
+        run_dir = fold_run_dir(out_dir, fold)
+        again = resume and (run_dir / LAST).is_file()
+        results.append(
+            train(data_dir, run_dir, replace(config, fold=fold), resume=again, resume_overrides=overrides[fold],
+                  progress=progress)
+        )  # fmt: skip
+    return results
