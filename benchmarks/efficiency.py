@@ -45,6 +45,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from satseg.atomic import atomic_write_text  # noqa: E402
 from satseg.nn import build_model  # noqa: E402
 from satseg.nn.lean import make_lean, prune_report  # noqa: E402
 
@@ -407,9 +408,7 @@ def ratios(rows: dict[str, dict]) -> tuple[dict, list[dict]]:
 
 
 def write(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str))
 
 
 def markdown(payload: dict) -> str:
