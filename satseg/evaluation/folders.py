@@ -1,12 +1,12 @@
 """Score folders of predicted label images against reference ones (``satseg evaluate PRED GT``).
 
-Files are matched by case name: the file name without its image extension (``.nii.gz``, ``.nii``,
-``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``, ``.gif``) and
-without one trailing ``_seg``, ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or
-``_prediction``; so ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction
-needs a reference; references without a prediction are listed in the report and skipped. Metric
-definitions and the empty-mask conventions are in :mod:`satseg.evaluation.metrics`; the report written
-(``per_case.csv``, ``summary.json``) in :mod:`satseg.evaluation.report`.
+Files are matched by case name: the file name without its image extension (one of
+:data:`satseg.data.io.IMAGE_SUFFIXES`, e.g. ``.nii.gz`` or ``.png``) and without one trailing ``_seg``,
+``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or ``_prediction``; so
+``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction needs a reference;
+references without a prediction are listed in the report and skipped. Metric definitions and the
+empty-mask conventions are in :mod:`satseg.evaluation.metrics`; the report written (``per_case.csv``,
+``summary.json``) in :mod:`satseg.evaluation.report`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from satseg.data.io import IMAGE_SUFFIXES
 from satseg.errors import ConfigError, DataError
 from satseg.evaluation.metrics import absent_class_metrics, case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, summarise, write_report
@@ -29,8 +30,6 @@ __all__ = ["LabelVolume", "case_name", "match_cases", "parse_labels", "evaluate_
 
 logger = logging.getLogger(__name__)
 
-_PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", *_PILLOW_EXTENSIONS)
 _CASE_SUFFIXES = ("_segmentation", "_seg", "_labels", "_label", "_gt", "_mask", "_prediction", "_pred")
 # Geometry tolerances: spacing (relative), origin (mm), direction cosines (absolute).
 _SPACING_RTOL, _ORIGIN_ATOL_MM, _DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
@@ -61,7 +60,7 @@ def case_name(path: str | Path) -> str | None:
     """
     name = Path(path).name
     lower = name.lower()
-    extension = next((ext for ext in _EXTENSIONS if lower.endswith(ext)), None)
+    extension = next((ext for ext in IMAGE_SUFFIXES if lower.endswith(ext)), None)
     if extension is None or name.startswith("."):
         return None
     stem = name[: -len(extension)]
@@ -108,7 +107,7 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[st
         if not found:
             raise DataError(
                 f"no label images in the {what} folder `{folder}`",
-                hint=f"supported: {', '.join(_EXTENSIONS)}",
+                hint=f"supported: {', '.join(IMAGE_SUFFIXES)}",
             )
     orphans = sorted(set(preds) - set(refs))
     if orphans:
