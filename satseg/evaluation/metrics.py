@@ -29,7 +29,9 @@ Conventions (also in the README):
   recall = NSD = 1, FNR = 0, HD95 = HD = ASSD = 0. Exactly one empty: Dice = IoU = NSD = 0 and the
   distances are NaN (undefined). Any other ratio whose denominator is zero (e.g. precision with an empty
   prediction, recall with an empty reference) is NaN. NaN values are left out of means and counted
-  separately (see :func:`satseg.evaluation.folders.summarise`).
+  separately (see :func:`satseg.evaluation.report.summarise`). This is satseg's one Dice convention:
+  validation during training (:mod:`satseg.training.validation`) and the post-processing decision
+  (:mod:`satseg.inference.postprocess`) score with :func:`dice` too.
 
 Distances are computed on the union bounding box of the two masks only (exact: every surface voxel lies
 inside it and everything outside it is background), so large volumes with small structures stay fast.
@@ -50,6 +52,7 @@ __all__ = [
     "COUNTS",
     "confusion_counts",
     "overlap_metrics",
+    "dice",
     "surface_mask",
     "surface_distances",
     "surface_areas",
@@ -112,6 +115,11 @@ def overlap_metrics(counts: Mapping[str, int]) -> dict[str, float]:
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
     }
+
+
+def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
+    """Dice of one class's boolean masks, with the empty-mask conventions of the module doc (both empty: 1)."""
+    return overlap_metrics(confusion_counts(pred_mask, ref_mask))["dice"]
 
 
 def surface_mask(mask: np.ndarray) -> np.ndarray:

@@ -69,12 +69,6 @@ def read_lcc(run_dir: str | Path, labels: dict[str, int]) -> list[str]:
     return chosen
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    from satseg.evaluation.metrics import confusion_counts, overlap_metrics
-
-    return overlap_metrics(confusion_counts(pred, ref))["dice"]
-
-
 def decide_lcc(
     runs: Sequence[str | Path],
     data_dir: str | Path,
@@ -103,6 +97,7 @@ def decide_lcc(
             already has a record (without ``overwrite``), or its record's path is a folder.
     """
     from satseg.data.store import load_plan
+    from satseg.evaluation.metrics import dice
     from satseg.evaluation.model import read_original_case, split_cases
     from satseg.inference.segmenter import expand_models, load_segmenter
     from satseg.progress import ItemProgress
@@ -135,8 +130,8 @@ def decide_lcc(
                 labels = segmenter.segment(image, source=source, lcc=False, progress=bar.windows).labels.array[0]
                 for name, value in classes.items():
                     per_class = scores.setdefault(name, {False: [], True: []})
-                    per_class[False].append(_dice(labels == value, ref == value))
-                    per_class[True].append(_dice(keep_largest_component(labels, value) == value, ref == value))
+                    per_class[False].append(dice(labels == value, ref == value))
+                    per_class[True].append(dice(keep_largest_component(labels, value) == value, ref == value))
     mean = {name: {k: _mean(v) for k, v in s.items()} for name, s in scores.items()}
     record = {
         "lcc": {name: bool(m[True] > m[False]) for name, m in mean.items()},

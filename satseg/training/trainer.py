@@ -101,7 +101,7 @@ def _default_batch(spatial_dims: int) -> int:
 
 
 def mean_dice(per_class: dict[str, float]) -> float:
-    """Mean over the classes with a defined Dice (NaN: absent from every case and never predicted); NaN if none."""
+    """Mean over the classes with a defined Dice (NaN: no validation case scored it); NaN if none."""
     values = [v for v in per_class.values() if not math.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from satseg.evaluation.metrics import dice
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import SegmentationNet
 
@@ -14,15 +15,8 @@ __all__ = ["validate", "dice_per_class"]
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    """Dice of each foreground label; NaN where both prediction and reference are empty."""
-    scores = {}
-    for name, value in labels.items():
-        if value == 0:
-            continue
-        p, r = pred == value, ref == value
-        denominator = int(p.sum()) + int(r.sum())
-        scores[name] = float("nan") if denominator == 0 else 2.0 * int((p & r).sum()) / denominator
-    return scores
+    """Dice of each foreground label, by :func:`satseg.evaluation.metrics.dice` (both empty: 1, as in evaluation)."""
+    return {name: dice(pred == value, ref == value) for name, value in labels.items() if value != 0}
 
 
 @torch.inference_mode()
