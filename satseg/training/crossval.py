@@ -1,4 +1,5 @@
-"""``satseg train --fold all``: one run per cross-validation fold, one after the other, in ``OUT/fold_<k>``.
+"""``satseg train``: one run, or (``--fold all``) one run per cross-validation fold, one after the other, in
+``OUT/fold_<k>``.
 
 The fold runs together are an ensemble (``satseg segment --model OUT``) and the data
 ``satseg postprocess OUT --data PREPROCESSED`` decides post-processing on.
@@ -15,7 +16,12 @@ from satseg.runs import LAST
 from satseg.training.config import TrainConfig
 from satseg.training.trainer import TrainResult, prepare_run, train
 
-__all__ = ["fold_run_dir", "train_folds"]
+__all__ = ["fold_run_dir", "train_folds", "train_runs", "RESUME_CHECKED"]
+
+RESUME_CHECKED = ("net", "skip", "fold", "optimizer", "loss", "scheduler", "select_l1", "select_lr_scale", "augment",
+                  "elastic", "deep_supervision", "amp", "amp_dtype", "compile", "seed", "deterministic",
+                  "model_options")  # fmt: skip
+"""Settings a resumed run keeps: given again (typed on the command line), each is checked against the run's."""
 
 
 def fold_run_dir(out_dir: str | Path, fold: int) -> Path:
@@ -54,3 +60,29 @@ def train_folds(
                   progress=progress)
         )  # fmt: skip
     return results
+
+
+def train_runs(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    every_fold: bool = False,
+    resume: bool = False,
+    changeable: dict[str, Any] | None = None,
+    given: set[str] | frozenset[str] = frozenset(),
+    progress: bool = True,
+) -> list[TrainResult]:
+    """``satseg train``: train ``config`` into ``out_dir``, or every fold into ``out_dir/fold_<k>``.
+
+    Args:
+        every_fold: train each fold of ``splits.json`` (:func:`train_folds`); else the one ``config.fold``.
+        resume: continue the run(s) in ``out_dir`` from their last checkpoint.
+        changeable: settings a resumed run may change (e.g. more ``epochs``), as given (None: not given).
+        given: names of the :data:`RESUME_CHECKED` settings the user gave: on resume each must equal the run's.
+    """
+    overrides = {**(changeable or {}), **{k: getattr(config, k) for k in RESUME_CHECKED if k in given}}
+    if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
+        overrides.pop("fold", None)
+        return train_folds(data_dir, out_dir, config, resume=resume, resume_overrides=overrides, progress=progress)
+    return [train(data_dir, out_dir, config, resume=resume, resume_overrides=overrides, progress=progress)]
