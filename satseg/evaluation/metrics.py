@@ -233,14 +233,7 @@ def class_metrics(
 ) -> dict[str, float]:
     """Every metric of :data:`METRICS` plus the voxel counts of :data:`COUNTS` for one class.
 
-    Args:
-        pred_mask: boolean prediction ``(*spatial)``.
-        ref_mask: boolean reference, same shape.
-        spacing: voxel size in mm per array axis.
-        tolerance_mm: surface Dice tolerance in mm.
-
-    Returns:
-        Metric name → value (counts as floats-compatible ints).
+    Arguments as for :func:`distance_metrics`. Returns metric name → value (counts as float-compatible ints).
     """
     counts = confusion_counts(pred_mask, ref_mask)
     values: dict[str, float] = {

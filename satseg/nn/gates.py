@@ -261,4 +261,3 @@ def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> S
         _ATTEND_OPTIONS if issubclass(cls, _Attending) else ()
     )
     return cls(spatial_dims, channels, **{k: v for k, v in options.items() if k in applies})
-

@@ -52,9 +52,7 @@ def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     model being rewritten keeps its mode). Every BN satseg folds follows a plain (transposed) conv, the
     gates' attention BN included (its conv already holds ``K · trelu(W)``), so no folding is hand-written.
     """
-    return fuse_conv_bn_eval(
-        copy.deepcopy(conv).eval(), copy.deepcopy(bn).eval(), transpose=isinstance(conv, _CONVT)
-    )
+    return fuse_conv_bn_eval(copy.deepcopy(conv).eval(), copy.deepcopy(bn).eval(), transpose=isinstance(conv, _CONVT))
 
 
 def _fold_sequentials(module: nn.Module) -> None:

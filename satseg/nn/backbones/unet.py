@@ -18,7 +18,7 @@ from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, conv_fn, layer_type
-from satseg.nn.registry import register_model
+from satseg.nn.registry import register_dimensions
 
 __all__ = ["UNet", "TRANSFERS"]
 
@@ -170,13 +170,11 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
     return y
 
 
-@register_model("unet2d", UNet)
-def unet2d(**kwargs) -> UNet:
-    """2D U-Net (Ronneberger et al. 2015)."""
-    return UNet(2, **kwargs)
-
-
-@register_model("unet3d", UNet)
-def unet3d(**kwargs) -> UNet:
-    """3D U-Net (Çiçek et al. 2016)."""
-    return UNet(3, **kwargs)
+register_dimensions(
+    "unet",
+    UNet,
+    {
+        2: "2D U-Net (Ronneberger et al. 2015).",
+        3: "3D U-Net (Çiçek et al. 2016).",
+    },
+)
