@@ -143,7 +143,7 @@ def summary_table(summary: Mapping[str, Any], metrics: Mapping[str, str] = TABLE
 
 
 def gate_table(report: Sequence[Mapping[str, Any]]) -> Table:
-    """Per-skip fraction of channels switched off, from :func:`satseg.evaluation.folders.gate_report`."""
+    """Per-skip fraction of channels switched off, from :func:`satseg.evaluation.report.gate_report`."""
     table = Table(title="Skip-gate channel selection", caption="trelu(W) == 0 switches a channel off")
     table.add_column("skip", overflow="fold")
     table.add_column("gate", no_wrap=True)
