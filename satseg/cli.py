@@ -229,19 +229,16 @@ def registry_choice(option: str) -> Callable[[str], str]:
 
 
 def _fill_choices(command: Any) -> None:
-    """List the registry's backbones and gates as the choices of ``--net``/``--skip`` and in help texts asking
-    for them (``{models}``, ``{gates}``); done when a command is resolved, so ``satseg --version`` needs no torch."""
+    """Put the registry's backbones and skip gates into help texts that ask for them (``{models}``, ``{gates}``);
+    done when a command is resolved, so ``satseg --version`` needs no torch."""
     asking = [p for p in command.params if "{models}" in (getattr(p, "help", None) or "")]
     asking += [p for p in command.params if "{gates}" in (getattr(p, "help", None) or "")]
-    choosing = [p for p in command.params if p.name in _REGISTRIES and not getattr(p, "multiple", False)]
-    if not asking and not choosing:
+    if not asking:
         return
-    names = {kind: _registry_names(kind) for kind in _REGISTRIES.values()}
-    for param in choosing:
-        param.metavar = "[" + "|".join(names[_REGISTRIES[param.name]]) + "]"
+    names = {kind: ", ".join(_registry_names(kind)) for kind in _REGISTRIES.values()}
     for param in asking:
         for kind, listed in names.items():
-            param.help = param.help.replace("{" + kind + "}", ", ".join(listed))
+            param.help = param.help.replace("{" + kind + "}", listed)
 
 
 def print_json(data: Any) -> None:
@@ -297,10 +294,10 @@ def train(
         bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
     net: Annotated[
-        str, typer.Option(parser=registry_choice("net"), help="Backbone.", rich_help_panel=_MODEL)
+        str, typer.Option(parser=registry_choice("net"), help="Backbone: {models}.", rich_help_panel=_MODEL)
     ] = "unet3d",
     skip: Annotated[
-        str, typer.Option(parser=registry_choice("skip"), help="Skip gate.", rich_help_panel=_MODEL)
+        str, typer.Option(parser=registry_choice("skip"), help="Skip gate: {gates}.", rich_help_panel=_MODEL)
     ] = "sat",
     gate: Annotated[
         list[str] | None,

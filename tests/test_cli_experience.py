@@ -132,8 +132,8 @@ def _params_rows() -> list[dict]:
 
 def test_train_net_and_skip_choices_are_the_registry_s(tmp_path):
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
-    assert "[" + "|".join(list_models()) + "]" in result.output
-    assert "[" + "|".join(list_gates()) + "]" in result.output
+    assert "Backbone: " + ", ".join(list_models()) + "." in result.output
+    assert "Skip gate: " + ", ".join(list_gates()) + "." in result.output
     for option, wrong, near in (("--net", "unet9d", "unet3d"), ("--skip", "sta", "st")):
         result = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"),
                                      option, wrong])  # fmt: skip
