@@ -135,3 +135,12 @@ def test_lean_sat_holds_less_memory_than_the_eager_model():
 def test_make_lean_refuses_other_modules():
     with pytest.raises(ConfigError, match="SegmentationNet"):
         make_lean(torch.nn.Conv2d(1, 1, 1))
+
+
+@pytest.mark.parametrize("net", ["unet2d", "unet3d"])
+def test_lean_equals_reference_with_only_the_finest_skip_gated(net):
+    model = _trained(net, "sat", gate_levels=1)
+    x = _input(net)
+    with torch.no_grad():
+        ref, out = model(x), make_lean(model, chunk=1)(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
