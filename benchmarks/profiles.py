@@ -56,6 +56,12 @@ VARIANTS: dict[str, Variant] = {
             about="select only, L1 2e-3 on trelu(W) (st's task gradients on W are 1e-3 to 2e-2), 10x LR on W: "
             "switched-off channels are pruned from the skip",
         ),
+        Variant(
+            "sat-k2-bn-lin",
+            "sat",
+            {"attend_channels": 2, "attend_norm": True, "attend_activation": "identity"},
+            about="2 maps, BN, no sigmoid: a linear projection",
+        ),
         Variant("sat-fine1", "sat", model={"gate_levels": 1}, about="U-Net: sat on the finest skip, deeper ones plain"),
         Variant("sat-fine2", "sat", model={"gate_levels": 2}, about="U-Net: sat on the 2 finest skips, deeper plain"),
         Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),

@@ -29,6 +29,7 @@ __all__ = [
     "selection_init",
     "gate_option_names",
     "SELECT_INITS",
+    "ATTEND_ACTIVATIONS",
     "DEFAULT_GATE_OPTIONS",
     "LEGACY_GATE_OPTIONS",
 ]
@@ -48,6 +49,9 @@ _CONV_FN: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.con
 
 SELECT_INITS = ("keras-glorot", "tf-glorot")
 """Named initialisations of the selection vector ``W`` (besides a constant), see :func:`selection_init`."""
+
+ATTEND_ACTIVATIONS = ("sigmoid", "identity")
+"""What an attending gate applies to ``U = K ⋆ f_s``: the paper's sigmoid, or nothing (a linear projection)."""
 
 
 def selection_init(init: float | str, channels: int) -> Tensor:
@@ -163,14 +167,24 @@ class _Attending(SkipGate):
         attend_channels: ``k``, attention maps transferred (the paper: 1).
         attend_norm: BatchNorm on ``U = K ⋆ f_s`` before the sigmoid (the paper puts BN "after each
             convolution layer"; whether that includes ``K`` is not said).
+        attend_activation: ``sigmoid`` (the paper's eq. 4) or ``identity``: transfer ``U`` itself, a learned
+            ``k``-channel linear projection of the selected features (not in the paper; an experiment on
+            whether the sigmoid's bounded maps are what limits a one-channel skip).
     """
 
     transfers_attention = True
 
     def __init__(
-        self, spatial_dims: int, channels: int, attend_channels: int = 1, attend_norm: bool = False, **kwargs: Any
+        self,
+        spatial_dims: int,
+        channels: int,
+        attend_channels: int = 1,
+        attend_norm: bool = False,
+        attend_activation: str = "sigmoid",
+        **kwargs: Any,
     ) -> None:
         super().__init__(spatial_dims, channels, **kwargs)
+        self.attend_activation = look_up_option(attend_activation, ATTEND_ACTIVATIONS, "attend_activation")
         if int(attend_channels) < 1:
             raise ConfigError(f"`attend_channels` must be at least 1, got {attend_channels}")
         self.attend_channels = int(attend_channels)
@@ -182,7 +196,7 @@ class _Attending(SkipGate):
     def _attention(self, u: Tensor) -> Tensor:
         if self.attend_norm is not None:
             u = self.attend_norm(u)
-        return self._remember(torch.sigmoid(u))
+        return self._remember(torch.sigmoid(u) if self.attend_activation == "sigmoid" else u)
 
 
 class AttendGate(_Attending):
@@ -228,12 +242,22 @@ def list_gates() -> list[str]:
 
 
 _SELECT_OPTIONS = ("select_init",)
-_ATTEND_OPTIONS = ("attend_channels", "attend_norm")
+_ATTEND_OPTIONS = ("attend_channels", "attend_norm", "attend_activation")
 
-DEFAULT_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+DEFAULT_GATE_OPTIONS: dict[str, Any] = {
+    "select_init": 0.5,
+    "attend_channels": 1,
+    "attend_norm": False,
+    "attend_activation": "sigmoid",
+}
 """The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint)."""
 
-LEGACY_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+LEGACY_GATE_OPTIONS: dict[str, Any] = {
+    "select_init": 0.5,
+    "attend_channels": 1,
+    "attend_norm": False,
+    "attend_activation": "sigmoid",
+}
 """What satseg 0.1.0 built, for checkpoints saved before gate options were recorded."""
 
 
