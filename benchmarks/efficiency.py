@@ -45,6 +45,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from satseg.atomic import atomic_write_text  # noqa: E402
 from satseg.nn import build_model  # noqa: E402
 from satseg.nn.lean import make_lean, prune_report  # noqa: E402
 
@@ -210,9 +211,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             predict = model
         if mode.startswith("sw_"):
             try:
-                from satseg.engine.inference import sliding_window_inference
+                from satseg.inference.sliding_window import sliding_window_inference
             except ImportError:
-                return {"note": "satseg.engine.inference not available"}
+                return {"note": "satseg.inference.sliding_window not available"}
             window = spec["window"]
 
             def run():
@@ -407,9 +408,7 @@ def ratios(rows: dict[str, dict]) -> tuple[dict, list[dict]]:
 
 
 def write(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str))
 
 
 def markdown(payload: dict) -> str:
@@ -481,7 +480,7 @@ SEGMENT_CLASSES = 3
 
 def _segment_variants(model, window: tuple[int, ...], threads: int, workdir: Path) -> tuple[dict, dict]:
     """The predictors compared by ``--cpu-segment``, all with ``model``'s weights: name -> ``run(x) -> labels``."""
-    from satseg.engine.inference import sliding_window_inference
+    from satseg.inference.sliding_window import sliding_window_inference
 
     lean = make_lean(model)
     notes: dict[str, str] = {}
@@ -496,7 +495,7 @@ def _segment_variants(model, window: tuple[int, ...], threads: int, workdir: Pat
     try:
         import onnxruntime as ort
 
-        from satseg.engine.onnx_export import export_onnx
+        from satseg.export.onnx import export_onnx
 
         path = workdir / "lean.onnx"
         export_onnx(lean, path, example_shape=(1, IN_CH, *SEGMENT_PATCH), metadata={}, check=False)
@@ -530,8 +529,8 @@ def cpu_segment(args) -> int:
     vs MONAI's sliding window, same weights, same window (``Segmenter.window``'s auto choice), interleaved round by
     round so the machine's load hits every variant alike; plus the training-patch tiling (the former default),
     timed on a few of its windows and scaled to all of them."""
-    from satseg.engine.inference import throughput_tile, window_starts
-    from satseg.engine.segmenter import Segmenter
+    from satseg.inference.segmenter import Segmenter
+    from satseg.inference.sliding_window import throughput_tile, window_starts
 
     threads = torch.get_num_threads()
     volume = tuple(args.volume)

@@ -19,9 +19,9 @@ from runner import preprocessed_dir, test_cases
 from torch.nn import functional as F
 
 from satseg.data.store import load_case
-from satseg.engine.checkpoint import load_run
-from satseg.engine.inference import sliding_window_inference
+from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn.gates import trelu
+from satseg.runs import load_run
 
 __all__ = ["make_figures"]
 

@@ -26,15 +26,15 @@ from satseg.data.datasets import mask_to_labels
 from satseg.data.io import read_image
 from satseg.data.preprocess import preprocess_dataset, restore_labels
 from satseg.data.store import load_case, load_plan, load_splits
-from satseg.engine.checkpoint import load_run
-from satseg.engine.config import TrainConfig
-from satseg.engine.evaluate import gate_report
-from satseg.engine.inference import sliding_window_inference
-from satseg.engine.losses import deep_supervision_loss
-from satseg.engine.metrics import confusion_counts, overlap_metrics
-from satseg.engine.params import LiveTensorBytes, measure_variant
-from satseg.engine.trainer import train
+from satseg.evaluation.metrics import confusion_counts, overlap_metrics
+from satseg.evaluation.report import gate_report
+from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model
+from satseg.nn.params import LiveTensorBytes, measure_variant
+from satseg.runs import load_run
+from satseg.training.config import TrainConfig
+from satseg.training.losses import deep_supervision_loss
+from satseg.training.trainer import train
 
 __all__ = [
     "machine_info",
@@ -360,7 +360,7 @@ def time_variants(
             "CUDA: torch.cuda.max_memory_allocated minus allocated before, one forward+backward"
             if device.type == "cuda"
             else "CPU: peak bytes of tensor storage alive at once during one forward+backward, tracked at the "
-            "torch dispatcher (satseg.engine.params); excludes weights, input, allocator caching and workspaces"
+            "torch dispatcher (satseg.nn.params); excludes weights, input, allocator caching and workspaces"
         ),
         "variants": variants,
         "wall_seconds": round(time.perf_counter() - started, 2),

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from satseg.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from satseg.data.store import load_splits  # noqa: E402
-from satseg.engine.config import TrainConfig  # noqa: E402
+from satseg.training.config import TrainConfig  # noqa: E402
 
 log = logging.getLogger("bench.ttd")
 
@@ -193,7 +193,7 @@ def reached(curve: list[dict[str, float]], thresholds: tuple[float, ...]) -> dic
 
 def train_one(profile: TimeToDiceProfile, view: Path, gate: str, seed: int, work: Path) -> dict[str, Any]:
     """Train one gate/seed and return its Dice-versus-steps curve and the thresholds it reached."""
-    from satseg.engine.trainer import train
+    from satseg.training.trainer import train
 
     config = recipe(profile, gate, seed)
     run_dir = work / f"{gate}-s{seed}"

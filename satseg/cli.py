@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
-from satseg.errors import ConfigError, SatsegError
+from satseg.errors import ConfigError, SatsegError, look_up_option
 
 __all__ = ["app", "main"]
 
@@ -205,18 +205,40 @@ def gather_list_values(args: list[str], params: Sequence[Any]) -> list[str]:
     return gathered
 
 
+_REGISTRIES = {"net": "models", "skip": "gates"}
+"""Options whose choices are the registry's names: ``--net`` (backbones) and ``--skip`` (skip gates)."""
+
+
+def _registry_names(kind: str) -> list[str]:
+    from satseg.nn import list_gates, list_models  # torch: only when a command needs the registry
+
+    return {"models": list_models, "gates": list_gates}[kind]()
+
+
+def registry_choice(option: str) -> Callable[[str], str]:
+    """A parser for ``--net``/``--skip``: the value must be a name in the registry, else the library's own
+    one-line error (:func:`satseg.errors.look_up_option`, with its "did you mean")."""
+
+    def parse(value: str) -> str:
+        try:
+            return look_up_option(value, _registry_names(_REGISTRIES[option]), option)
+        except ConfigError as error:  # not a ValueError: typer would turn it into a usage box
+            raise SatsegError(error.message, error.hint) from None
+
+    return parse
+
+
 def _fill_choices(command: Any) -> None:
-    """Put the registry's backbones and skip gates into help texts that ask for them."""
+    """Put the registry's backbones and skip gates into help texts that ask for them (``{models}``, ``{gates}``);
+    done when a command is resolved, so ``satseg --version`` needs no torch."""
     asking = [p for p in command.params if "{models}" in (getattr(p, "help", None) or "")]
     asking += [p for p in command.params if "{gates}" in (getattr(p, "help", None) or "")]
     if not asking:
         return
-    from satseg.nn import list_gates, list_models
-
-    choices = {"{models}": ", ".join(list_models()), "{gates}": ", ".join(list_gates())}
+    names = {kind: ", ".join(_registry_names(kind)) for kind in _REGISTRIES.values()}
     for param in asking:
-        for placeholder, text in choices.items():
-            param.help = param.help.replace(placeholder, text)
+        for kind, listed in names.items():
+            param.help = param.help.replace("{" + kind + "}", listed)
 
 
 def print_json(data: Any) -> None:
@@ -271,8 +293,12 @@ def train(
     elastic: Annotated[
         bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
-    net: Annotated[str, typer.Option(help="Backbone: {models}.", rich_help_panel=_MODEL)] = "unet3d",
-    skip: Annotated[str, typer.Option(help="Skip gate: {gates}.", rich_help_panel=_MODEL)] = "sat",
+    net: Annotated[
+        str, typer.Option(parser=registry_choice("net"), help="Backbone: {models}.", rich_help_panel=_MODEL)
+    ] = "unet3d",
+    skip: Annotated[
+        str, typer.Option(parser=registry_choice("skip"), help="Skip gate: {gates}.", rich_help_panel=_MODEL)
+    ] = "sat",
     gate: Annotated[
         list[str] | None,
         typer.Option(
@@ -363,62 +389,31 @@ def train(
 
     Writes config.json, checkpoints, metrics.csv, progress.png (loss, validation Dice, learning rate) and train.log.
     """
-    from satseg.engine.config import TrainConfig
-    from satseg.engine.crossval import train_folds
-    from satseg.engine.trainer import train as run_training
+    from satseg.training.config import TrainConfig
+    from satseg.training.crossval import train_runs
 
     every_fold = fold.strip().lower() == "all"
     try:
         fold_number = 0 if every_fold else int(fold)
     except ValueError:
         raise ConfigError(f"--fold `{fold}` is not a fold number or `all`") from None
-    options = dict(
-        epochs=epochs,
-        iters_per_epoch=iters,
-        batch=batch,
-        lr=lr,
-        device=device,
-        val_every=val_every,
-        workers=workers,
-        max_minutes=max_minutes,
-        patch=parse_sizes(patch) if patch else None,
-        rotation_deg=rotation_deg,
-        ema=ema,
-        resident=resident,
+    changeable = dict(epochs=epochs, iters_per_epoch=iters, batch=batch, lr=lr, device=device, val_every=val_every,
+                      workers=workers, max_minutes=max_minutes, patch=parse_sizes(patch) if patch else None,
+                      rotation_deg=rotation_deg, ema=ema, resident=resident)  # fmt: skip
+    model_options = ({"features": list(parse_sizes(features))} if features else {}) | (
+        {"gate_options": parse_settings(gate)} if gate else {}
     )
     config = TrainConfig.from_options(
-        net=net,
-        skip=skip,
-        fold=fold_number,
-        optimizer=optimizer,
-        loss=loss,
-        scheduler=scheduler,
-        select_l1=select_l1,
-        select_lr_scale=select_lr_scale,
-        augment=augment,
-        elastic=elastic,
-        deep_supervision=deep_supervision,
-        amp=amp,
-        amp_dtype=amp_dtype,
-        compile=compile,
-        seed=seed,
-        deterministic=deterministic,
-        model_options=({"features": list(parse_sizes(features))} if features else {})
-        | ({"gate_options": parse_settings(gate)} if gate else {}),
-        **options,
-    )
+        net=net, skip=skip, fold=fold_number, optimizer=optimizer, loss=loss, scheduler=scheduler,
+        select_l1=select_l1, select_lr_scale=select_lr_scale, augment=augment, elastic=elastic,
+        deep_supervision=deep_supervision, amp=amp, amp_dtype=amp_dtype, compile=compile, seed=seed,
+        deterministic=deterministic, model_options=model_options, **changeable,
+    )  # fmt: skip
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-    fixed = ("net", "skip", "fold", "optimizer", "loss", "scheduler", "select_l1", "select_lr_scale", "augment",
-             "elastic", "deep_supervision", "amp", "amp_dtype", "compile", "seed", "deterministic")  # fmt: skip
-    overrides = {**options, **{k: getattr(config, k) for k in fixed if k in typed}}
-    if "features" in typed or "gate" in typed:
-        overrides["model_options"] = config.model_options
-    if every_fold:  # each fold run is checked against its own fold (train_folds sets it)
-        overrides.pop("fold", None)
-        results = train_folds(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)
-    else:
-        results = [run_training(data, out_dir, config, resume=resume, resume_overrides=overrides, progress=True)]
+    given = typed | ({"model_options"} if typed & {"features", "gate"} else set())
+    results = train_runs(data, out_dir, config, every_fold=every_fold, resume=resume, changeable=changeable,
+                         given=given, progress=True)  # fmt: skip
     if not results[0].is_main:  # under torchrun only rank 0 reports
         return
     summaries = [r.summary() for r in results]
@@ -458,12 +453,12 @@ def evaluate(
     Either `--pred DIR --gt DIR` (files matched by case name, `case.nii.gz` ↔ `case_seg.nii.gz`), or
     `--model RUN --data PREPROCESSED --split val` (segments the split's cases, scores them on their original grids).
     """
-    from satseg.engine.evaluate import evaluate_folders, parse_labels
-    from satseg.engine.reporting import gate_table, summary_table
+    from satseg.evaluation.folders import evaluate_folders, parse_labels
+    from satseg.tables import gate_table, summary_table
 
     gates = []
     if model is not None and data is not None:
-        from satseg.engine.evaluate_model import evaluate_model
+        from satseg.evaluation.model import evaluate_model
 
         report, gates = evaluate_model(
             model,
@@ -501,7 +496,7 @@ def evaluate(
 
 def _print_table(table: Table) -> None:
     """Print a result table to stdout, laid out vertically when its figures would not fit the terminal."""
-    from satseg.engine.reporting import fit_table
+    from satseg.tables import fit_table
 
     out.print(fit_table(table, out.width))
 
@@ -527,7 +522,7 @@ def params(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
-    from satseg.engine.params import compare_models
+    from satseg.nn.params import compare_models
 
     rows = compare_models(
         None if split_items(net) == ["all"] else split_items(net), split_items(compare),
@@ -537,7 +532,7 @@ def params(
     if as_json:
         print_json(rows)
     else:
-        from satseg.engine.reporting import params_table
+        from satseg.tables import params_table
 
         _print_table(params_table(rows))
 
@@ -678,7 +673,7 @@ def segment(
     ] = False,
 ) -> None:
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
-    from satseg.engine.segment import parse_shard, segment_inputs
+    from satseg.inference.batch import parse_shard, segment_inputs
 
     models = split_items(model, keep_paths=True)
     chosen = None if not models else models[0] if len(models) == 1 else models
@@ -688,23 +683,27 @@ def segment(
         preview=preview, overwrite=overwrite, skip_existing=skip_existing,
         shard=None if shard is None else parse_shard(shard), force=force, lcc=lcc, progress=True,
     )  # fmt: skip
+    _print_segment_report(report, as_json)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def _print_segment_report(report: Any, as_json: bool) -> None:
+    """Each output with its volumes on stdout (or JSON); skipped inputs, warnings and failures on stderr."""
     if report.skipped:
         where = f"shard {report.shard[0]}/{report.shard[1]}: " if report.shard else ""
         err.print(f"{where}skipped {len(report.skipped)} input(s) whose mask exists already", highlight=False)
     if as_json:
         print_json({"results": report.results, "failures": report.failures, "skipped": report.skipped})
-    else:
-        for result in report.results:
-            for warning in result["warnings"]:
-                err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
-            sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
-            out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
-        for failure in report.failures:
-            hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-            line = Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}")
-            err.print(line, highlight=False)
-    if report.failures:
-        raise typer.Exit(1)
+        return
+    for result in report.results:
+        for warning in result["warnings"]:
+            err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
+        sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
+        out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
+    for failure in report.failures:
+        hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
+        err.print(Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}"), highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:
@@ -729,7 +728,7 @@ def export_onnx_command(
 
     The same random input runs through PyTorch and ONNX Runtime; the largest difference is printed and must be ≤ 1e-4.
     """
-    from satseg.engine.export import export_run
+    from satseg.export.run import export_run
 
     report = export_run(run, output, opset=opset, overwrite=overwrite)
     summary = {"path": str(report.path), "opset": report.opset, "max_abs_diff": report.max_abs_diff,
@@ -753,7 +752,7 @@ def postprocess(
 
     Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
     """
-    from satseg.engine.postprocess import decide_lcc
+    from satseg.inference.postprocess import decide_lcc
 
     record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
     if as_json:
@@ -769,8 +768,8 @@ def postprocess(
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
-    from satseg.engine.reporting import models_table
-    from satseg.engine.zoo import list_shipped_models
+    from satseg.tables import models_table
+    from satseg.zoo import list_shipped_models
 
     cards = list_shipped_models()
     print_json(cards) if as_json else _print_table(models_table(cards))
@@ -788,8 +787,8 @@ def demo(
 
     preprocess → train (org, sat) → evaluate → segment → params, in a few minutes on a CPU.
     """
-    from satseg.engine.demo import DemoSettings, run_demo
-    from satseg.engine.reporting import demo_table
+    from satseg.demo import DemoSettings, run_demo
+    from satseg.tables import demo_table
 
     result = run_demo(DemoSettings(device=device), keep, step=lambda text: err.rule(text, align="left"))
     print_json(result) if as_json else _print_table(demo_table(result))

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from satseg.data.plan import PLAN_FORMAT
-from satseg.engine.checkpoint import LAST, save_checkpoint
-from satseg.engine.config import TrainConfig
 from satseg.nn import build_model
+from satseg.runs import LAST, save_checkpoint
+from satseg.training.config import TrainConfig
 
 LABELS = {"background": 0, "core": 1}
 

@@ -12,9 +12,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from satseg.cli import app, gather_list_values, parse_sizes, split_items
-from satseg.engine.params import compare_models
-from satseg.engine.reporting import demo_table, fit_table, gate_table, params_table, summary_table
 from satseg.nn import list_gates, list_models
+from satseg.nn.params import compare_models
+from satseg.tables import demo_table, fit_table, gate_table, params_table, summary_table
 
 runner = CliRunner()
 FAST = ["--no-flops", "--no-memory"]
@@ -130,6 +130,19 @@ def _params_rows() -> list[dict]:
     return [r | {"params": 65_183_202, "flops": 1234.56e9, "peak_memory_bytes": 98765 * 2**20} for r in rows]
 
 
+def test_train_net_and_skip_choices_are_the_registry_s(tmp_path):
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert "Backbone: " + ", ".join(list_models()) + "." in result.output
+    assert "Skip gate: " + ", ".join(list_gates()) + "." in result.output
+    for option, wrong, near in (("--net", "unet9d", "unet3d"), ("--skip", "sta", "st")):
+        result = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"),
+                                     option, wrong])  # fmt: skip
+        assert result.exit_code == 1
+        # the library's own one-line error, before any data is read (the data folder does not exist)
+        assert f"error: unknown {option[2:]} `{wrong}`; did you mean `{near}`?" in result.output
+        assert "plan.json" not in result.output and "Usage" not in result.output
+
+
 def test_params_table_keeps_every_number_whole_at_80_columns():
     rows = _params_rows()
     text = _render(fit_table(params_table(rows), 80))
@@ -185,7 +198,7 @@ def test_gate_and_demo_tables_are_whole_at_80_columns():
 
 
 def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
-    import satseg.engine.demo as demo
+    import satseg.demo as demo
 
     configs = []
     real_train = demo.train

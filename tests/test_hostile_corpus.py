@@ -22,7 +22,7 @@ from hostile import files_under, scan, tiny_plan, tiny_run, write_nifti
 from typer.testing import CliRunner
 
 from satseg.cli import app
-from satseg.engine.checkpoint import LAST
+from satseg.runs import LAST
 
 GOOD_SHAPE = (12, 16, 16)
 

@@ -24,16 +24,16 @@ from typer.testing import CliRunner
 from satseg.cli import app
 from satseg.data.io import Image, read_image, write_image
 from satseg.data.store import load_case, load_splits
-from satseg.engine.checkpoint import LAST, load_checkpoint, load_run
-from satseg.engine.evaluate import evaluate_folders
-from satseg.engine.evaluate_model import evaluate_model
-from satseg.engine.inference import sliding_window_inference
-from satseg.engine.onnx_export import export_onnx
-from satseg.engine.segment import segment_inputs
-from satseg.engine.segmenter import load_segmenter
-from satseg.engine.trainer import train
 from satseg.errors import CheckpointError, ConfigError, DataError
+from satseg.evaluation.folders import evaluate_folders
+from satseg.evaluation.model import evaluate_model
+from satseg.export.onnx import export_onnx
+from satseg.inference.batch import segment_inputs
+from satseg.inference.segmenter import load_segmenter
+from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model
+from satseg.runs import LAST, load_checkpoint, load_run
+from satseg.training.trainer import train
 
 runner = CliRunner()
 
@@ -273,7 +273,7 @@ def test_an_oversized_patch_is_refused_before_training(tmp_path):
 
 # ---------------------------------------------------------------- errors that should be clear
 def test_a_batch_goes_on_after_any_per_file_exception(tmp_path, monkeypatch):
-    from satseg.engine import segment as segment_module
+    from satseg.inference import batch as segment_module
 
     run = tiny_run(tmp_path / "run", dims=3)
     first = write_nifti(tmp_path / "a.nii.gz", scan(seed=1))
@@ -300,7 +300,7 @@ def test_a_checkpoint_holding_python_objects_says_why_it_is_refused(tmp_path):
 
 
 def test_resume_refuses_settings_it_would_ignore(tmp_path):
-    from satseg.engine.config import TrainConfig
+    from satseg.training.config import TrainConfig
 
     run = tiny_run(tmp_path / "run", dims=2)  # a run interrupted after epoch 1 (it holds checkpoint_last.pt)
     data = _preprocessed(tmp_path / "pp", 2, [{"train": [], "val": []}])
@@ -355,7 +355,7 @@ def test_train_fold_all_checks_every_fold_run_before_any_fold_trains(tmp_path):
 def test_small_errors_are_clear_and_early(tmp_path, monkeypatch):
     import nibabel as nib
 
-    from satseg.engine.segmenter import Segmenter
+    from satseg.inference.segmenter import Segmenter
 
     header = nib.Nifti1Header()
     header.set_data_shape((4, 0, 4))

@@ -8,14 +8,13 @@ skip transfers to the decoder: ``C`` channels (``org``, ``st``) or one attention
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from satseg.errors import ConfigError, look_up_option
+from satseg.nn.layers import conv_fn
 
 __all__ = [
     "SkipGate",
@@ -44,8 +43,6 @@ def trelu(z: Tensor) -> Tensor:
     """
     return z.clamp(0.0, 1.0)
 
-
-_CONV_FN: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 SELECT_INITS = ("keras-glorot", "tf-glorot")
 """Named initialisations of the selection vector ``W`` (besides a constant), see :func:`selection_init`."""
@@ -220,7 +217,7 @@ class SelectAttendGate(_Attending, _Selecting):
     def forward(self, f: Tensor) -> Tensor:
         weight = self.folded_weight().to(f.dtype)
         bias = self.attend.bias.to(f.dtype) if self.attend.bias is not None else None
-        return self._attention(_CONV_FN[self.spatial_dims](f, weight, bias))
+        return self._attention(conv_fn(self.spatial_dims)(f, weight, bias))
 
     def forward_literal(self, f: Tensor) -> Tensor:
         """Eq. 1–4 computed literally (materialising ``f_s``); for tests and the paper's Fig. 5."""
@@ -288,4 +285,3 @@ def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> S
         _ATTEND_OPTIONS if issubclass(cls, _Attending) else ()
     )
     return cls(spatial_dims, channels, **{k: v for k, v in options.items() if k in applies})
-

@@ -6,13 +6,15 @@ One place decides whether a block uses 2D or 3D layers, so blocks and backbones 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from satseg.errors import ConfigError, look_up_option
 
-__all__ = ["layer_type", "make_norm", "make_act", "LayerSpec", "init_glorot_uniform"]
+__all__ = ["layer_type", "conv_fn", "make_norm", "make_act", "LayerSpec", "init_glorot_uniform"]
 
 LayerSpec = str | tuple[str, dict[str, Any]] | None
 """A layer named by a string, or ``(name, kwargs)``, or ``None`` for no layer."""
@@ -25,6 +27,8 @@ _LAYERS: dict[str, dict[int, type[nn.Module]]] = {
     "maxpool": {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d},
     "avgpool": {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d},
 }
+
+_CONV_FN: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 _NORMS = {"batch": "batchnorm", "instance": "instancenorm"}
 _ACTS: dict[str, type[nn.Module]] = {
@@ -43,6 +47,13 @@ def layer_type(kind: str, spatial_dims: int) -> type[nn.Module]:
     if spatial_dims not in _LAYERS[kind]:
         raise ConfigError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
     return _LAYERS[kind][spatial_dims]
+
+
+def conv_fn(spatial_dims: int) -> Callable[..., Tensor]:
+    """The functional convolution (``F.conv1d``/``conv2d``/``conv3d``) for 1, 2 or 3 dims, for computed weights."""
+    if spatial_dims not in _CONV_FN:
+        raise ConfigError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
+    return _CONV_FN[spatial_dims]
 
 
 def _split(spec: LayerSpec) -> tuple[str | None, dict[str, Any]]:

@@ -30,32 +30,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.gates import AttendGate, IdentityGate, SelectAttendGate, SelectGate, SkipGate, trelu
+from satseg.nn.layers import conv_fn
 
 __all__ = ["make_lean", "prune_report", "fold_bn", "LeanNet", "LeanGate", "LeanSkipConv"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 @torch.no_grad()
 def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
-    """A copy of ``conv`` (conv or transposed conv) that computes ``bn(conv(x))`` with ``bn``'s eval statistics."""
-    out = copy.deepcopy(conv)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
-    axis = 1 if isinstance(conv, _CONVT) else 0
-    shape = [1] * out.weight.ndim
-    shape[axis] = -1
-    out.weight.mul_(scale.view(shape))
-    bias = out.bias * scale + shift if out.bias is not None else shift
-    out.bias = nn.Parameter(bias.detach().clone())
-    return out
+    """A copy of ``conv`` (conv or transposed conv) that computes ``bn(conv(x))`` with ``bn``'s eval statistics.
+
+    torch's ``fuse_conv_bn_eval`` does the folding; it insists on eval mode, so it is given eval copies (the
+    model being rewritten keeps its mode). Every BN satseg folds follows a plain (transposed) conv, the
+    gates' attention BN included (its conv already holds ``K · trelu(W)``), so no folding is hand-written.
+    """
+    return fuse_conv_bn_eval(copy.deepcopy(conv).eval(), copy.deepcopy(bn).eval(), transpose=isinstance(conv, _CONVT))
 
 
 def _fold_sequentials(module: nn.Module) -> None:
@@ -163,7 +160,7 @@ class LeanSkipConv(nn.Module):
         y = self.conv_up(up)
         del up
         if self.skip_weight is not None:
-            conv, n = _CONV_FN[self.spatial_dims], self.skip_weight.shape[0]
+            conv, n = conv_fn(self.spatial_dims), self.skip_weight.shape[0]
             tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
             # Chunk a one-channel skip's term (cheap to recompute per chunk); add a wide skip's term at once.
             step = n if self.chunk is None or tracing or self.skip_weight.shape[1] > 1 else self.chunk

@@ -19,6 +19,7 @@ from satseg.nn.layers import init_glorot_uniform
 
 __all__ = [
     "register_model",
+    "register_dimensions",
     "list_models",
     "build_model",
     "model_accepts",
@@ -43,6 +44,19 @@ def register_model(name: str, model_class: type[SegmentationNet]) -> Callable[[M
         return fn
 
     return decorator
+
+
+def register_dimensions(prefix: str, model_class: type[SegmentationNet], docs: dict[int, str]) -> None:
+    """Register ``<prefix>2d``/``<prefix>3d``: ``model_class(spatial_dims, **options)`` for each dimension in
+    ``docs`` (dimension → the builder's one-line description, shown by ``help()``)."""
+    for dims, doc in docs.items():
+
+        def build(dims: int = dims, **options: Any) -> SegmentationNet:
+            return model_class(dims, **options)
+
+        build.__name__ = build.__qualname__ = f"{prefix}{dims}d"
+        build.__doc__ = doc
+        register_model(build.__name__, model_class)(build)
 
 
 def list_models() -> list[str]:

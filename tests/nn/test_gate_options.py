@@ -124,8 +124,8 @@ def test_modulate_scales_the_decoder_by_the_map():
 
 
 def test_old_checkpoints_keep_meaning_the_model_they_were_saved_with(tmp_path):
-    from satseg.engine.checkpoint import load_run, save_checkpoint
     from satseg.nn import explicit_model_config
+    from satseg.runs import load_run, save_checkpoint
 
     # satseg 0.1.0 saved Tiramisu configs without gate options; its Tiramisu gated every skip
     tiny = {"layers_per_block": [2, 1, 2], "growth_rate": 3, "first_features": 4}

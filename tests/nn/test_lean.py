@@ -4,10 +4,10 @@ import pytest
 import torch
 from test_backbones import IN_CH, OUT_CH, PARAMS
 
-from satseg.engine.params import LiveTensorBytes
 from satseg.errors import ConfigError
 from satseg.nn import build_model, list_gates, list_models
 from satseg.nn.lean import LeanGate, make_lean, prune_report
+from satseg.nn.params import LiveTensorBytes
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from satseg.engine.params import LiveTensorBytes
 from satseg.nn import build_model
+from satseg.nn.params import LiveTensorBytes
 
 
 def _step(model, x, y):

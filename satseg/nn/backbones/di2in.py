@@ -44,7 +44,7 @@ from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
 from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, layer_type
-from satseg.nn.registry import register_model
+from satseg.nn.registry import register_dimensions
 
 __all__ = ["DI2IN"]
 
@@ -144,13 +144,11 @@ class DI2IN(SegmentationNet):
         return [main, *aux] if supervise else main
 
 
-@register_model("di2in2d", DI2IN)
-def di2in2d(**kwargs) -> DI2IN:
-    """2D DI2IN (the 3D network with 2D operations)."""
-    return DI2IN(2, **kwargs)
-
-
-@register_model("di2in3d", DI2IN)
-def di2in3d(**kwargs) -> DI2IN:
-    """3D DI2IN (Yang et al. 2017)."""
-    return DI2IN(3, **kwargs)
+register_dimensions(
+    "di2in",
+    DI2IN,
+    {
+        2: "2D DI2IN (the 3D network with 2D operations).",
+        3: "3D DI2IN (Yang et al. 2017).",
+    },
+)

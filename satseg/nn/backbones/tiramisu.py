@@ -33,7 +33,7 @@ from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
 from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
-from satseg.nn.registry import register_model
+from satseg.nn.registry import register_dimensions
 
 __all__ = ["Tiramisu", "DenseBlock", "PRESETS", "DENSE_GATINGS"]
 
@@ -232,13 +232,11 @@ class Tiramisu(SegmentationNet):
         return self.head(full)
 
 
-@register_model("tiramisu2d", Tiramisu)
-def tiramisu2d(**kwargs) -> Tiramisu:
-    """2D One Hundred Layers Tiramisu (Jégou et al. 2017)."""
-    return Tiramisu(2, **kwargs)
-
-
-@register_model("tiramisu3d", Tiramisu)
-def tiramisu3d(**kwargs) -> Tiramisu:
-    """3D Tiramisu (the 2D network with 3D operations, as the SAT paper does)."""
-    return Tiramisu(3, **kwargs)
+register_dimensions(
+    "tiramisu",
+    Tiramisu,
+    {
+        2: "2D One Hundred Layers Tiramisu (Jégou et al. 2017).",
+        3: "3D Tiramisu (the 2D network with 3D operations, as the SAT paper does).",
+    },
+)

@@ -17,8 +17,8 @@ from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_gate
-from satseg.nn.layers import LayerSpec, layer_type
-from satseg.nn.registry import register_model
+from satseg.nn.layers import LayerSpec, conv_fn, layer_type
+from satseg.nn.registry import register_dimensions
 
 __all__ = ["UNet", "TRANSFERS"]
 
@@ -146,9 +146,6 @@ class UNet(SegmentationNet):
         return [main, *(F.interpolate(a, size=size, mode=mode, align_corners=False) for a in aux)]
 
 
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
 def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, skip: Tensor) -> Tensor:
     """``block(cat([up(coarse), skip]))`` for training, without the concatenation buffer.
 
@@ -180,21 +177,18 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             y = conv._conv_forward(u, conv.weight[:, :n], conv.bias)
     del u
-    conv_fn = _CONV_FN[skip.ndim - 2]
-    y += conv_fn(skip, conv.weight[:, n:], None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y += conv_fn(skip.ndim - 2)(skip, conv.weight[:, n:], None, conv.stride, conv.padding, conv.dilation, conv.groups)
     y = first[2](first[1](y))
     for later in list(block)[1:]:
         y = later(y)
     return y
 
 
-@register_model("unet2d", UNet)
-def unet2d(**kwargs) -> UNet:
-    """2D U-Net (Ronneberger et al. 2015)."""
-    return UNet(2, **kwargs)
-
-
-@register_model("unet3d", UNet)
-def unet3d(**kwargs) -> UNet:
-    """3D U-Net (Çiçek et al. 2016)."""
-    return UNet(3, **kwargs)
+register_dimensions(
+    "unet",
+    UNet,
+    {
+        2: "2D U-Net (Ronneberger et al. 2015).",
+        3: "3D U-Net (Çiçek et al. 2016).",
+    },
+)

@@ -25,7 +25,7 @@ from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
 from satseg.nn.gates import build_gate
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
-from satseg.nn.registry import register_model
+from satseg.nn.registry import register_dimensions
 
 __all__ = ["VNet", "ResidualStage"]
 
@@ -187,13 +187,11 @@ class VNet(SegmentationNet):
         return self.head(x)
 
 
-@register_model("vnet2d", VNet)
-def vnet2d(**kwargs) -> VNet:
-    """2D V-Net (the paper's 3D V-Net with 2D operations)."""
-    return VNet(2, **kwargs)
-
-
-@register_model("vnet3d", VNet)
-def vnet3d(**kwargs) -> VNet:
-    """3D V-Net (Milletari et al. 2016)."""
-    return VNet(3, **kwargs)
+register_dimensions(
+    "vnet",
+    VNet,
+    {
+        2: "2D V-Net (the paper's 3D V-Net with 2D operations).",
+        3: "3D V-Net (Milletari et al. 2016).",
+    },
+)

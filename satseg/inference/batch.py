@@ -1,0 +1,349 @@
+"""``satseg segment``: segment files, folders and DICOM series; write masks on the inputs' exact grids.
+
+Before any heavy work each input is compared with the model's training plan (:mod:`satseg.inference.input_guard`):
+a scan the model was not made for (CT for an MRI model, a far larger field of view, …) is refused unless
+``force``; with no model given, only a shipped model the scan fits is picked. A failure on one input
+(unreadable file, a scan that does not fit, existing output, and any unexpected error such as running out
+of memory) is recorded and the batch goes on; the report lists every failure. No output may be one of the
+inputs, even with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
+from satseg.errors import ConfigError, DataError, SatsegError
+from satseg.inference.input_guard import Misfit, check_fit, describe_scan
+from satseg.inference.preview import overlay_png
+from satseg.inference.segmenter import Segmenter, load_segmenter
+from satseg.paths import check_output
+from satseg.progress import ItemProgress
+from satseg.zoo import default_model_for, shipped_models_for
+
+__all__ = [
+    "SegmentReport",
+    "segment_inputs",
+    "expand_inputs",
+    "output_path",
+    "label_volumes",
+    "parse_shard",
+    "shard_inputs",
+]
+
+logger = logging.getLogger("satseg.segment")
+
+# Masks are written in the input's format, except where that format is lossy or spans several files.
+_OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
+_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+
+
+@dataclass
+class SegmentReport:
+    """What a ``segment`` run did: one entry per input, and the failures."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    """Inputs whose mask existed already (``skip_existing`` / ``shard``): finished by an earlier run."""
+    shard: tuple[int, int] | None = None
+    total_inputs: int = 0
+    """Inputs of the whole run, before sharding."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path | None]]:
+    """Files, DICOM series folders, and the supported files and series inside plain folders.
+
+    Returns:
+        ``(input, folder it came from or None)`` pairs; a folder's inputs go to a folder of outputs.
+    """
+    found: list[tuple[Path, Path | None]] = []
+    for item in map(Path, inputs):
+        if item.is_dir() and not is_supported_image(item):
+            members = sorted(p for p in item.iterdir() if is_supported_image(p) and not p.name.startswith("."))
+            if not members:
+                raise DataError(f"`{item}`: no supported images in this folder")
+            outputs = _own_outputs(members)
+            if outputs:
+                logger.info("`%s`: leaving out %d earlier satseg output(s), e.g. `%s`", item, len(outputs), outputs[0])
+            found += [(p, item) for p in members if p not in outputs]
+        else:
+            found.append((item, None))
+    return found
+
+
+# (index, count) from the environment of a cluster launcher: torchrun, srun, a SLURM job array.
+_SHARD_ENVIRONMENTS = (
+    ("RANK", "WORLD_SIZE", None),
+    ("SLURM_PROCID", "SLURM_NTASKS", None),
+    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+)
+
+
+def parse_shard(text: str, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` (0 ≤ I < N) or ``"auto"`` → ``(I, N)``.
+
+    ``auto`` reads the launcher's environment: ``RANK``/``WORLD_SIZE`` (torchrun), ``SLURM_PROCID``/
+    ``SLURM_NTASKS`` (srun), or ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN``/``SLURM_ARRAY_TASK_COUNT``
+    (a job array); ``0/1`` when none is set.
+
+    Raises:
+        ConfigError: not ``I/N`` with ``0 <= I < N``.
+    """
+    environ = os.environ if environ is None else environ
+    if text.strip().lower() == "auto":
+        for index_key, count_key, offset_key in _SHARD_ENVIRONMENTS:
+            if index_key in environ and count_key in environ:
+                offset = int(environ.get(offset_key, "0")) if offset_key else 0
+                text = f"{int(environ[index_key]) - offset}/{environ[count_key]}"
+                break
+        else:
+            return 0, 1
+    index, sep, count = text.strip().partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ConfigError(f"cannot read `{text}` as a shard", hint="give I/N with 0 <= I < N, e.g. 0/4, or auto")
+    return int(index), int(count)
+
+
+def shard_inputs(pairs: Sequence[tuple[Path, Path | None]], index: int, count: int) -> list[tuple[Path, Path | None]]:
+    """Shard ``index`` of ``count``: every ``count``-th input from the ``index``-th, in sorted order.
+
+    Every shard sorts the same list the same way, so the shards are disjoint and together cover it.
+    """
+    return sorted(pairs, key=lambda pair: str(pair[0]))[index::count]
+
+
+def _own_outputs(members: Sequence[Path]) -> list[Path]:
+    """The members that are outputs ``segment`` wrote beside another member (``<stem>_seg.*``, previews, …)."""
+    stems = {image_stem(p) for p in members}
+    own = []
+    for path in members:
+        match = _OUTPUT_NAME.fullmatch(image_stem(path))
+        if match is not None and match.group(1) in stems:
+            own.append(path)
+    return own
+
+
+def output_path(
+    source: Path, output: Path | None, from_folder: Path | None, multiple: bool, suffix: str = "_seg"
+) -> Path:
+    """Where the mask of ``source`` goes: ``<stem>_seg.<ext>`` beside it, in ``output``, or at ``output``."""
+    if source.is_dir():  # a DICOM series becomes a NIfTI volume
+        ext = ".nii.gz"
+    else:
+        ext = source.name[len(image_stem(source)) :]
+        ext = _OUTPUT_SUFFIX.get(ext.lower(), ext)
+    name = f"{image_stem(source)}{suffix}{ext}"
+    if output is None:
+        return (source.parent if not source.is_dir() else source.parent) / name
+    if multiple or from_folder is not None or output.is_dir() or not output.suffix:
+        return output / name
+    return output
+
+
+def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str, int]) -> dict[str, float]:
+    """Per foreground label: volume in ml (3D) or area in mm² (2D)."""
+    unit = float(np.prod(spacing)) / (1000.0 if labels.ndim == 3 else 1.0)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names.values()) + 1)
+    return {name: float(counts[v]) * unit for name, v in names.items() if v != 0}
+
+
+ModelArg = str | Path | Sequence[str | Path]
+
+
+def _cached(model: ModelArg, cache: dict, device: str, backend: str | None) -> Segmenter:
+    key = str(model) if isinstance(model, (str, Path)) else tuple(map(str, model))
+    if key not in cache:
+        cache[key] = load_segmenter(model, device=device, backend=backend)
+    return cache[key]
+
+
+def _refusal(misfits: list[Misfit]) -> str:
+    return "; ".join(str(m) for m in misfits if m.refuse)
+
+
+def _segmenter_for(
+    image: Image, source: Path, model: ModelArg | None, cache: dict, device: str, backend: str | None, force: bool
+) -> tuple[Segmenter, list[Misfit]]:
+    """The model for ``image`` (given, or the shipped one it fits) and how the image differs from its plan.
+
+    Raises:
+        DataError: the image does not fit (the given model, or any shipped one) and ``force`` is off.
+    """
+    if model is not None:
+        segmenter = _cached(model, cache, device, backend)
+        segmenter.check_image(image, source)  # no --force for images the network cannot take at all
+        misfits = check_fit(image, segmenter.plan)
+        if _refusal(misfits) and not force:
+            raise DataError(
+                f"does not fit model `{segmenter.name}`: {_refusal(misfits)}",
+                hint=f"it needs a model trained on scans like it ({describe_scan(image)}); or pass --force",
+            )
+        return segmenter, misfits
+    default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
+    tried = []
+    for card in shipped_models_for(image.spatial_dims, image.num_channels):
+        segmenter = _cached(card["name"], cache, device, backend)
+        misfits = check_fit(image, segmenter.plan)
+        if not _refusal(misfits):
+            return segmenter, misfits
+        tried.append((segmenter, misfits))
+    if force:
+        return tried[0]
+    reasons = "; ".join(f"`{s.name}` knows other scans: {_refusal(m)}" for s, m in tried)
+    raise DataError(
+        f"no shipped model fits this {describe_scan(image)} ({reasons})",
+        hint="train a model on such scans (satseg preprocess, satseg train) and pass --model RUN; "
+        "or pass --force to segment with the closest shipped model anyway",
+    )
+
+
+def segment_inputs(
+    inputs: Sequence[str | Path],
+    *,
+    output: Path | None = None,
+    model: ModelArg | None = None,
+    device: str = "auto",
+    backend: str | None = None,
+    overlap: float = 0.5,
+    sw_batch: int = 4,
+    tile: str | Sequence[int] = "auto",
+    tta: bool = False,
+    save_probabilities: bool = False,
+    save_attention: bool = False,
+    preview: bool = False,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    shard: tuple[int, int] | None = None,
+    force: bool = False,
+    lcc: bool | None = None,
+    progress: bool = False,
+) -> SegmentReport:
+    """Segment every input; see ``satseg segment --help`` for the options.
+
+    Args:
+        model: a model (run folder, checkpoint, ONNX file, shipped name), a folder of fold runs or a list of
+            models (averaged as one ensemble); None picks the shipped model each input fits.
+        tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
+            throughput; on a GPU the training patch), ``patch``, or sides (see ``Segmenter.window``).
+        skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
+            last, so its presence means every output of that input is complete). ``overwrite`` wins.
+        shard: ``(I, N)``: segment only shard ``I`` of ``N`` (see :func:`shard_inputs`); implies
+            ``skip_existing``, so a shard that is run again resumes where it stopped.
+        force: segment inputs that do not fit the model's training data (the differences are warnings).
+        lcc: largest-component post-processing for every class (True), none (False) or as the run records.
+        progress: show bars over the inputs and the current input's windows, with remaining time, on stderr.
+
+    Returns:
+        A report with, per input, the files written, per-label volumes and timings, the failures and the
+        inputs skipped.
+    """
+    pairs = expand_inputs(inputs)
+    sources = [p for p, _ in pairs]  # every input of the run: no shard writes over any of them
+    multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
+    report = SegmentReport(shard=shard, total_inputs=len(pairs))
+    if shard is not None:
+        pairs = shard_inputs(pairs, *shard)
+        skip_existing = True
+    cache: dict[str, Segmenter] = {}
+    if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
+        _cached(model, cache, device, backend)
+    with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
+        for source, folder in pairs:
+            bar.item(source.name)
+            started = time.perf_counter()
+            try:
+                target = output_path(source, output, folder, multiple)
+                check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+                if skip_existing and not overwrite and target.exists():
+                    report.skipped.append(str(source))
+                    continue
+                check_output(target, inputs=sources, overwrite=overwrite)
+                image = read_image(source)
+                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
+                for misfit in misfits:
+                    logger.warning("%s: %s", source, misfit)
+                report.models[str(source)] = segmenter.name
+                seg = segmenter.segment(
+                    image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
+                    attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
+                )  # fmt: skip
+                written = _write_outputs(
+                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+                )
+            except SatsegError as error:
+                report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
+                logger.warning("%s: %s", source, error.message)
+                continue
+            except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
+                message, hint = _unforeseen(error)
+                report.failures.append({"input": str(source), "error": message, "hint": hint})
+                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
+                continue
+            labels = seg.labels.array[0]
+            report.results.append(
+                {
+                    "input": str(source),
+                    "model": segmenter.name,
+                    "backend": segmenter.backend,
+                    "models_averaged": segmenter.members,
+                    "largest_component": seg.lcc,
+                    "warnings": [str(m) for m in misfits],
+                    "outputs": [str(p) for p in written],
+                    "shape": list(labels.shape),
+                    "spacing": list(image.spacing),
+                    "window": list(seg.window),
+                    "unit": "ml" if labels.ndim == 3 else "mm2",
+                    "volumes": label_volumes(labels, image.spacing, segmenter.labels),
+                    "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
+                                "total_s": round(time.perf_counter() - started, 4)},
+                }
+            )  # fmt: skip
+    return report
+
+
+def _unforeseen(error: Exception) -> tuple[str, str]:
+    """One-line message and hint for an exception satseg did not raise on purpose."""
+    if isinstance(error, MemoryError):
+        return "out of memory while segmenting this file", "use a smaller --sw-batch, or a machine with more memory"
+    text = str(error).strip()
+    detail = f": {text.splitlines()[0][:300]}" if text else ""
+    return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
+
+
+def _write_outputs(
+    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+) -> list[Path]:
+    """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
+    stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
+    # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
+    extras: list[tuple[Path, Image | None]] = []
+    if save_probabilities and seg.probabilities is not None:
+        extras.append((target.parent / f"{stem}_probabilities.nii.gz", seg.probabilities))
+    extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
+    if preview:
+        extras.append((target.parent / f"{stem}_preview.png", None))
+    for path in [target, *(p for p, _ in extras)]:
+        check_output(path, inputs=sources, overwrite=overwrite)
+    for path, extra in extras:
+        if extra is not None:
+            write_image(extra, path, overwrite=overwrite)
+        else:
+            overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+    # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
+    write_image(seg.labels, target, overwrite=overwrite)
+    return [target, *(p for p, _ in extras)]

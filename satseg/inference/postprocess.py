@@ -1,0 +1,151 @@
+"""Largest-connected-component post-processing, switched on per class only where cross-validation shows it helps.
+
+``satseg postprocess RUN… --data PREPROCESSED`` segments each run's validation cases, scores every class with
+and without keeping its largest connected component only, and records in each run folder
+(``postprocess.json``) the classes whose mean validation Dice it raises. ``satseg segment`` (and
+``evaluate --model``) then applies what the run records; ``--lcc/--no-lcc`` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from satseg.atomic import atomic_write_json
+from satseg.errors import CheckpointError, ConfigError
+from satseg.paths import check_output
+
+__all__ = ["POSTPROCESS_FILE", "keep_largest_component", "keep_largest_components", "read_lcc", "decide_lcc"]
+
+POSTPROCESS_FILE = "postprocess.json"
+
+
+def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:
+    """``labels`` with every voxel of class ``value`` outside its largest connected component set to 0.
+
+    Components connect through faces, edges and corners (full connectivity, as nnU-Net). A new array is
+    returned; the input is not changed.
+    """
+    out = np.array(labels, copy=True)
+    mask = out == value
+    structure = ndimage.generate_binary_structure(out.ndim, out.ndim)
+    components, count = ndimage.label(mask, structure=structure)
+    if count > 1:
+        sizes = np.bincount(components.ravel())[1:]
+        out[mask & (components != int(np.argmax(sizes)) + 1)] = 0
+    return out
+
+
+def keep_largest_components(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
+    """:func:`keep_largest_component` for each class in ``values`` (``labels`` itself when there are none)."""
+    for value in values:
+        labels = keep_largest_component(labels, value)
+    return labels
+
+
+def read_lcc(run_dir: str | Path, labels: dict[str, int]) -> list[str]:
+    """The classes a run folder's ``postprocess.json`` switches post-processing on for (none without the file).
+
+    Raises:
+        CheckpointError: the file is unreadable or names classes the model does not predict.
+    """
+    path = Path(run_dir) / POSTPROCESS_FILE
+    if not path.is_file():
+        return []
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        chosen = [name for name, on in record["lcc"].items() if on]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"`{path}`: unreadable post-processing record ({err})") from err
+    unknown = [name for name in chosen if name not in labels]
+    if unknown:
+        raise CheckpointError(f"`{path}`: classes {unknown} are not among the model's {list(labels)}")
+    return chosen
+
+
+def decide_lcc(
+    runs: Sequence[str | Path],
+    data_dir: str | Path,
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score each run's validation cases with and without the largest component per class; record the choice.
+
+    A class gets post-processing when its mean Dice over all validation cases of all runs (cross-validation
+    when the runs are the folds) is higher with it. The same record is written to every run folder.
+
+    Args:
+        runs: run folders (each trained on one fold of ``data_dir``), or a folder of them.
+        data_dir: the preprocessed folder the runs were trained on.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: replace an earlier ``postprocess.json``.
+        progress: show bars over the validation cases and the current case's windows, on stderr.
+
+    Returns:
+        The record: ``lcc`` (class -> on), ``dice_without``, ``dice_with``, ``cases``, ``runs``, ``data``.
+
+    Raises:
+        ConfigError: a run is not a run folder, was trained on all cases or on data with other labels, or
+            already has a record (without ``overwrite``), or its record's path is a folder.
+    """
+    from satseg.data.store import load_plan
+    from satseg.evaluation.metrics import dice
+    from satseg.evaluation.model import read_original_case, split_cases
+    from satseg.inference.segmenter import expand_models, load_segmenter
+    from satseg.progress import ItemProgress
+
+    folders = [Path(r) for r in expand_models(runs)]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"`{folder}`: post-processing is recorded in a run folder; this is not one")
+        check_output(folder / POSTPROCESS_FILE, overwrite=overwrite)  # refused before minutes of segmenting
+    plan = load_plan(data_dir)
+    work = []  # (run, its segmenter, its validation cases); all known first, so the bar knows its total
+    for folder in folders:
+        segmenter = load_segmenter(folder, device=device)
+        if plan.get("labels") != segmenter.labels:  # runs of other data: their "validation cases" mean nothing
+            raise ConfigError(
+                f"`{folder}` predicts labels {segmenter.labels}, but `{data_dir}` has {plan.get('labels')}",
+                hint="give the preprocessed folder the runs were trained on",
+            )
+        fold = int(segmenter.config.get("train", {}).get("fold", 0))
+        if fold < 0:
+            raise ConfigError(f"`{folder}` was trained on all cases: no validation cases to decide on")
+        work.append((folder, segmenter, split_cases(data_dir, "val", fold)))
+    scores: dict[str, dict[bool, list[float]]] = {}
+    with ItemProgress(sum(len(cases) for *_, cases in work), "scoring", enabled=progress) as bar:
+        for _, segmenter, cases in work:
+            classes = {name: value for name, value in segmenter.labels.items() if value != 0}
+            for case_id in cases:
+                bar.item(case_id)
+                image, ref, source = read_original_case(data_dir, case_id)
+                labels = segmenter.segment(image, source=source, lcc=False, progress=bar.windows).labels.array[0]
+                for name, value in classes.items():
+                    per_class = scores.setdefault(name, {False: [], True: []})
+                    per_class[False].append(dice(labels == value, ref == value))
+                    per_class[True].append(dice(keep_largest_component(labels, value) == value, ref == value))
+    mean = {name: {k: _mean(v) for k, v in s.items()} for name, s in scores.items()}
+    record = {
+        "lcc": {name: bool(m[True] > m[False]) for name, m in mean.items()},
+        "dice_without": {name: m[False] for name, m in mean.items()},
+        "dice_with": {name: m[True] for name, m in mean.items()},
+        "cases": len(next(iter(scores.values()))[False]) if scores else 0,
+        "runs": [str(f) for f in folders],
+        "data": str(data_dir),
+    }
+    for folder in folders:
+        atomic_write_json(folder / POSTPROCESS_FILE, record)
+    return record
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan

@@ -1,0 +1,146 @@
+"""Training settings as one frozen dataclass, saved with every run so it can be rebuilt."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from satseg.errors import ConfigError, look_up_option
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "LOSSES", "SCHEDULERS"]
+
+OPTIMIZERS = ("adadelta", "adam", "sgd")
+LOSSES = ("dice+ce", "dice", "ce")
+SCHEDULERS = ("poly", "constant")
+# Paper defaults for Adadelta (lr 1.0, rho 0.95, eps 1e-8); common defaults for the others.
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "sgd": 1e-2}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run, besides the data folder.
+
+    Args:
+        net: backbone name (see :func:`satseg.nn.list_models`).
+        skip: skip gate, ``org``, ``st``, ``at`` or ``sat``.
+        fold: which fold of ``splits.json`` to validate on (``-1``: train on all cases, no validation).
+        epochs: number of epochs.
+        iters_per_epoch: training batches per epoch.
+        patch: patch size per array axis; ``None`` takes the plan's.
+        batch: patches per batch; ``None`` picks 2 for 3D and 12 for 2D.
+        optimizer: ``adadelta`` (paper), ``adam`` or ``sgd`` (Nesterov momentum 0.99).
+        lr: learning rate; ``None`` takes the optimizer's default (Adadelta 1.0, Adam 1e-3, SGD 1e-2).
+        scheduler: ``poly`` (lr × (1 − epoch/epochs)^0.9) or ``constant`` (the paper: Adadelta with
+            decay 0). Either follows the planned epochs only: ``max_minutes`` stops a run early but never
+            changes its learning rate, so a result does not depend on the machine's load.
+        loss: ``dice+ce``, ``dice`` or ``ce``.
+        weight_decay: L2 weight decay.
+        foreground_fraction: share of patches centred on a foreground voxel.
+        augment: on-the-fly augmentation on the training device (mirroring, 90° and continuous rotations
+            respecting anisotropy, scaling, intensity scale/shift, gamma, noise; see :mod:`satseg.training.augment`).
+        rotation_deg: largest continuous rotation in degrees (0: none); ``None``: 180 in 2D, 30 in 3D (nnU-Net's).
+        elastic: add a cheap elastic deformation (a smooth random field of up to 3 voxels) to the augmentation.
+        deep_supervision: train the auxiliary heads of backbones that have them (U-Net, DI2IN).
+        ema: keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate,
+            save and ship the averaged weights; ``None``: off.
+        resident: keep the training cases on the training device and cut patches there (no data loader);
+            ``None``: on for CUDA when the cases take at most a quarter of its free memory.
+        amp: mixed precision on CUDA.
+        amp_dtype: ``bf16`` or ``fp16``.
+        channels_last: channels-last memory format on CUDA.
+        compile: ``torch.compile`` the model.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+        seed: seed of every random choice; with ``deterministic`` a run is exactly repeatable on CPU.
+        deterministic: ask PyTorch for deterministic algorithms.
+        val_every: validate every this many epochs (and at the last epoch).
+        workers: data-loading worker processes (0: in the main process).
+        max_minutes: stop after the epoch that passes this wall-time budget (``None``: no budget).
+        select_l1: weight λ of an L1 term ``λ · Σ trelu(W)`` over every selection weight of every
+            ``st``/``sat`` gate (Keras' ``l1(λ)`` regulariser convention: a sum), pushing channels off.
+        select_lr_scale: learning-rate multiplier of the selection weights ``W`` (Adadelta moves a weight
+            about 1e-4 per step at first, too little for a channel to travel from 0.5 to 0 in a short run).
+        model_options: extra backbone options, e.g. ``{"features": [16, 32, 64]}``.
+    """
+
+    net: str = "unet3d"
+    skip: str = "sat"
+    fold: int = 0
+    epochs: int = 50
+    iters_per_epoch: int = 100
+    patch: tuple[int, ...] | None = None
+    batch: int | None = None
+    optimizer: str = "adadelta"
+    lr: float | None = None
+    scheduler: str = "poly"
+    loss: str = "dice+ce"
+    weight_decay: float = 0.0
+    foreground_fraction: float = 0.33
+    augment: bool = True
+    rotation_deg: float | None = None
+    elastic: bool = False
+    deep_supervision: bool = True
+    ema: float | None = None
+    resident: bool | None = None
+    amp: bool = True
+    amp_dtype: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 1
+    workers: int = 0
+    max_minutes: float | None = None
+    select_l1: float = 0.0
+    select_lr_scale: float = 1.0
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
+        look_up_option(self.loss, LOSSES, "loss")
+        look_up_option(self.scheduler, SCHEDULERS, "scheduler")
+        look_up_option(self.amp_dtype, ("bf16", "fp16"), "amp dtype")
+        for name in ("epochs", "iters_per_epoch", "val_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"`batch` must be at least 1, got {self.batch}")
+        if self.workers < 0:
+            raise ConfigError(f"`workers` must be 0 or more, got {self.workers}")
+        if self.rotation_deg is not None and not 0.0 <= self.rotation_deg <= 180.0:
+            raise ConfigError(f"`rotation_deg` must be in [0, 180], got {self.rotation_deg}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"`ema` decay must be in [0, 1), e.g. 0.999, got {self.ema}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ConfigError(f"`foreground_fraction` must be in [0, 1], got {self.foreground_fraction}")
+        if self.select_l1 < 0 or self.select_lr_scale <= 0:
+            raise ConfigError(
+                f"need select_l1 ≥ 0 and select_lr_scale > 0, got {self.select_l1} and {self.select_lr_scale}"
+            )
+        if self.patch is not None:
+            object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in force: ``lr`` or the optimizer's default."""
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["patch"] = None if self.patch is None else list(self.patch)
+        return data
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TrainConfig:
+        """Build from keyword options, leaving out the ``None`` ones (the CLI's "not given")."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output, refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            look_up_option(key, known, "training setting")
+        return cls(**data)
