@@ -303,7 +303,17 @@ def train(
         list[str] | None,
         typer.Option(
             metavar="KEY=VALUE",
-            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm."
+            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm, "
+            "attend_activation (sigmoid, identity)." + _LIST,
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
+    net_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--net-option",
+            metavar="KEY=VALUE",
+            help="Backbone options, e.g. gate_levels=1 (U-Net: gate the finest skip only), transfer=modulate."
             + _LIST,
             rich_help_panel=_MODEL,
         ),
@@ -400,8 +410,10 @@ def train(
     changeable = dict(epochs=epochs, iters_per_epoch=iters, batch=batch, lr=lr, device=device, val_every=val_every,
                       workers=workers, max_minutes=max_minutes, patch=parse_sizes(patch) if patch else None,
                       rotation_deg=rotation_deg, ema=ema, resident=resident)  # fmt: skip
-    model_options = ({"features": list(parse_sizes(features))} if features else {}) | (
-        {"gate_options": parse_settings(gate)} if gate else {}
+    model_options = (
+        parse_settings(net_option)
+        | ({"features": list(parse_sizes(features))} if features else {})
+        | ({"gate_options": parse_settings(gate)} if gate else {})
     )
     config = TrainConfig.from_options(
         net=net, skip=skip, fold=fold_number, optimizer=optimizer, loss=loss, scheduler=scheduler,
@@ -411,7 +423,7 @@ def train(
     )  # fmt: skip
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-    given = typed | ({"model_options"} if typed & {"features", "gate"} else set())
+    given = typed | ({"model_options"} if typed & {"features", "gate", "net_option"} else set())
     results = train_runs(data, out_dir, config, every_fold=every_fold, resume=resume, changeable=changeable,
                          given=given, progress=True)  # fmt: skip
     if not results[0].is_main:  # under torchrun only rank 0 reports
