@@ -8,6 +8,7 @@ skip transfers to the decoder: ``C`` channels (``org``, ``st``) or one attention
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "SelectAttendGate",
     "trelu",
     "build_gate",
+    "build_level_gates",
     "list_gates",
     "selection_init",
     "gate_option_names",
@@ -261,6 +263,37 @@ LEGACY_GATE_OPTIONS: dict[str, Any] = {
 def gate_option_names() -> tuple[str, ...]:
     """Every gate option :func:`build_gate` accepts (each gate uses those that apply to it)."""
     return _SELECT_OPTIONS + _ATTEND_OPTIONS
+
+
+def build_level_gates(
+    skip: str,
+    spatial_dims: int,
+    widths: Sequence[int],
+    gate_levels: int | None = None,
+    gate_options: Mapping[str, Any] | None = None,
+) -> nn.ModuleList:
+    """One gate per long skip, finest level first: ``skip`` on the ``gate_levels`` finest, ``org`` deeper.
+
+    The finest skip holds most of the skip memory (each level has ``2**spatial_dims`` times the voxels of the
+    next and about half its channels); the deeper ones hold most of the decoder's skip parameters.
+
+    Args:
+        skip: the gate of the gated levels (one of :func:`list_gates`).
+        spatial_dims: 2 or 3.
+        widths: channels of each skipped encoder level, finest first.
+        gate_levels: how many of the finest skips get ``skip``; None: all of them (the paper).
+        gate_options: options of the gated skips (see :func:`build_gate`).
+
+    Raises:
+        ConfigError: ``gate_levels`` outside ``0 … len(widths)``, or a bad gate or option.
+    """
+    if gate_levels is not None and not 0 <= int(gate_levels) <= len(widths):
+        raise ConfigError(f"`gate_levels` must be between 0 and {len(widths)} (the skips), got {gate_levels}")
+    gated = len(widths) if gate_levels is None else int(gate_levels)
+    return nn.ModuleList(
+        build_gate(skip if level < gated else "org", spatial_dims, width, **(gate_options or {}))
+        for level, width in enumerate(widths)
+    )
 
 
 def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> SkipGate:

@@ -137,10 +137,11 @@ def test_make_lean_refuses_other_modules():
         make_lean(torch.nn.Conv2d(1, 1, 1))
 
 
-@pytest.mark.parametrize("net", ["unet2d", "unet3d"])
+@pytest.mark.parametrize("net", ["unet2d", "unet3d", "vnet2d", "di2in3d"])
 def test_lean_equals_reference_with_only_the_finest_skip_gated(net):
     model = _trained(net, "sat", gate_levels=1)
     x = _input(net)
     with torch.no_grad():
         ref, out = model(x), make_lean(model, chunk=1)(x)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert [type(g).__name__ for g in model.gates][:2] == ["SelectAttendGate", "IdentityGate"]

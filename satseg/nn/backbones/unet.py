@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import DoubleConv, UpConv
-from satseg.nn.gates import build_gate
+from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, conv_fn, layer_type
 from satseg.nn.registry import register_dimensions
 
@@ -45,10 +45,8 @@ class UNet(SegmentationNet):
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
-        gate_levels: gate only the ``gate_levels`` finest skips and leave the deeper ones plain (``org``);
-            ``None`` gates every skip (the paper). The finest skip holds most of the skip memory (a level
-            has 2**dims times the voxels of the next and half its channels), the deeper ones most of the
-            decoder's skip parameters.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``None``: every
+            skip (the paper). See :func:`satseg.nn.gates.build_level_gates`.
         deep_supervision: add a 1×1 head to every decoder level but the last; in training mode the
             forward pass then returns ``[main, aux…]``, all full-size logits, aux from the finest scale to
             the coarsest (as DI2IN); eval mode returns the main logits only.
@@ -83,18 +81,9 @@ class UNet(SegmentationNet):
             self.encoder.append(DoubleConv(spatial_dims, in_ch, width, norm, act))
             in_ch = width
         self.pool = layer_type("maxpool", spatial_dims)(2)
-        n_skips = len(features) - 1
-        if gate_levels is not None and not 0 <= int(gate_levels) <= n_skips:
-            raise ConfigError(f"`gate_levels` must be between 0 and {n_skips} (the skips), got {gate_levels}")
-        self.gate_levels = n_skips if gate_levels is None else int(gate_levels)
-        if self.transfer == "modulate" and self.gate_levels < n_skips:
+        self.gates = build_level_gates(skip, spatial_dims, features[:-1], gate_levels, gate_options)
+        if self.transfer == "modulate" and len({g.transfers_attention for g in self.gates}) > 1:
             raise ConfigError("`transfer='modulate'` needs every skip gated (`gate_levels` None)")
-        self.gates = nn.ModuleList(
-            build_gate(skip, spatial_dims, width, **(gate_options or {}))
-            if level < self.gate_levels
-            else build_gate("org", spatial_dims, width)
-            for level, width in enumerate(features[:-1])
-        )
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(features) - 1)):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
-from satseg.nn.gates import build_gate
+from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
 from satseg.nn.registry import register_dimensions
 
@@ -125,6 +125,8 @@ class VNet(SegmentationNet):
         act: activation (PReLU in the paper).
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``None``: every
+            skip (the paper). See :func:`satseg.nn.gates.build_level_gates`.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class VNet(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "prelu",
         gate_options: Mapping[str, Any] | None = None,
+        gate_levels: int | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         convs = tuple(int(n) for n in convs_per_stage)
@@ -163,7 +166,7 @@ class VNet(SegmentationNet):
             _Down(spatial_dims, widths[s - 1], widths[s], convs[s], kernel_size, norm, act)
             for s in range(1, len(convs))
         )
-        self.gates = nn.ModuleList(build_gate(skip, spatial_dims, w, **(gate_options or {})) for w in widths[:-1])
+        self.gates = build_level_gates(skip, spatial_dims, widths[:-1], gate_levels, gate_options)
         self.ups = nn.ModuleList()
         cin = widths[-1]
         for s in reversed(range(len(convs) - 1)):
