@@ -252,6 +252,17 @@ def main() -> None:
 
 
 _DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+
+
+def _net_option_flag(**kwargs: Any) -> Any:
+    """``--net-option KEY=VALUE``, shared by ``train`` and ``params``."""
+    return typer.Option(
+        "--net-option",
+        metavar="KEY=VALUE",
+        help="Backbone options, e.g. gate_levels=all (gate every skip, the paper; U-Net and V-Net gate the "
+        "finest only by default), transfer=modulate." + _LIST,
+        **kwargs,
+    )
 _LIST = " Space- or comma-separated; may repeat."
 
 
@@ -308,16 +319,7 @@ def train(
             rich_help_panel=_MODEL,
         ),
     ] = None,
-    net_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--net-option",
-            metavar="KEY=VALUE",
-            help="Backbone options, e.g. gate_levels=1 (U-Net: gate the finest skip only), transfer=modulate."
-            + _LIST,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
+    net_option: Annotated[list[str] | None, _net_option_flag(rich_help_panel=_MODEL)] = None,
     features: Annotated[
         list[str] | None,
         typer.Option(
@@ -531,15 +533,19 @@ def params(
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs.")] = True,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak forward memory.")] = True,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    net_option: Annotated[list[str] | None, _net_option_flag()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
+    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory.
+
+    The paper's Table 3 (every skip gated): `satseg params --net all --compare org,sat --net-option gate_levels=all`.
+    """
     from satseg.nn.params import compare_models
 
     rows = compare_models(
         None if split_items(net) == ["all"] else split_items(net), split_items(compare),
         patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
-        out_channels=out_channels, flops=flops, memory=memory, device=device,
+        out_channels=out_channels, flops=flops, memory=memory, device=device, **parse_settings(net_option),
     )  # fmt: skip
     if as_json:
         print_json(rows)

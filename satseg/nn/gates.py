@@ -269,7 +269,7 @@ def build_level_gates(
     skip: str,
     spatial_dims: int,
     widths: Sequence[int],
-    gate_levels: int | None = None,
+    gate_levels: int | str | None = None,
     gate_options: Mapping[str, Any] | None = None,
 ) -> nn.ModuleList:
     """One gate per long skip, finest level first: ``skip`` on the ``gate_levels`` finest, ``org`` deeper.
@@ -281,15 +281,18 @@ def build_level_gates(
         skip: the gate of the gated levels (one of :func:`list_gates`).
         spatial_dims: 2 or 3.
         widths: channels of each skipped encoder level, finest first.
-        gate_levels: how many of the finest skips get ``skip``; None: all of them (the paper).
+        gate_levels: how many of the finest skips get ``skip``; ``all`` or None: every one (the paper).
         gate_options: options of the gated skips (see :func:`build_gate`).
 
     Raises:
         ConfigError: ``gate_levels`` outside ``0 … len(widths)``, or a bad gate or option.
     """
-    if gate_levels is not None and not 0 <= int(gate_levels) <= len(widths):
-        raise ConfigError(f"`gate_levels` must be between 0 and {len(widths)} (the skips), got {gate_levels}")
-    gated = len(widths) if gate_levels is None else int(gate_levels)
+    if gate_levels in (None, "all"):
+        gated = len(widths)
+    elif isinstance(gate_levels, int) and 0 <= gate_levels <= len(widths):
+        gated = gate_levels
+    else:
+        raise ConfigError(f"`gate_levels` must be `all` or 0 … {len(widths)} (the skips), got {gate_levels!r}")
     return nn.ModuleList(
         build_gate(skip if level < gated else "org", spatial_dims, width, **(gate_options or {}))
         for level, width in enumerate(widths)

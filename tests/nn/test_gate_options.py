@@ -95,7 +95,7 @@ def test_options_apply_only_to_the_gates_they_concern():
 def test_k_maps_with_bn_widen_the_decoder_and_stay_lean_exact(net, extra, activation):
     torch.manual_seed(0)
     gate_options = {"attend_channels": 3, "attend_norm": True, "attend_activation": activation}
-    options = {"gate_options": gate_options, **extra}
+    options = {"gate_options": gate_options, "gate_levels": "all", **extra}
     model = build_model(net, "sat", in_channels=1, out_channels=2, **options).train()
     for _ in range(3):
         model(torch.randn(2, 1, 32, 32))

@@ -99,7 +99,7 @@ def test_unet_pruning_saving_matches_hand_count():
 @pytest.mark.parametrize("skip", ["sat", "org"])
 def test_align_channels_makes_the_decoder_read_a_multiple_of_8(skip):
     torch.manual_seed(0)
-    model = build_model("unet2d", skip, 1, 2, features=(8, 16, 32), align_channels=True)
+    model = build_model("unet2d", skip, 1, 2, features=(8, 16, 32), align_channels=True, gate_levels="all")
     for up, block in zip(model.ups, model.decoder, strict=True):
         width = block[0][0].out_channels
         assert block[0][0].in_channels == (width if skip == "sat" else 2 * width)

@@ -33,7 +33,9 @@ def test_unet_param_count_matches_hand_formula(dims, skip):
     features = (4, 8, 16)
     model = build_model(f"unet{dims}d", skip=skip, in_channels=2, out_channels=3, features=features)
     n = sum(p.numel() for p in model.parameters())
-    assert n == _hand_count(features, 2, 3, dims, skip)
+    assert n == _hand_count(features, 2, 3, dims, skip, gate_levels=1)  # the default: the finest skip gated
+    every = build_model(f"unet{dims}d", skip=skip, in_channels=2, out_channels=3, features=features, gate_levels="all")
+    assert sum(p.numel() for p in every.parameters()) == _hand_count(features, 2, 3, dims, skip)
     # a concrete case worked out on paper: 2D, org, features (4, 8, 16), 2 in, 3 out
     if (dims, skip) == (2, "org"):
         assert n == 7_603  # enc 240+912+3552, dec 132+456+520+1776, head 15

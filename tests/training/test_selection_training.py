@@ -21,7 +21,7 @@ def _selection(run):
 
 
 def test_selection_penalty_is_the_sum_of_trelu_w():
-    model = build_model("unet2d", "sat", features=[2, 3, 4])
+    model = build_model("unet2d", "sat", features=[2, 3, 4], gate_levels="all")
     with torch.no_grad():
         model.gates[0].select_weight.copy_(torch.tensor([-0.5, 0.25]))
         model.gates[1].select_weight.copy_(torch.tensor([1.5, 0.5, 0.0]))

@@ -71,8 +71,9 @@ class DI2IN(SegmentationNet):
         act: activation.
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
-        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``None``: every
-            skip (the paper). See :func:`satseg.nn.gates.build_level_gates`.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``all`` (the
+            default): every skip (the paper; DI2IN was not in the study that moved U-Net and V-Net to 1). See
+            :func:`satseg.nn.gates.build_level_gates`.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class DI2IN(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         gate_options: Mapping[str, Any] | None = None,
-        gate_levels: int | None = None,
+        gate_levels: int | str | None = "all",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         widths = tuple(int(f) for f in features)

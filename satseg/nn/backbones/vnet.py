@@ -125,9 +125,14 @@ class VNet(SegmentationNet):
         act: activation (PReLU in the paper).
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
-        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``None``: every
-            skip (the paper). See :func:`satseg.nn.gates.build_level_gates`.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``all``: every
+            skip (the paper). Default 1: in satseg's convergence study one-map skips cost Dice mostly at the
+            deep levels, which hold little of the skip memory (``benchmarks/README.md``). See
+            :func:`satseg.nn.gates.build_level_gates`.
     """
+
+    legacy_options = {**SegmentationNet.legacy_options, "gate_levels": "all"}
+    """The base class's, plus ``gate_levels``: every skip was gated until the default became the finest only."""
 
     def __init__(
         self,
@@ -141,7 +146,7 @@ class VNet(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "prelu",
         gate_options: Mapping[str, Any] | None = None,
-        gate_levels: int | None = None,
+        gate_levels: int | str | None = 1,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         convs = tuple(int(n) for n in convs_per_stage)
