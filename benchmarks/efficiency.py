@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from satseg.atomic import atomic_write_text  # noqa: E402
 from satseg.nn import build_model  # noqa: E402
 from satseg.nn.lean import make_lean, prune_report  # noqa: E402
+from satseg.nn.registry import model_accepts  # noqa: E402
 
 UNET_WIDTHS = (16, 32, 64, 128, 256)
 # Per device: U-Net/MONAI sizes (training patch, batch, volume, sliding-window patch) and other nets' sizes.
@@ -92,6 +93,8 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
 
         return AttentionUnet(3, IN_CH, OUT_CH, channels=UNET_WIDTHS, strides=(2,) * (len(UNET_WIDTHS) - 1))
     options = dict(spec["options"])
+    if model_accepts(spec["net"], "gate_levels"):  # the paper's gating (every skip), as the committed results
+        options.setdefault("gate_levels", "all")
     concat = options.pop("_concat_training", False)
     model = build_model(spec["net"], spec["skip"], IN_CH, OUT_CH, **options)
     if concat:  # the former training forward, with the decoder's concatenation buffers
@@ -535,7 +538,7 @@ def cpu_segment(args) -> int:
     threads = torch.get_num_threads()
     volume = tuple(args.volume)
     torch.manual_seed(0)
-    model = build_model("unet3d", "sat", IN_CH, SEGMENT_CLASSES, features=SEGMENT_FEATURES).eval()
+    model = build_model("unet3d", "sat", IN_CH, SEGMENT_CLASSES, features=SEGMENT_FEATURES, gate_levels="all").eval()
     config = {"model": {"net": "unet3d", "skip": "sat", "in_channels": IN_CH, "out_channels": SEGMENT_CLASSES,
                         "features": list(SEGMENT_FEATURES)},
               "plan": {"labels": {"background": 0, "a": 1, "b": 2}, "patch_size": list(SEGMENT_PATCH)}}  # fmt: skip

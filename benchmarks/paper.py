@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         choices=sorted(VARIANTS),
         metavar="VARIANT",
-        help="skip variants to train, e.g. org sat sat-k2-bn (default: org at st sat); "
-        f"known: {', '.join(VARIANTS)}",
+        help=f"skip variants to train, e.g. org sat sat-k2-bn (default: org at st sat); known: {', '.join(VARIANTS)}",
     )
     parser.add_argument("--no-timing", action="store_true", help="leave out the side-by-side timing sets")
     parser.add_argument("--results", default=str(HERE / "results"))

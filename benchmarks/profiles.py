@@ -56,6 +56,16 @@ VARIANTS: dict[str, Variant] = {
             about="select only, L1 2e-3 on trelu(W) (st's task gradients on W are 1e-3 to 2e-2), 10x LR on W: "
             "switched-off channels are pruned from the skip",
         ),
+        Variant(
+            "sat-k2-bn-lin",
+            "sat",
+            {"attend_channels": 2, "attend_norm": True, "attend_activation": "identity"},
+            about="2 maps, BN, no sigmoid: a linear projection",
+        ),
+        Variant(
+            "sat-fine1", "sat", model={"gate_levels": 1}, about="sat on the finest skip, deeper plain (default)"
+        ),
+        Variant("sat-fine2", "sat", model={"gate_levels": 2}, about="sat on the 2 finest skips, deeper ones plain"),
         Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),
         Variant(
             "sat-l1",
@@ -110,14 +120,17 @@ class Profile:
 _HIPPO = "msd_hippocampus"
 _PH2 = "ph2_skin"
 
+# U-Net and V-Net gate every skip, as the paper (satseg's default gates the finest only: variant `sat-fine1`).
 _CPU_NETS = {
-    "unet": NetSpec("unet", {"features": [8, 16, 32, 64]}),
-    "vnet": NetSpec("vnet", {"base_features": 8, "convs_per_stage": [1, 2, 2, 2], "kernel_size": 3}),
+    "unet": NetSpec("unet", {"features": [8, 16, 32, 64], "gate_levels": "all"}),
+    "vnet": NetSpec(
+        "vnet", {"base_features": 8, "convs_per_stage": [1, 2, 2, 2], "kernel_size": 3, "gate_levels": "all"}
+    ),
     "tiramisu": NetSpec("tiramisu", {"layers_per_block": [2, 2, 2, 2, 2], "growth_rate": 8, "first_features": 16}),
 }
 _GPU_NETS = {
-    "unet": NetSpec("unet", {}),  # features 16-32-64-128-256
-    "vnet": NetSpec("vnet", {}),  # base 16, convs (1, 2, 3, 3, 3), kernel 5, PReLU (Milletari et al.)
+    "unet": NetSpec("unet", {"gate_levels": "all"}),  # features 16-32-64-128-256
+    "vnet": NetSpec("vnet", {"gate_levels": "all"}),  # base 16, convs (1, 2, 3, 3, 3), kernel 5, PReLU (Milletari)
     "tiramisu": NetSpec("tiramisu", {"preset": "fcdensenet56"}),
 }
 
@@ -206,8 +219,8 @@ PROFILES["cpu-long"] = replace(
 )
 
 TABLE3_NETS = {
-    "U-Net": ("unet3d", "unet2d", {}),
-    "V-Net": ("vnet3d", "vnet2d", {}),
+    "U-Net": ("unet3d", "unet2d", {"gate_levels": "all"}),
+    "V-Net": ("vnet3d", "vnet2d", {"gate_levels": "all"}),
     "Tiramisu": ("tiramisu3d", "tiramisu2d", {"preset": "fcdensenet56"}),
     "DI2IN": ("di2in3d", "di2in2d", {}),
 }

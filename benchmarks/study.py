@@ -32,7 +32,7 @@ from report import aggregate, load_runs, paired_test  # noqa: E402
 from runner import write_json  # noqa: E402
 
 from satseg.atomic import atomic_write_text  # noqa: E402
-from satseg.nn import build_model  # noqa: E402
+from satseg.nn import build_model, legacy_model_config  # noqa: E402
 from satseg.nn.lean import LeanGate, make_lean  # noqa: E402
 
 __all__ = ["study_rows", "study_markdown", "main"]
@@ -49,7 +49,9 @@ def skip_bytes(run: dict) -> int:
     cfg = run["train_config"]
     channels = 3 if run["dataset"] == "ph2" else 1
     classes = len(run["cases"][0]["classes"]) + 1
-    model = build_model(run["model"], cfg["skip"], channels, classes, **cfg["model_options"]).eval()
+    # a run that does not record gate_levels predates it (every skip gated): read it as a saved configuration
+    arch = {"net": run["model"], "skip": cfg["skip"], "in_channels": channels, "out_channels": classes}
+    model = build_model(**legacy_model_config({**arch, **cfg["model_options"]})).eval()
     selecting = [g for _, g in model.skip_gates() if hasattr(g, "select_weight")]
     with torch.no_grad():
         for gate, record in zip(selecting, run.get("gates") or [], strict=False):

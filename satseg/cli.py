@@ -252,6 +252,17 @@ def main() -> None:
 
 
 _DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+
+
+def _net_option_flag(**kwargs: Any) -> Any:
+    """``--net-option KEY=VALUE``, shared by ``train`` and ``params``."""
+    return typer.Option(
+        "--net-option",
+        metavar="KEY=VALUE",
+        help="Backbone options, e.g. gate_levels=all (gate every skip, the paper; U-Net and V-Net gate the "
+        "finest only by default), transfer=modulate." + _LIST,
+        **kwargs,
+    )
 _LIST = " Space- or comma-separated; may repeat."
 
 
@@ -303,11 +314,12 @@ def train(
         list[str] | None,
         typer.Option(
             metavar="KEY=VALUE",
-            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm."
-            + _LIST,
+            help="Skip-gate options: select_init (0.5, keras-glorot, tf-glorot), attend_channels, attend_norm, "
+            "attend_activation (sigmoid, identity)." + _LIST,
             rich_help_panel=_MODEL,
         ),
     ] = None,
+    net_option: Annotated[list[str] | None, _net_option_flag(rich_help_panel=_MODEL)] = None,
     features: Annotated[
         list[str] | None,
         typer.Option(
@@ -400,8 +412,10 @@ def train(
     changeable = dict(epochs=epochs, iters_per_epoch=iters, batch=batch, lr=lr, device=device, val_every=val_every,
                       workers=workers, max_minutes=max_minutes, patch=parse_sizes(patch) if patch else None,
                       rotation_deg=rotation_deg, ema=ema, resident=resident)  # fmt: skip
-    model_options = ({"features": list(parse_sizes(features))} if features else {}) | (
-        {"gate_options": parse_settings(gate)} if gate else {}
+    model_options = (
+        parse_settings(net_option)
+        | ({"features": list(parse_sizes(features))} if features else {})
+        | ({"gate_options": parse_settings(gate)} if gate else {})
     )
     config = TrainConfig.from_options(
         net=net, skip=skip, fold=fold_number, optimizer=optimizer, loss=loss, scheduler=scheduler,
@@ -411,7 +425,7 @@ def train(
     )  # fmt: skip
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-    given = typed | ({"model_options"} if typed & {"features", "gate"} else set())
+    given = typed | ({"model_options"} if typed & {"features", "gate", "net_option"} else set())
     results = train_runs(data, out_dir, config, every_fold=every_fold, resume=resume, changeable=changeable,
                          given=given, progress=True)  # fmt: skip
     if not results[0].is_main:  # under torchrun only rank 0 reports
@@ -519,15 +533,19 @@ def params(
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs.")] = True,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak forward memory.")] = True,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    net_option: Annotated[list[str] | None, _net_option_flag()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory."""
+    """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory.
+
+    The paper's Table 3 (every skip gated): `satseg params --net all --compare org,sat --net-option gate_levels=all`.
+    """
     from satseg.nn.params import compare_models
 
     rows = compare_models(
         None if split_items(net) == ["all"] else split_items(net), split_items(compare),
         patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
-        out_channels=out_channels, flops=flops, memory=memory, device=device,
+        out_channels=out_channels, flops=flops, memory=memory, device=device, **parse_settings(net_option),
     )  # fmt: skip
     if as_json:
         print_json(rows)

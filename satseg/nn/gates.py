@@ -8,6 +8,7 @@ skip transfers to the decoder: ``C`` channels (``org``, ``st``) or one attention
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,10 +25,12 @@ __all__ = [
     "SelectAttendGate",
     "trelu",
     "build_gate",
+    "build_level_gates",
     "list_gates",
     "selection_init",
     "gate_option_names",
     "SELECT_INITS",
+    "ATTEND_ACTIVATIONS",
     "DEFAULT_GATE_OPTIONS",
     "LEGACY_GATE_OPTIONS",
 ]
@@ -45,6 +48,9 @@ def trelu(z: Tensor) -> Tensor:
 
 SELECT_INITS = ("keras-glorot", "tf-glorot")
 """Named initialisations of the selection vector ``W`` (besides a constant), see :func:`selection_init`."""
+
+ATTEND_ACTIVATIONS = ("sigmoid", "identity")
+"""What an attending gate applies to ``U = K ⋆ f_s``: the paper's sigmoid, or nothing (a linear projection)."""
 
 
 def selection_init(init: float | str, channels: int) -> Tensor:
@@ -160,14 +166,24 @@ class _Attending(SkipGate):
         attend_channels: ``k``, attention maps transferred (the paper: 1).
         attend_norm: BatchNorm on ``U = K ⋆ f_s`` before the sigmoid (the paper puts BN "after each
             convolution layer"; whether that includes ``K`` is not said).
+        attend_activation: ``sigmoid`` (the paper's eq. 4) or ``identity``: transfer ``U`` itself, a learned
+            ``k``-channel linear projection of the selected features (not in the paper; an experiment on
+            whether the sigmoid's bounded maps are what limits a one-channel skip).
     """
 
     transfers_attention = True
 
     def __init__(
-        self, spatial_dims: int, channels: int, attend_channels: int = 1, attend_norm: bool = False, **kwargs: Any
+        self,
+        spatial_dims: int,
+        channels: int,
+        attend_channels: int = 1,
+        attend_norm: bool = False,
+        attend_activation: str = "sigmoid",
+        **kwargs: Any,
     ) -> None:
         super().__init__(spatial_dims, channels, **kwargs)
+        self.attend_activation = look_up_option(attend_activation, ATTEND_ACTIVATIONS, "attend_activation")
         if int(attend_channels) < 1:
             raise ConfigError(f"`attend_channels` must be at least 1, got {attend_channels}")
         self.attend_channels = int(attend_channels)
@@ -179,7 +195,7 @@ class _Attending(SkipGate):
     def _attention(self, u: Tensor) -> Tensor:
         if self.attend_norm is not None:
             u = self.attend_norm(u)
-        return self._remember(torch.sigmoid(u))
+        return self._remember(torch.sigmoid(u) if self.attend_activation == "sigmoid" else u)
 
 
 class AttendGate(_Attending):
@@ -225,18 +241,62 @@ def list_gates() -> list[str]:
 
 
 _SELECT_OPTIONS = ("select_init",)
-_ATTEND_OPTIONS = ("attend_channels", "attend_norm")
+_ATTEND_OPTIONS = ("attend_channels", "attend_norm", "attend_activation")
 
-DEFAULT_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+DEFAULT_GATE_OPTIONS: dict[str, Any] = {
+    "select_init": 0.5,
+    "attend_channels": 1,
+    "attend_norm": False,
+    "attend_activation": "sigmoid",
+}
 """The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint)."""
 
-LEGACY_GATE_OPTIONS: dict[str, Any] = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}
+LEGACY_GATE_OPTIONS: dict[str, Any] = {
+    "select_init": 0.5,
+    "attend_channels": 1,
+    "attend_norm": False,
+    "attend_activation": "sigmoid",
+}
 """What satseg 0.1.0 built, for checkpoints saved before gate options were recorded."""
 
 
 def gate_option_names() -> tuple[str, ...]:
     """Every gate option :func:`build_gate` accepts (each gate uses those that apply to it)."""
     return _SELECT_OPTIONS + _ATTEND_OPTIONS
+
+
+def build_level_gates(
+    skip: str,
+    spatial_dims: int,
+    widths: Sequence[int],
+    gate_levels: int | str | None = None,
+    gate_options: Mapping[str, Any] | None = None,
+) -> nn.ModuleList:
+    """One gate per long skip, finest level first: ``skip`` on the ``gate_levels`` finest, ``org`` deeper.
+
+    The finest skip holds most of the skip memory (each level has ``2**spatial_dims`` times the voxels of the
+    next and about half its channels); the deeper ones hold most of the decoder's skip parameters.
+
+    Args:
+        skip: the gate of the gated levels (one of :func:`list_gates`).
+        spatial_dims: 2 or 3.
+        widths: channels of each skipped encoder level, finest first.
+        gate_levels: how many of the finest skips get ``skip``; ``all`` or None: every one (the paper).
+        gate_options: options of the gated skips (see :func:`build_gate`).
+
+    Raises:
+        ConfigError: ``gate_levels`` outside ``0 … len(widths)``, or a bad gate or option.
+    """
+    if gate_levels in (None, "all"):
+        gated = len(widths)
+    elif isinstance(gate_levels, int) and 0 <= gate_levels <= len(widths):
+        gated = gate_levels
+    else:
+        raise ConfigError(f"`gate_levels` must be `all` or 0 … {len(widths)} (the skips), got {gate_levels!r}")
+    return nn.ModuleList(
+        build_gate(skip if level < gated else "org", spatial_dims, width, **(gate_options or {}))
+        for level, width in enumerate(widths)
+    )
 
 
 def build_gate(skip: str, spatial_dims: int, channels: int, **options: Any) -> SkipGate:

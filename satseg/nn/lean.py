@@ -96,6 +96,7 @@ class LeanGate(nn.Module):
         elif not isinstance(gate, IdentityGate | AttendGate | SelectAttendGate):
             raise ConfigError(f"the lean path does not know the skip gate {type(gate).__name__}")
         self.conv: nn.Module | None = None
+        self.sigmoid = self.attention and gate.attend_activation == "sigmoid"
         if self.attention:
             self.conv = copy.deepcopy(gate.attend)
             if isinstance(gate, SelectAttendGate):
@@ -111,7 +112,8 @@ class LeanGate(nn.Module):
 
     def forward(self, f: Tensor) -> Tensor | None:
         if self.conv is not None:
-            return torch.sigmoid_(self.conv(f))
+            u = self.conv(f)
+            return torch.sigmoid_(u) if self.sigmoid else u
         if self.out_channels == 0:
             return None
         return f.index_select(1, self.keep) if self.pruned else f

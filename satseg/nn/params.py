@@ -5,6 +5,7 @@ The numbers behind the SAT paper's Table 3 (and more), measured on the models sa
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn import build_model, list_gates, list_models
 from satseg.nn.base import SegmentationNet
+from satseg.nn.registry import model_accepts
 
 __all__ = ["compare_variants", "compare_models", "default_patch", "measure_variant", "LiveTensorBytes"]
 
@@ -203,8 +205,16 @@ def compare_models(
     """:func:`compare_variants` for several nets (every registered one when ``nets`` is None).
 
     A given ``patch`` must suit every net's dimension; without one each net gets :func:`default_patch`.
+    A backbone option goes to the nets that take it (``gate_levels`` to all but Tiramisu); one that no net
+    takes raises ConfigError.
     """
+    nets = list_models() if nets is None else [look_up_option(n, list_models(), "net") for n in nets]
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in inspect.signature(compare_variants).parameters}
+    for key in options:
+        if not any(model_accepts(net, key) for net in nets):
+            raise ConfigError(f"no net of {', '.join(nets)} takes the option `{key}`")
     rows = []
-    for net in list_models() if nets is None else nets:
-        rows.extend(compare_variants(net, skips, **kwargs))
+    for net in nets:
+        accepted = {k: v for k, v in options.items() if model_accepts(net, k)}
+        rows.extend(compare_variants(net, skips, **kwargs, **accepted))
     return rows

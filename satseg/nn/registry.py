@@ -96,7 +96,10 @@ def build_model(
         look_up_option(key, accepted, f"option of `{net}`")
     model = builder(skip=skip, in_channels=in_channels, out_channels=out_channels, **options)
     init_glorot_uniform(model)
-    model.config = {"net": net, "skip": skip, "in_channels": in_channels, "out_channels": out_channels, **options}
+    # every option whose default has changed is written out, so a checkpoint of this model rebuilds it
+    model.config = explicit_model_config(
+        {"net": net, "skip": skip, "in_channels": in_channels, "out_channels": out_channels, **options}
+    )
     return model
 
 
@@ -119,8 +122,8 @@ def explicit_model_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def legacy_model_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The model a configuration saved by satseg 0.1.0 (no explicit gate options) describes: the options
-    whose defaults changed since take that release's values (see ``SegmentationNet.legacy_options``)."""
-    if "gate_options" in config:
-        return dict(config)
+    """The model a saved configuration describes: an option whose default changed but that the configuration
+    does not record predates its recording, so it takes the value it had then (see
+    ``SegmentationNet.legacy_options``): satseg 0.1.0 recorded no gate options, 0.2.0's first checkpoints no
+    ``gate_levels``."""
     return {**_model_class(config["net"]).legacy_options, **config}

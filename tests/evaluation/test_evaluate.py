@@ -215,7 +215,7 @@ def test_bad_options_raise_config_errors(folders):
 
 
 def test_gate_report_lists_selection_of_selecting_gates_only():
-    model = build_model("unet2d", skip="st", features=(4, 8, 16))
+    model = build_model("unet2d", skip="st", features=(4, 8, 16), gate_levels="all")
     gates = model.skip_gates()
     with torch.no_grad():
         gates[0][1].select_weight.copy_(torch.tensor([-1.0, 0.0, 0.4, 2.0]))

@@ -74,7 +74,8 @@ def segmenter(tmp_path_factory):
         "normalization": [{"scheme": "zscore", "modality": "mri"}], "patch_size": [8, 8, 8],
     }  # fmt: skip
     folder = tmp_path_factory.mktemp("run")
-    save_checkpoint(folder / LAST, model=build_model(**arch).eval(), run_config={"model": arch, "plan": plan})
+    model = build_model(**arch).eval()
+    save_checkpoint(folder / LAST, model=model, run_config={"model": model.config, "plan": plan})
     return load_segmenter(folder, device="cpu")
 
 

@@ -7,17 +7,18 @@ from satseg.errors import ConfigError
 from satseg.nn import build_model, list_gates, list_models
 
 _TIRAMISU = {"layers_per_block": (2, 1, 2), "growth_rate": 3, "first_features": 4, "dropout": 0.0}
-# Per-model tiny options, input side and number of outputs in training mode (deep supervision).
+# Per-model tiny options, input side and number of outputs in training mode (deep supervision). Every skip
+# gated (U-Net and V-Net gate the finest only by default), so each gate is `skip`.
 PARAMS = {
-    "unet2d": {"options": {"features": (2, 4, 8)}, "side": 8, "outputs": 1},
-    "unet3d": {"options": {"features": (2, 4, 8)}, "side": 8, "outputs": 1},
+    "unet2d": {"options": {"features": (2, 4, 8), "gate_levels": "all"}, "side": 8, "outputs": 1},
+    "unet3d": {"options": {"features": (2, 4, 8), "gate_levels": "all"}, "side": 8, "outputs": 1},
     "vnet2d": {
-        "options": {"base_features": 2, "convs_per_stage": (1, 2, 2), "kernel_size": 3},
+        "options": {"base_features": 2, "convs_per_stage": (1, 2, 2), "kernel_size": 3, "gate_levels": "all"},
         "side": 8,
         "outputs": 1,
     },
     "vnet3d": {
-        "options": {"base_features": 2, "convs_per_stage": (1, 2, 2), "kernel_size": 3},
+        "options": {"base_features": 2, "convs_per_stage": (1, 2, 2), "kernel_size": 3, "gate_levels": "all"},
         "side": 8,
         "outputs": 1,
     },

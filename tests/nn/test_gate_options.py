@@ -64,6 +64,10 @@ def test_attend_norm_puts_bn_between_kernel_and_sigmoid(dims):
     torch.testing.assert_close(gate(f), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gate.forward_literal(f), expected, atol=1e-5, rtol=1e-5)
     assert gate.out_channels == 2
+    # identity activation: the same BN-normalised projection, without the sigmoid
+    linear = build_gate("sat", dims, 5, attend_norm=True, attend_channels=2, attend_activation="identity").eval()
+    linear.load_state_dict(gate.state_dict())
+    torch.testing.assert_close(linear(f), torch.logit(expected), atol=1e-4, rtol=1e-4)
 
 
 def test_options_apply_only_to_the_gates_they_concern():
@@ -74,15 +78,24 @@ def test_options_apply_only_to_the_gates_they_concern():
         build_gate("sat", 2, 4, attend_chanels=2)
     with pytest.raises(ConfigError, match="at least 1"):
         build_gate("sat", 2, 4, attend_channels=0)
+    with pytest.raises(ConfigError, match="attend_activation"):
+        build_gate("sat", 2, 4, attend_activation="tanh")
 
 
 @pytest.mark.parametrize(
-    ("net", "extra"),
-    [("unet2d", {}), ("unet2d", {"transfer": "modulate"}), ("vnet2d", {"base_features": 4}), ("di2in2d", {})],
+    ("net", "extra", "activation"),
+    [
+        ("unet2d", {}, "sigmoid"),
+        ("unet2d", {"transfer": "modulate"}, "sigmoid"),
+        ("vnet2d", {"base_features": 4}, "sigmoid"),
+        ("di2in2d", {}, "sigmoid"),
+        ("unet2d", {}, "identity"),
+    ],
 )
-def test_k_maps_with_bn_widen_the_decoder_and_stay_lean_exact(net, extra):
+def test_k_maps_with_bn_widen_the_decoder_and_stay_lean_exact(net, extra, activation):
     torch.manual_seed(0)
-    options = {"gate_options": {"attend_channels": 3, "attend_norm": True}, **extra}
+    gate_options = {"attend_channels": 3, "attend_norm": True, "attend_activation": activation}
+    options = {"gate_options": gate_options, "gate_levels": "all", **extra}
     model = build_model(net, "sat", in_channels=1, out_channels=2, **options).train()
     for _ in range(3):
         model(torch.randn(2, 1, 32, 32))

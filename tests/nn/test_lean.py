@@ -99,7 +99,7 @@ def test_unet_pruning_saving_matches_hand_count():
 @pytest.mark.parametrize("skip", ["sat", "org"])
 def test_align_channels_makes_the_decoder_read_a_multiple_of_8(skip):
     torch.manual_seed(0)
-    model = build_model("unet2d", skip, 1, 2, features=(8, 16, 32), align_channels=True)
+    model = build_model("unet2d", skip, 1, 2, features=(8, 16, 32), align_channels=True, gate_levels="all")
     for up, block in zip(model.ups, model.decoder, strict=True):
         width = block[0][0].out_channels
         assert block[0][0].in_channels == (width if skip == "sat" else 2 * width)
@@ -135,3 +135,13 @@ def test_lean_sat_holds_less_memory_than_the_eager_model():
 def test_make_lean_refuses_other_modules():
     with pytest.raises(ConfigError, match="SegmentationNet"):
         make_lean(torch.nn.Conv2d(1, 1, 1))
+
+
+@pytest.mark.parametrize("net", ["unet2d", "unet3d", "vnet2d", "di2in3d"])
+def test_lean_equals_reference_with_only_the_finest_skip_gated(net):
+    model = _trained(net, "sat", gate_levels=1)
+    x = _input(net)
+    with torch.no_grad():
+        ref, out = model(x), make_lean(model, chunk=1)(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert [type(g).__name__ for g in model.gates][:2] == ["SelectAttendGate", "IdentityGate"]

@@ -39,11 +39,13 @@ def test_vnet_gate_changes_only_first_conv_after_each_concat(dims):
     base, kernel = 3, 3
     opts = {"base_features": base, "convs_per_stage": (1, 2, 2, 2), "kernel_size": kernel}
     n_org = _n(build_model(f"vnet{dims}d", "org", **opts))
-    n_sat = _n(build_model(f"vnet{dims}d", "sat", **opts))
+    n_sat = _n(build_model(f"vnet{dims}d", "sat", gate_levels="all", **opts))
     # each skip level of width C feeds a 2C-wide first conv: C - 1 fewer input channels; gate costs 2C + 1
     widths = [base * 2**s for s in range(3)]
-    saved = sum((c - 1) * 2 * c * kernel**dims - (2 * c + 1) for c in widths)
-    assert n_org - n_sat == saved
+    saved = [(c - 1) * 2 * c * kernel**dims - (2 * c + 1) for c in widths]
+    assert n_org - n_sat == sum(saved)
+    # the default gates the finest skip only: the saving of the first level alone
+    assert n_org - _n(build_model(f"vnet{dims}d", "sat", **opts)) == saved[0]
 
 
 def test_tiramisu_fcdensenet103_matches_hand_count():

@@ -15,7 +15,9 @@ runner = CliRunner()
 
 def test_unet_skip_bytes_flops_and_params_by_hand():
     features = (4, 8, 16)
-    rows = compare_variants("unet2d", ["org", "sat"], [16, 16], in_channels=1, out_channels=2, features=features)
+    rows = compare_variants(
+        "unet2d", ["org", "sat"], [16, 16], in_channels=1, out_channels=2, features=features, gate_levels="all"
+    )
     org, sat = rows
     # skips at levels 0 and 1: (4 ch × 16²) + (8 ch × 8²) fp32 values; SAT: one channel each
     assert org["skip_bytes"] == (4 * 16 * 16 + 8 * 8 * 8) * 4
@@ -31,6 +33,10 @@ def test_unet_skip_bytes_flops_and_params_by_hand():
     assert org["flops"] - sat["flops"] == conv_flops - attend_flops
     assert sat["peak_memory_bytes"] < org["peak_memory_bytes"]
     assert org["peak_memory_bytes"] >= org["skip_bytes"]
+    # the default gates the finest skip only: one channel there, every channel at level 1
+    fine = compare_variants("unet2d", ["sat"], [16, 16], features=features, flops=False, memory=False)[0]
+    assert fine["skip_channels"] == [1, 8] and fine["skip_bytes"] == (16 * 16 + 8 * 8 * 8) * 4
+    assert org["params"] - fine["params"] == (4 - 1) * 4 * 9 - (2 * 4 + 1)
 
 
 def test_cli_all_nets_json():
@@ -46,7 +52,13 @@ def test_cli_all_nets_json():
     rows = json.loads(result.stdout)
     assert [r["skip"] for r in rows] == ["org", "st", "at", "sat"]
     assert rows[0]["skip_bytes"] == (16 * 16**3 + 32 * 8**3 + 64 * 4**3 + 128 * 2**3) * 4
-    assert rows[3]["skip_bytes"] == (16**3 + 8**3 + 4**3 + 2**3) * 4
+    assert rows[3]["skip_bytes"] == (16**3 + 32 * 8**3 + 64 * 4**3 + 128 * 2**3) * 4  # the finest skip gated
+    args = ["params", "--net", "unet3d", "--compare", "sat", "--patch", "16,16,16", "--no-memory", "--json"]
+    result = runner.invoke(app, [*args, "--net-option", "gate_levels=all"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["skip_bytes"] == (16**3 + 8**3 + 4**3 + 2**3) * 4  # the paper: every skip
+    result = runner.invoke(app, [*args, "--net-option", "gate_level=all"])
+    assert result.exit_code == 1 and "gate_level" in result.output
 
 
 def test_cli_net_all_table_and_alias(monkeypatch):
@@ -54,9 +66,8 @@ def test_cli_net_all_table_and_alias(monkeypatch):
 
     # every registered net, default configs, tiny patches: only parameter counts (no FLOPs, no memory)
     monkeypatch.setattr(params, "DEFAULT_PATCH", {2: (32, 32), 3: (32, 32, 32)})
-    result = runner.invoke(
-        app, ["count-params", "--net", "all", "--compare", "org,sat", "--no-flops", "--no-memory", "--json"]
-    )
+    args = ["count-params", "--net", "all", "--compare", "org,sat", "--no-flops", "--no-memory", "--json"]
+    result = runner.invoke(app, [*args, "--net-option", "gate_levels=all"])  # the paper's Table 3
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert sorted({r["net"] for r in rows}) == list_models()
@@ -65,6 +76,10 @@ def test_cli_net_all_table_and_alias(monkeypatch):
             assert r["params_change_pct"] < 0 and 1 in r["skip_channels"]
             if not r["net"].startswith("tiramisu"):  # Tiramisu's default keeps its long skips plain
                 assert set(r["skip_channels"]) == {1}
+    defaults = json.loads(runner.invoke(app, args).stdout)
+    for r in defaults:  # U-Net and V-Net gate the finest skip only by default
+        if r["skip"] == "sat" and r["net"][:4] in ("unet", "vnet"):
+            assert r["skip_channels"][0] == 1 and min(r["skip_channels"][1:]) > 1
     assert "count-params" not in runner.invoke(app, ["--help"]).output
 
 

@@ -57,7 +57,14 @@ def test_concat_free_training_matches_the_concatenating_forward_and_gradients(ne
 def test_modulate_and_eval_keep_the_concatenating_forward(deep_supervision):
     torch.manual_seed(0)
     model = build_model(
-        "unet3d", "sat", 1, 2, features=(4, 8, 16), transfer="modulate", deep_supervision=deep_supervision
+        "unet3d",
+        "sat",
+        1,
+        2,
+        features=(4, 8, 16),
+        transfer="modulate",
+        gate_levels="all",
+        deep_supervision=deep_supervision,
     ).train()
     reference = copy.deepcopy(model)
     reference.concat_free_training = False

@@ -10,7 +10,7 @@ from test_train import TINY, make_preprocessed
 import satseg.training.trainer as trainer
 from satseg.errors import ConfigError
 from satseg.nn import build_model
-from satseg.runs import load_checkpoint
+from satseg.runs import load_checkpoint, load_run
 from satseg.training.config import TrainConfig
 from satseg.training.trainer import selection_penalty, train
 
@@ -21,7 +21,7 @@ def _selection(run):
 
 
 def test_selection_penalty_is_the_sum_of_trelu_w():
-    model = build_model("unet2d", "sat", features=[2, 3, 4])
+    model = build_model("unet2d", "sat", features=[2, 3, 4], gate_levels="all")
     with torch.no_grad():
         model.gates[0].select_weight.copy_(torch.tensor([-0.5, 0.25]))
         model.gates[1].select_weight.copy_(torch.tensor([1.5, 0.5, 0.0]))
@@ -86,11 +86,32 @@ def test_train_cli_gate_options_reach_the_run(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         parse_settings("attend_channels")
     data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--net", "unet2d", "--features", "4,8"]
-    args += ["--gate", "attend_channels=2", "--gate", "attend_norm=true", "--epochs", "1", "--iters", "1"]
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--net", "unet2d", "--features", "4,8,16"]
+    args += [
+        "--gate",
+        "attend_channels=2",
+        "--gate",
+        "attend_norm=true",
+        "--net-option",
+        "gate_levels=1",
+        "--epochs",
+        "1",
+        "--iters",
+        "1",
+    ]
     args += ["--patch", "32,32", "--batch", "2", "--device", "cpu", "--scheduler", "constant", "--select-l1", "1e-3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["model"]["gate_options"] == {"select_init": 0.5, "attend_channels": 2, "attend_norm": True}
+    assert config["model"]["gate_options"] == {
+        "select_init": 0.5,
+        "attend_channels": 2,
+        "attend_norm": True,
+        "attend_activation": "sigmoid",
+    }
+    assert config["model"]["gate_levels"] == 1
+    model, _ = load_run(tmp_path / "run")
+    assert [g.out_channels for g in model.gates] == [2, 8]  # the finest skip gated, the deeper one plain
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "run2"), *args[5:], "--net-option", "gate_level=1"])
+    assert bad.exit_code == 1 and "gate_level" in bad.output and "Traceback" not in bad.output
     assert config["train"]["scheduler"] == "constant" and config["train"]["select_l1"] == 1e-3

@@ -93,7 +93,8 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
         plot.load()
         assert plot.format == "PNG" and plot.size == (PANEL_SIZE[0], 3 * PANEL_SIZE[1])
     config = json.loads((run / "config.json").read_text())
-    gate_options = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False}  # the defaults, written out
+    # the defaults, written out
+    gate_options = {"select_init": 0.5, "attend_channels": 1, "attend_norm": False, "attend_activation": "sigmoid"}
     assert config["model"] == {
         "net": "unet2d",
         "skip": "st",
@@ -102,6 +103,7 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
         "features": [8, 16],
         "deep_supervision": True,
         "gate_options": gate_options,
+        "gate_levels": 1,
     }
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
-from satseg.nn.gates import build_gate
+from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, layer_type
 from satseg.nn.registry import register_dimensions
 
@@ -71,6 +71,9 @@ class DI2IN(SegmentationNet):
         act: activation.
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``all`` (the
+            default): every skip (the paper; DI2IN was not in the study that moved U-Net and V-Net to 1). See
+            :func:`satseg.nn.gates.build_level_gates`.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class DI2IN(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         gate_options: Mapping[str, Any] | None = None,
+        gate_levels: int | str | None = "all",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         widths = tuple(int(f) for f in features)
@@ -114,7 +118,7 @@ class DI2IN(SegmentationNet):
             convs(in_channels if lvl == 0 else widths[lvl - 1], widths[lvl], enc[lvl], stride=1 if lvl == 0 else 2)
             for lvl in range(len(widths))
         )
-        self.gates = nn.ModuleList(build_gate(skip, dims, w, **(gate_options or {})) for w in widths[:-1])
+        self.gates = build_level_gates(skip, dims, widths[:-1], gate_levels, gate_options)
         self.up_convs, self.decoder = nn.ModuleList(), nn.ModuleList()
         self.heads = nn.ModuleDict()
         conv1 = layer_type("conv", dims)

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import DoubleConv, UpConv
-from satseg.nn.gates import build_gate
+from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, conv_fn, layer_type
 from satseg.nn.registry import register_dimensions
 
@@ -45,10 +45,17 @@ class UNet(SegmentationNet):
         align_channels: when a skip transfers one channel (``at``/``sat``), the up-convolution gives
             ``C - 1`` channels so the decoder conv reads ``C`` (a multiple of 8 suits tensor cores);
             no effect with ``org``/``st``.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``all``: every
+            skip (the paper). Default 1: in satseg's convergence study one-map skips cost Dice mostly at the
+            deep levels, which hold little of the skip memory (``benchmarks/README.md``). See
+            :func:`satseg.nn.gates.build_level_gates`.
         deep_supervision: add a 1×1 head to every decoder level but the last; in training mode the
             forward pass then returns ``[main, aux…]``, all full-size logits, aux from the finest scale to
             the coarsest (as DI2IN); eval mode returns the main logits only.
     """
+
+    legacy_options = {**SegmentationNet.legacy_options, "gate_levels": "all"}
+    """The base class's, plus ``gate_levels``: every skip was gated until the default became the finest only."""
 
     def __init__(
         self,
@@ -63,6 +70,7 @@ class UNet(SegmentationNet):
         align_channels: bool = False,
         transfer: str = "concat",
         deep_supervision: bool = False,
+        gate_levels: int | str | None = 1,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
@@ -78,9 +86,9 @@ class UNet(SegmentationNet):
             self.encoder.append(DoubleConv(spatial_dims, in_ch, width, norm, act))
             in_ch = width
         self.pool = layer_type("maxpool", spatial_dims)(2)
-        self.gates = nn.ModuleList(
-            build_gate(skip, spatial_dims, width, **(gate_options or {})) for width in features[:-1]
-        )
+        self.gates = build_level_gates(skip, spatial_dims, features[:-1], gate_levels, gate_options)
+        if self.transfer == "modulate" and len({g.transfers_attention for g in self.gates}) > 1:
+            raise ConfigError("`transfer='modulate'` needs every skip gated", hint="add `gate_levels=all`")
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(features) - 1)):

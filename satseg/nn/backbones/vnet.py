@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
-from satseg.nn.gates import build_gate
+from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
 from satseg.nn.registry import register_dimensions
 
@@ -125,7 +125,14 @@ class VNet(SegmentationNet):
         act: activation (PReLU in the paper).
         gate_options: options of every skip gate (see :func:`satseg.nn.gates.build_gate`), e.g.
             ``{"select_init": "keras-glorot", "attend_channels": 2}``.
+        gate_levels: gate only the ``gate_levels`` finest skips, the deeper ones plain (``org``); ``all``: every
+            skip (the paper). Default 1: in satseg's convergence study one-map skips cost Dice mostly at the
+            deep levels, which hold little of the skip memory (``benchmarks/README.md``). See
+            :func:`satseg.nn.gates.build_level_gates`.
     """
+
+    legacy_options = {**SegmentationNet.legacy_options, "gate_levels": "all"}
+    """The base class's, plus ``gate_levels``: every skip was gated until the default became the finest only."""
 
     def __init__(
         self,
@@ -139,6 +146,7 @@ class VNet(SegmentationNet):
         norm: LayerSpec = "batch",
         act: LayerSpec = "prelu",
         gate_options: Mapping[str, Any] | None = None,
+        gate_levels: int | str | None = 1,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         convs = tuple(int(n) for n in convs_per_stage)
@@ -163,7 +171,7 @@ class VNet(SegmentationNet):
             _Down(spatial_dims, widths[s - 1], widths[s], convs[s], kernel_size, norm, act)
             for s in range(1, len(convs))
         )
-        self.gates = nn.ModuleList(build_gate(skip, spatial_dims, w, **(gate_options or {})) for w in widths[:-1])
+        self.gates = build_level_gates(skip, spatial_dims, widths[:-1], gate_levels, gate_options)
         self.ups = nn.ModuleList()
         cin = widths[-1]
         for s in reversed(range(len(convs) - 1)):
