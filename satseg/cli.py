@@ -252,6 +252,7 @@ def main() -> None:
 
 
 _DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+_LIST = " Space- or comma-separated; may repeat."
 
 
 def _net_option_flag(**kwargs: Any) -> Any:
@@ -263,7 +264,6 @@ def _net_option_flag(**kwargs: Any) -> Any:
         "finest only by default), transfer=modulate." + _LIST,
         **kwargs,
     )
-_LIST = " Space- or comma-separated; may repeat."
 
 
 @app.command()
@@ -545,7 +545,7 @@ def params(
     rows = compare_models(
         None if split_items(net) == ["all"] else split_items(net), split_items(compare),
         patch=list(parse_sizes(patch)) if patch else None, in_channels=in_channels,
-        out_channels=out_channels, flops=flops, memory=memory, device=device, **parse_settings(net_option),
+        out_channels=out_channels, flops=flops, memory=memory, device=device, net_options=parse_settings(net_option),
     )  # fmt: skip
     if as_json:
         print_json(rows)

@@ -5,10 +5,9 @@ The numbers behind the SAT paper's Table 3 (and more), measured on the models sa
 
 from __future__ import annotations
 
-import inspect
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -200,16 +199,20 @@ def compare_variants(
 
 
 def compare_models(
-    nets: Sequence[str] | None = None, skips: Sequence[str] = ("org", "sat"), **kwargs: Any
+    nets: Sequence[str] | None = None,
+    skips: Sequence[str] = ("org", "sat"),
+    *,
+    net_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> list[dict]:
     """:func:`compare_variants` for several nets (every registered one when ``nets`` is None).
 
     A given ``patch`` must suit every net's dimension; without one each net gets :func:`default_patch`.
-    A backbone option goes to the nets that take it (``gate_levels`` to all but Tiramisu); one that no net
-    takes raises ConfigError.
+    Each of ``net_options`` (backbone options) goes to the nets that take it (``gate_levels`` to all but
+    Tiramisu); one that no net takes raises ConfigError. ``kwargs`` go to :func:`compare_variants`.
     """
     nets = list_models() if nets is None else [look_up_option(n, list_models(), "net") for n in nets]
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in inspect.signature(compare_variants).parameters}
+    options = dict(net_options or {})
     for key in options:
         if not any(model_accepts(net, key) for net in nets):
             raise ConfigError(f"no net of {', '.join(nets)} takes the option `{key}`")
