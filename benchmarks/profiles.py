@@ -193,6 +193,18 @@ PROFILES["cpu-conv"] = replace(
     ],
 )
 
+PROFILES["cpu-conv-long"] = replace(
+    PROFILES["cpu-conv"],
+    name="cpu-conv-long",
+    train={ds: {**b, "epochs": 2 * b["epochs"]} for ds, b in PROFILES["cpu-conv"].train.items()},
+    notes=[
+        "The `cpu-conv` study at twice the budget (6,000 steps on hippocampus, 4,800 on PH2), same widths and "
+        "schedule shape: checks whether the `cpu-conv` gaps are gaps at convergence or slower learning. "
+        "Its half-budget score is `cpu-conv`'s budget under a slower-decaying learning rate.",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
+
 PROFILES["gpu-conv"] = replace(
     PROFILES["cpu-conv"],
     name="gpu-conv",
