@@ -200,7 +200,9 @@ PROFILES["cpu-conv-long"] = replace(
     notes=[
         "The `cpu-conv` study at twice the budget (6,000 steps on hippocampus, 4,800 on PH2), same widths and "
         "schedule shape: checks whether the `cpu-conv` gaps are gaps at convergence or slower learning. "
-        "Its half-budget score is `cpu-conv`'s budget under a slower-decaying learning rate.",
+        "Its half-budget score is `cpu-conv`'s budget under a slower-decaying learning rate. Its runs use "
+        "satseg's training recipe as of its commit (U-Net deep supervision, continuous rotations), which the "
+        "committed `cpu-conv` runs predate: compare variants within a profile, not absolute Dice across them.",
         *PROFILES["cpu"].notes[1:],
     ],
 )
