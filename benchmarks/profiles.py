@@ -62,9 +62,7 @@ VARIANTS: dict[str, Variant] = {
             {"attend_channels": 2, "attend_norm": True, "attend_activation": "identity"},
             about="2 maps, BN, no sigmoid: a linear projection",
         ),
-        Variant(
-            "sat-fine1", "sat", model={"gate_levels": 1}, about="sat on the finest skip, deeper plain (default)"
-        ),
+        Variant("sat-fine1", "sat", model={"gate_levels": 1}, about="sat on the finest skip, deeper plain (default)"),
         Variant("sat-fine2", "sat", model={"gate_levels": 2}, about="sat on the 2 finest skips, deeper ones plain"),
         Variant("sat-keras", "sat", {"select_init": "keras-glorot"}, about="W from Keras 2 Glorot uniform"),
         Variant(
