@@ -275,8 +275,10 @@ class _LeanVNet(LeanNet):
             del u
             if skip is not None:
                 channels = width + gate.keep  # at/sat: keep is arange(k), the attention maps
-                shape = (1, -1, *[1] * (skip.ndim - 2))
-                y.index_add_(1, channels.to(y.device), skip if gate.attention else skip * gate.scale.view(shape))
+                if not gate.attention:  # the selection folded into the held channels, in the skip's dtype
+                    skip = skip * gate.scale.view(1, -1, *[1] * (skip.ndim - 2)).to(skip.dtype)
+                # under autocast y and the skip may differ in dtype (e.g. a bf16 conv output and an fp32 map)
+                y.index_add_(1, channels.to(y.device), skip.to(y.dtype))
             x = self.up_acts[i](y)
         return m.head(x)
 

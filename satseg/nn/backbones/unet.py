@@ -149,6 +149,9 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
     per cent of the 3×3 conv's cost). So a decoder level holds no copy of ``up``'s output nor of the skip
     (only the gate's output, which the gate keeps for its own backward: one channel for ``at``/``sat``).
     Equal to the concatenating forward up to float summation order (forward and gradients).
+
+    The recomputation re-enters the autocast state of the forward pass (as ``torch.utils.checkpoint`` does),
+    so under mixed precision it gives ``u`` in the dtype the forward saw, bit for bit.
     """
     u = up(coarse)
     first = block[0]
@@ -158,6 +161,7 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
         y = conv._conv_forward(u, conv.weight[:, :n], conv.bias)
     else:
         key = (u.data_ptr(), u.shape)
+        autocast = _autocast_state(coarse.device.type)
 
         def pack(t: Tensor):
             return None if (t.data_ptr(), t.shape) == key else t
@@ -165,7 +169,7 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
         def unpack(t):
             if t is not None:
                 return t
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(**autocast):
                 return up(coarse)
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -176,6 +180,16 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
     for later in list(block)[1:]:
         y = later(y)
     return y
+
+
+def _autocast_state(device_type: str) -> dict[str, Any]:
+    """The autocast settings in force for ``device_type``, as keyword arguments of ``torch.autocast``."""
+    return {
+        "device_type": device_type,
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+        "cache_enabled": torch.is_autocast_cache_enabled(),
+    }
 
 
 register_dimensions(
