@@ -222,7 +222,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             def run():
                 with torch.inference_mode():
                     sliding_window_inference(
-                        predict, x[0].cpu(), [window] * 3, OUT_CH, overlap=spec["overlap"], device=device, amp=False
+                        predict, x[0].cpu(), [window] * 3, OUT_CH, overlap=spec["overlap"], device=device
                     )
         else:
 

@@ -253,6 +253,14 @@ def main() -> None:
 
 _DATA, _MODEL, _OPTIM, _HARDWARE, _RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
 _LIST = " Space- or comma-separated; may repeat."
+_AmpOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp/--no-amp",
+        help="Autocast to the run's amp dtype on any device, the CPU too (PyTorch backend); --no-amp: float32 "
+        "\\[default: as the run records, CUDA only].",
+    ),
+]
 
 
 def _net_option_flag(**kwargs: Any) -> Any:
@@ -371,7 +379,14 @@ def train(
             rich_help_panel=_HARDWARE,
         ),
     ] = None,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=_HARDWARE)] = True,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision, autocast to --amp-dtype \\[default: on CUDA only; --amp: the CPU too].",
+            rich_help_panel=_HARDWARE,
+        ),
+    ] = None,
     amp_dtype: Annotated[str, typer.Option(help="bf16 or fp16.", rich_help_panel=_HARDWARE)] = "bf16",
     compile: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=_HARDWARE)
@@ -459,7 +474,8 @@ def evaluate(
         typer.Option("--labels", help="Classes as name=value, e.g. `liver=1,tumour=2` (--pred/--gt)." + _LIST),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Cases scored in parallel (--pred/--gt).")] = 1,
-    device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="With --model: auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: _AmpOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")] = False,
 ) -> None:
     """Score segmentations: Dice, IoU, FPR, FNR, precision, recall, HD95, ASSD, surface Dice (mean ± std).
@@ -482,6 +498,7 @@ def evaluate(
             fold=fold,
             tolerance_mm=tolerance,
             device=device,
+            amp=amp,
             progress=True,
         )
     elif pred is not None and gt is not None:
@@ -653,7 +670,11 @@ def segment(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[str | None, typer.Option(help="torch or onnx \\[default: onnx for .onnx files].")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="torch or onnx \\[default: onnx for .onnx files, and on the CPU unless --amp]."),
+    ] = None,
+    amp: _AmpOption = None,
     overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
     sw_batch: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     tile: Annotated[
@@ -696,7 +717,8 @@ def segment(
     models = split_items(model, keep_paths=True)
     chosen = None if not models else models[0] if len(models) == 1 else models
     report = segment_inputs(
-        inputs, output=output, model=chosen, device=device, backend=backend, overlap=overlap, sw_batch=sw_batch,
+        inputs, output=output, model=chosen, device=device, backend=backend, amp=amp, overlap=overlap,
+        sw_batch=sw_batch,
         tile=_tile(tile), tta=tta, save_probabilities=save_probabilities, save_attention=save_attention,
         preview=preview, overwrite=overwrite, skip_existing=skip_existing,
         shard=None if shard is None else parse_shard(shard), force=force, lcc=lcc, progress=True,
@@ -762,7 +784,8 @@ def export_onnx_command(
 def postprocess(
     runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
     data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: _AmpOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
 ) -> None:
@@ -772,7 +795,7 @@ def postprocess(
     """
     from satseg.inference.postprocess import decide_lcc
 
-    record = decide_lcc(runs, data, device=device, overwrite=overwrite, progress=True)
+    record = decide_lcc(runs, data, device=device, amp=amp, overwrite=overwrite, progress=True)
     if as_json:
         print_json(record)
         return

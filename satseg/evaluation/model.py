@@ -44,6 +44,7 @@ def evaluate_model(
     fold: int | None = None,
     tolerance_mm: float = 1.0,
     device: str = "auto",
+    amp: bool | None = None,
     save_predictions: bool = True,
     progress: bool = False,
 ) -> tuple[EvaluationReport, list[dict[str, Any]]]:
@@ -56,14 +57,15 @@ def evaluate_model(
         split: ``val`` (default), ``train`` or ``all``.
         fold: the fold; default: the one the model was trained with (0 if unknown).
         tolerance_mm: surface Dice tolerance.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: autocast (True, on any device), float32 (False) or as the run records (None).
         save_predictions: also write each predicted mask to ``predictions/``.
         progress: show bars over the cases and the current case's windows, with remaining time, on stderr.
 
     Returns:
         The evaluation report and the model's gate report (channels switched off per skip).
     """
-    segmenter = load_segmenter(run, device=device)
+    segmenter = load_segmenter(run, device=device, amp=amp)
     trained_fold = segmenter.config.get("train", {}).get("fold")
     _check_unseen(run, split, fold, trained_fold)
     if fold is None:

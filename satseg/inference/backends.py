@@ -7,7 +7,9 @@ checkpoint is exported once to ONNX (:func:`cached_onnx_export`) and run with ON
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -20,13 +22,14 @@ import torch
 from torch import Tensor
 
 from satseg import __version__
-from satseg.errors import CheckpointError, ConfigError, SatsegError, look_up_option
+from satseg.device import local_rank
+from satseg.errors import CheckpointError, ConfigError, SatsegError
 from satseg.export.metadata import read_onnx_metadata
 from satseg.export.run import export_model
 from satseg.nn import SegmentationNet
 from satseg.paths import safe_name
 
-__all__ = ["BACKENDS", "torch_predictor", "OnnxPredictor", "cache_dir", "cached_onnx_export"]
+__all__ = ["BACKENDS", "torch_predictor", "OnnxPredictor", "onnx_providers", "cache_dir", "cached_onnx_export"]
 
 BACKENDS = ("torch", "onnx")
 
@@ -43,19 +46,29 @@ def torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[T
     return predict
 
 
-def _providers(device: str) -> list[str]:
+def onnx_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
+    """ONNX Runtime's execution providers, in priority order, for a ``--device`` setting.
+
+    ``cuda:N`` runs on GPU ``N``; ``cuda`` and ``auto`` on this process's own GPU (``LOCAL_RANK`` under
+    ``torchrun``, so ``segment --shard auto`` spreads the ranks over the GPUs); ``auto`` only when ONNX Runtime
+    has the CUDA provider and a GPU is present, else the CPU.
+    """
     import onnxruntime as ort
 
-    device = look_up_option(device, ("auto", "cpu", "cuda"), "ONNX Runtime device")
+    spec = str(device).strip().lower()
+    kind, _, index = spec.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown device `{device}` for ONNX Runtime; valid: auto, cpu, cuda, cuda:N")
     cuda_ok = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not cuda_ok:
+    if kind == "cuda" and not cuda_ok:
         raise ConfigError(
-            "device `cuda` asked for, but this ONNX Runtime has no CUDAExecutionProvider",
+            f"device `{device}` asked for, but this ONNX Runtime has no CUDAExecutionProvider",
             hint="install `onnxruntime-gpu` or use device `cpu`",
         )
     # onnxruntime-gpu lists the CUDA provider even on machines without a GPU: ask torch whether one is there.
-    if device == "cuda" or (device == "auto" and cuda_ok and torch.cuda.is_available()):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if kind == "cuda" or (kind == "auto" and cuda_ok and torch.cuda.is_available()):
+        gpu = int(index) if index else local_rank()
+        return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -67,8 +80,7 @@ class OnnxPredictor:
 
     Args:
         path: the ``.onnx`` file written by :func:`export_onnx`.
-        device: ``auto`` (CUDA when ONNX Runtime has the CUDA provider and a GPU is present), ``cuda``
-            or ``cpu``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`onnx_providers`).
 
     Attributes:
         metadata: the model's ``metadata_props``.
@@ -87,14 +99,15 @@ class OnnxPredictor:
 
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)
-        providers = _providers(device)
+        providers = onnx_providers(device)
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as err:
             raise CheckpointError(f"ONNX Runtime cannot load `{self.path}`: {err}") from err
         self.providers = self.session.get_providers()
-        if providers[0] not in self.providers:
-            log.warning("ONNX Runtime fell back from %s to %s for `%s`", providers[0], self.providers, self.path)
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if first not in self.providers:
+            log.warning("ONNX Runtime fell back from %s to %s for `%s`", first, self.providers, self.path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) not in (4, 5):
             raise CheckpointError(
@@ -123,10 +136,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "satseg"
 
 
+EXPORT_CODE = ("satseg.nn", "satseg.export")
+"""The packages whose source decides what an export computes: the networks, the lean rewrite and the exporter."""
+
+
+@functools.cache
+def export_code_digest(packages: tuple[str, ...] = EXPORT_CODE) -> str:
+    """Fingerprint of the source of ``packages``: any edit to the networks, the lean rewrite or the exporter
+    changes it, so a cached export is never reused by code that would export something else."""
+    digest = hashlib.sha256()
+    for package in packages:
+        root = Path(importlib.import_module(package).__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _model_digest(net: SegmentationNet, config: dict[str, Any]) -> str:
-    """Fingerprint of weights, configuration and the versions that shape the export."""
+    """Fingerprint of weights, configuration, the export code and the versions of the tools that export."""
+    import onnx
+
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    digest.update(f"satseg {__version__} torch {torch.__version__}".encode())
+    digest.update(f"satseg {__version__} torch {torch.__version__} onnx {onnx.__version__}".encode())
+    digest.update(export_code_digest().encode())
     for name, tensor in net.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -165,10 +165,10 @@ def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str,
 ModelArg = str | Path | Sequence[str | Path]
 
 
-def _cached(model: ModelArg, cache: dict, device: str, backend: str | None) -> Segmenter:
+def _cached(model: ModelArg, cache: dict, device: str, backend: str | None, amp: bool | None = None) -> Segmenter:
     key = str(model) if isinstance(model, (str, Path)) else tuple(map(str, model))
     if key not in cache:
-        cache[key] = load_segmenter(model, device=device, backend=backend)
+        cache[key] = load_segmenter(model, device=device, backend=backend, amp=amp)
     return cache[key]
 
 
@@ -177,7 +177,14 @@ def _refusal(misfits: list[Misfit]) -> str:
 
 
 def _segmenter_for(
-    image: Image, source: Path, model: ModelArg | None, cache: dict, device: str, backend: str | None, force: bool
+    image: Image,
+    source: Path,
+    model: ModelArg | None,
+    cache: dict,
+    device: str,
+    backend: str | None,
+    force: bool,
+    amp: bool | None = None,
 ) -> tuple[Segmenter, list[Misfit]]:
     """The model for ``image`` (given, or the shipped one it fits) and how the image differs from its plan.
 
@@ -185,7 +192,7 @@ def _segmenter_for(
         DataError: the image does not fit (the given model, or any shipped one) and ``force`` is off.
     """
     if model is not None:
-        segmenter = _cached(model, cache, device, backend)
+        segmenter = _cached(model, cache, device, backend, amp)
         segmenter.check_image(image, source)  # no --force for images the network cannot take at all
         misfits = check_fit(image, segmenter.plan)
         if _refusal(misfits) and not force:
@@ -197,7 +204,7 @@ def _segmenter_for(
     default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
     tried = []
     for card in shipped_models_for(image.spatial_dims, image.num_channels):
-        segmenter = _cached(card["name"], cache, device, backend)
+        segmenter = _cached(card["name"], cache, device, backend, amp)
         misfits = check_fit(image, segmenter.plan)
         if not _refusal(misfits):
             return segmenter, misfits
@@ -219,6 +226,7 @@ def segment_inputs(
     model: ModelArg | None = None,
     device: str = "auto",
     backend: str | None = None,
+    amp: bool | None = None,
     overlap: float = 0.5,
     sw_batch: int = 4,
     tile: str | Sequence[int] = "auto",
@@ -238,6 +246,8 @@ def segment_inputs(
     Args:
         model: a model (run folder, checkpoint, ONNX file, shipped name), a folder of fold runs or a list of
             models (averaged as one ensemble); None picks the shipped model each input fits.
+        amp: autocast the windows (True, on any device, the CPU too), run float32 (False), or as each run
+            records (None); see :mod:`satseg.device`.
         tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
             throughput; on a GPU the training patch), ``patch``, or sides (see ``Segmenter.window``).
         skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
@@ -274,7 +284,7 @@ def segment_inputs(
                     continue
                 check_output(target, inputs=sources, overwrite=overwrite)
                 image = read_image(source)
-                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
+                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force, amp)
                 for misfit in misfits:
                     logger.warning("%s: %s", source, misfit)
                 report.models[str(source)] = segmenter.name

@@ -74,6 +74,7 @@ def decide_lcc(
     data_dir: str | Path,
     *,
     device: str = "auto",
+    amp: bool | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -85,7 +86,8 @@ def decide_lcc(
     Args:
         runs: run folders (each trained on one fold of ``data_dir``), or a folder of them.
         data_dir: the preprocessed folder the runs were trained on.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: autocast (True, on any device), float32 (False) or as each run records (None).
         overwrite: replace an earlier ``postprocess.json``.
         progress: show bars over the validation cases and the current case's windows, on stderr.
 
@@ -110,7 +112,7 @@ def decide_lcc(
     plan = load_plan(data_dir)
     work = []  # (run, its segmenter, its validation cases); all known first, so the bar knows its total
     for folder in folders:
-        segmenter = load_segmenter(folder, device=device)
+        segmenter = load_segmenter(folder, device=device, amp=amp)
         if plan.get("labels") != segmenter.labels:  # runs of other data: their "validation cases" mean nothing
             raise ConfigError(
                 f"`{folder}` predicts labels {segmenter.labels}, but `{data_dir}` has {plan.get('labels')}",

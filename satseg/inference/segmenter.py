@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,20 +24,16 @@ from torch.nn import functional as F
 
 from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
+from satseg.device import autocast_dtype, resolve_device
 from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
 from satseg.export.metadata import onnx_run_config
 from satseg.inference.backends import BACKENDS, OnnxPredictor, cached_onnx_export, torch_predictor
 from satseg.inference.postprocess import keep_largest_components, read_lcc
-from satseg.inference.sliding_window import (
-    run_amp_dtype,
-    sliding_window_inference,
-    throughput_tile,
-)
+from satseg.inference.sliding_window import sliding_window_inference, throughput_tile
 from satseg.nn import SegmentationNet, build_model
 from satseg.nn.lean import make_lean
 from satseg.nn.params import LiveTensorBytes
 from satseg.runs import BEST, LAST, MAX_PATCH_VOXELS, check_patch_size, check_run_config, load_run
-from satseg.training.distributed import resolve_device
 from satseg.zoo import resolve_model_path
 
 __all__ = ["Segmenter", "Segmentation", "load_segmenter", "ensemble", "expand_models", "BACKENDS", "TILES"]
@@ -92,6 +87,7 @@ class Segmenter:
         lcc: classes whose largest connected component alone is kept, as the run records it.
         members: how many models are averaged (1 unless an :func:`ensemble`).
         parts: the ensemble's members.
+        amp: ``--amp``/``--no-amp`` for this job (None: the run's own setting, see :mod:`satseg.device`).
     """
 
     predict: Callable[[Tensor], Tensor]
@@ -104,6 +100,7 @@ class Segmenter:
     members: int = 1
     parts: list[Segmenter] = field(default_factory=list)
     """An :func:`ensemble`'s members (empty for one model): the window must suit each of them."""
+    amp: bool | None = None
 
     @property
     def plan(self) -> dict[str, Any]:
@@ -111,8 +108,13 @@ class Segmenter:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype the model trained with (None: float32); windows run in it on CUDA."""
-        return run_amp_dtype(self.config.get("train"))
+        """The dtype windows run in on this device (None: float32): the run's, unless ``amp`` overrides it.
+
+        ONNX Runtime runs the float32 export, so always None there.
+        """
+        if self.backend == "onnx":
+            return None
+        return autocast_dtype(self.device, self.config.get("train"), self.amp)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -247,8 +249,7 @@ class Segmenter:
             overlap=overlap,
             sw_batch=sw_batch,
             device=self.device,
-            amp=self.amp_dtype is not None,
-            amp_dtype=self.amp_dtype or torch.float32,
+            amp_dtype=self.amp_dtype,
             tta=tta,
             return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
             progress=progress,
@@ -306,8 +307,7 @@ class Segmenter:
             # The windows run in the run's own autocast dtype, as its segmentation does.
             result = sliding_window_inference(
                 maps_of, torch.from_numpy(array), self.patch, len(gates) + 1, overlap=overlap, sw_batch=sw_batch,
-                device=self.device, amp=self.amp_dtype is not None, amp_dtype=self.amp_dtype or torch.float32,
-                return_probabilities=True, softmax=False,
+                device=self.device, amp_dtype=self.amp_dtype, return_probabilities=True, softmax=False,
             )  # fmt: skip
         finally:
             model.keep_attention(False)
@@ -369,11 +369,17 @@ def ensemble(members: Sequence[Segmenter], name: str | None = None) -> Segmenter
     lcc = [c for c in first.lcc if all(c in m.lcc for m in members)]
     label = name or " + ".join(m.name for m in members)
     backend = first.backend if all(m.backend == first.backend for m in members) else "mixed"
-    return Segmenter(predict, first.config, label, backend, first.device, None, lcc, len(members), list(members))
+    return Segmenter(
+        predict, first.config, label, backend, first.device, None, lcc, len(members), list(members), first.amp
+    )
 
 
 def load_segmenter(
-    model: str | Path | Sequence[str | Path], *, device: str = "auto", backend: str | None = None
+    model: str | Path | Sequence[str | Path],
+    *,
+    device: str = "auto",
+    backend: str | None = None,
+    amp: bool | None = None,
 ) -> Segmenter:
     """Load a model, or several as one :func:`ensemble`, for segmentation.
 
@@ -384,26 +390,36 @@ def load_segmenter(
         backend: ``torch`` or ``onnx``; default: ``onnx`` for ``.onnx`` files and, on the CPU, for a single run
             folder, checkpoint or shipped model too (its lean form exported once to :func:`cache_dir`, falling
             back to ``torch`` when ONNX Runtime is missing or the export fails); ``torch`` on GPUs and for
-            the members of an ensemble (see the comment below).
+            the members of an ensemble (see the comment below), and wherever the windows autocast (the export
+            is float32).
+        amp: ``True``: autocast to the run's ``amp_dtype`` on any device (the CPU too); ``False``: float32;
+            None: the run's own setting (see :mod:`satseg.device`).
+
+    Raises:
+        ConfigError: ``amp=True`` with ``backend="onnx"`` (ONNX Runtime runs the float32 export).
     """
+    if amp and backend == "onnx":
+        raise ConfigError("--amp autocasts PyTorch; ONNX Runtime runs the float32 export", hint="use --backend torch")
     models = expand_models(model)
     if len(models) > 1:
         # An ensemble runs on PyTorch unless --backend onnx says otherwise: torch frees each member's
         # activations before the next member runs, whereas every ONNX Runtime session keeps its own memory
         # arena at its peak, so N sessions on the large CPU windows would need about N times the memory.
         name = str(model) if isinstance(model, (str, Path)) else None
-        return ensemble([_load_one(m, device, backend, cpu_onnx=False) for m in models], name)
-    return _load_one(models[0], device, backend)
+        return ensemble([_load_one(m, device, backend, amp, cpu_onnx=False) for m in models], name)
+    return _load_one(models[0], device, backend, amp)
 
 
-def _load_one(model: str | Path, device: str, backend: str | None, cpu_onnx: bool = True) -> Segmenter:
+def _load_one(
+    model: str | Path, device: str, backend: str | None, amp: bool | None, cpu_onnx: bool = True
+) -> Segmenter:
     """One model; ``cpu_onnx``: with no ``backend`` given, run a checkpoint on the CPU through its cached
     ONNX export (see :func:`load_segmenter`)."""
     path = resolve_model_path(model)
     backend_given = backend
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
-    # Under torchrun (e.g. `segment --shard auto`) each process takes its own GPU.
-    torch_device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    # Under torchrun (e.g. `segment --shard auto`) each process takes its own GPU (its LOCAL_RANK).
+    torch_device = resolve_device(device)
     if backend == "onnx":
         if path.suffix != ".onnx":
             raise CheckpointError(
@@ -417,7 +433,8 @@ def _load_one(model: str | Path, device: str, backend: str | None, cpu_onnx: boo
     net, config = load_run(path)
     check_patch_size(Segmenter(net, config, str(model), "torch", torch_device).patch, path)
     lcc = read_lcc(path if path.is_dir() else path.parent, config["plan"]["labels"])
-    if backend_given is None and cpu_onnx and torch_device.type == "cpu":
+    autocasts = autocast_dtype(torch_device, config.get("train"), amp) is not None
+    if backend_given is None and cpu_onnx and torch_device.type == "cpu" and not autocasts:
         # On the CPU ONNX Runtime runs the lean model faster than PyTorch (benchmarks/results/cpu-segment.md):
         # export it once per model to the cache; any failure falls back to PyTorch.
         onnx_path = cached_onnx_export(net, config)
@@ -427,6 +444,7 @@ def _load_one(model: str | Path, device: str, backend: str | None, cpu_onnx: boo
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)
-    return Segmenter(torch_predictor(lean, torch_device), config, str(model), "torch", torch_device, net, lcc)
+    predictor = torch_predictor(lean, torch_device)
+    return Segmenter(predictor, config, str(model), "torch", torch_device, net, lcc, amp=amp)
 
 

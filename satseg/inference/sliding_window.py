@@ -20,17 +20,18 @@ is returned (moved to the CPU if it lived on the device).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from satseg.device import autocast_context
 from satseg.errors import CheckpointError, ConfigError
 from satseg.runs import check_patch_size
 
@@ -40,9 +41,6 @@ __all__ = [
     "window_starts",
     "gaussian_importance",
     "throughput_tile",
-    "AMP_DTYPES",
-    "run_amp_dtype",
-    "autocast_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,27 +52,6 @@ _SIGMA_SCALE = 1.0 / 8.0  # Gaussian sigma as a fraction of the patch side (nnU-
 _MIN_WEIGHT = 1e-4  # floor of the importance map (its maximum is 1): no window border counts for nothing
 _DEVICE_MEMORY_FRACTION = 0.25  # accumulator on a CUDA device only if it takes at most this share of free memory
 _SLAB_BYTES = 64 * 2**20  # size of the temporaries made by the slab-wise normalisation and argmax
-AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""The ``--amp-dtype`` names and the autocast dtypes they stand for."""
-
-
-def run_amp_dtype(train: Mapping[str, Any] | None) -> torch.dtype | None:
-    """The autocast dtype a run trained with, from its training settings (``None``: it trained in float32).
-
-    One dtype per run, used for training, validation, ``segment`` and ``evaluate --model`` alike.
-    Runs saved before the setting existed trained with the default, bf16.
-    """
-    train = train or {}
-    if not train.get("amp", True):
-        return None
-    return AMP_DTYPES[str(train.get("amp_dtype", "bf16"))]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``dtype`` on CUDA; a no-op on other devices or when ``dtype`` is None (float32)."""
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -282,8 +259,7 @@ def sliding_window_inference(
     sw_batch: int = 4,
     device: str | torch.device = "cpu",
     tta: bool = False,
-    amp: bool = True,
-    amp_dtype: torch.dtype = torch.bfloat16,
+    amp_dtype: torch.dtype | None = None,
     return_probabilities: bool = False,
     progress: ProgressCallback | None = None,
     softmax: bool = True,
@@ -308,8 +284,8 @@ def sliding_window_inference(
         device: where the windows are predicted (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …).
         tta: average the predictions of all ``2 ** spatial_dims`` mirrorings (flips of every subset of
             spatial axes), each flipped back before averaging the softmax.
-        amp: use autocast on CUDA; ignored on the CPU. Probabilities are always float32.
-        amp_dtype: the autocast dtype: the one the model trained with (see :func:`run_amp_dtype`).
+        amp_dtype: autocast the windows to this dtype, on any device (None: float32); the run's own, from
+            :func:`satseg.device.autocast_dtype`. Probabilities are always float32.
         return_probabilities: also return the ``(K, *S)`` probabilities.
         progress: called as ``progress(done, total)`` with window counts after every batch.
         softmax: blend softmax probabilities; False blends the raw outputs (e.g. attention maps in ``[0, 1]``),
@@ -346,10 +322,7 @@ def sliding_window_inference(
         tuple(slice(b, b + p) for b, p in zip(begin, patch, strict=True)) for begin in itertools.product(*starts)
     ]
     mirrors = _mirror_sets(len(patch), tta)
-    dtype = amp_dtype if amp else None
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return autocast_context(device, dtype)
+    autocast = functools.partial(autocast_context, device, amp_dtype)
 
     # The outputs are ordinary tensors (made above); the windows are inference tensors, so callers may
     # edit the returned labels and probabilities in place.

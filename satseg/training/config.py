@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from satseg.device import AMP_DTYPES, amp_mode
 from satseg.errors import ConfigError, look_up_option
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "LOSSES", "SCHEDULERS"]
@@ -46,7 +47,9 @@ class TrainConfig:
             save and ship the averaged weights; ``None``: off.
         resident: keep the training cases on the training device and cut patches there (no data loader);
             ``None``: on for CUDA when the cases take at most a quarter of its free memory.
-        amp: mixed precision on CUDA.
+        amp: mixed precision (autocast to ``amp_dtype``): ``auto`` on CUDA only, ``on`` on every device (the
+            CPU too: CUDA's mixed-precision code path, bf16 native on CPUs with AVX-512 BF16/AMX), ``off``
+            never; ``True``/``False`` mean ``on``/``off``. See :mod:`satseg.device`.
         amp_dtype: ``bf16`` or ``fp16``.
         channels_last: channels-last memory format on CUDA.
         compile: ``torch.compile`` the model.
@@ -82,7 +85,7 @@ class TrainConfig:
     deep_supervision: bool = True
     ema: float | None = None
     resident: bool | None = None
-    amp: bool = True
+    amp: str = "auto"
     amp_dtype: str = "bf16"
     channels_last: bool = True
     compile: bool = False
@@ -100,7 +103,9 @@ class TrainConfig:
         look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
         look_up_option(self.loss, LOSSES, "loss")
         look_up_option(self.scheduler, SCHEDULERS, "scheduler")
-        look_up_option(self.amp_dtype, ("bf16", "fp16"), "amp dtype")
+        look_up_option(self.amp_dtype, AMP_DTYPES, "amp dtype")
+        # an explicit True/False from the API means on/off (a run's recorded `true` is read by from_dict)
+        object.__setattr__(self, "amp", amp_mode({True: "on", False: "off"}.get(self.amp, self.amp)))
         for name in ("epochs", "iters_per_epoch", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}")
@@ -143,4 +148,6 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             look_up_option(key, known, "training setting")
+        if "amp" in data:  # runs saved before `amp` had three values recorded `true` for what is now `auto`
+            data = {**data, "amp": amp_mode(data["amp"])}
         return cls(**data)

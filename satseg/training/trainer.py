@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from satseg import __version__
 from satseg.atomic import atomic_write_json, atomic_write_text
 from satseg.data.store import load_case, load_plan, load_splits
+from satseg.device import autocast_context, autocast_dtype
 from satseg.errors import CheckpointError, ConfigError
-from satseg.inference.sliding_window import autocast_context, run_amp_dtype
 from satseg.nn import SegmentationNet, build_model, explicit_model_config, legacy_model_config
 from satseg.nn.registry import model_accepts
 from satseg.plots import write_progress_plot
@@ -38,7 +38,7 @@ from satseg.training.distributed import DistContext, init_distributed
 from satseg.training.ema import WeightEMA
 from satseg.training.losses import deep_supervision_loss
 from satseg.training.patches import PatchBatches, TrainingCase, make_training_case, to_device
-from satseg.training.validation import validate
+from satseg.training.validation import mean_per_class, validate_cases
 
 __all__ = [
     "train",
@@ -351,7 +351,8 @@ def train(
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
     # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
     train_cases = _load_cases(data_dir, train_ids, config.patch)
-    val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []
+    # Every rank validates its share of the cases (ranks stay in step: none waits out another's validation).
+    val_cases = _load_cases(data_dir, ctx.shard(val_ids), None)
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,6 +368,7 @@ def train(
             out_dir,
             train_cases,
             val_cases,
+            len(val_ids),
             labels,
             payload,
             progress and ctx.is_main,
@@ -398,6 +400,7 @@ def _run(
     out_dir: Path,
     train_cases: list[TrainingCase],
     val_cases: list,
+    val_count: int,
     labels: dict[str, int],
     payload: dict[str, Any] | None,
     show_progress: bool,
@@ -410,9 +413,8 @@ def _run(
         model.to(memory_format=torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d)
     optimizer = _make_optimizer(config, _param_groups(model, config))
     # One dtype per run (recorded in its config): training, validation, segment and evaluate all use it.
-    amp_dtype = run_amp_dtype(config.to_dict()) if cuda else None
-    use_amp = amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, config.to_dict())
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = WeightEMA(model, config.ema) if config.ema is not None else None
     start_epoch, best_dice, best_epoch = 0, None, None
     if payload is not None:
@@ -434,7 +436,7 @@ def _run(
     logger.info(
         "training %s/%s on %d cases (%s), validating on %d",
         config.net, config.skip, len(train_cases), "resident on " + str(device) if resident else "loaded",
-        len(val_cases),
+        val_count,
     )  # fmt: skip
 
     step_model: torch.nn.Module = model
@@ -510,13 +512,12 @@ def _run(
                 progress.step(losses[-1])
 
             row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses))}
-            validate_now = val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            validate_now = val_count and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
             shipped = ema.module if ema is not None else model  # the weights validated, saved and shipped
-            if ctx.is_main and validate_now:
+            if validate_now:
                 val_start = time.perf_counter()
-                last_dice = validate(
-                    shipped, val_cases, labels, config.patch, device, use_amp, amp_dtype or torch.float32
-                )
+                mine = validate_cases(shipped, val_cases, labels, config.patch, device, amp_dtype)
+                last_dice = mean_per_class(ctx.gather_shards(mine), labels)
                 row.update({f"dice_{name}": d for name, d in last_dice.items()})
                 row["dice_mean"] = mean_dice(last_dice)
                 row["val_seconds"] = round(time.perf_counter() - val_start, 3)

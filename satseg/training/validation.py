@@ -11,7 +11,7 @@ from satseg.evaluation.metrics import dice
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import SegmentationNet
 
-__all__ = ["validate", "dice_per_class"]
+__all__ = ["validate", "validate_cases", "mean_per_class", "dice_per_class"]
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
@@ -20,27 +20,47 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
 
 
 @torch.inference_mode()
+def validate_cases(
+    model: SegmentationNet,
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    labels: dict[str, int],
+    patch: Sequence[int],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> list[dict[str, float]]:
+    """Dice per foreground label of each of ``cases`` (``(id, image (C,*S), label (*S))``), in their order.
+
+    ``amp_dtype``: the run's autocast dtype on ``device`` (:func:`satseg.device.autocast_dtype`; None: float32).
+    """
+    was_training = model.training
+    model.eval()
+    per_case = []
+    for _, image, label in cases:
+        result = sliding_window_inference(
+            model, torch.from_numpy(image), patch, len(labels), overlap=0.5, device=device, amp_dtype=amp_dtype
+        )
+        per_case.append(dice_per_class(result.labels.numpy(), label, labels))
+    model.train(was_training)
+    return per_case
+
+
+def mean_per_class(per_case: Sequence[dict[str, float]], labels: dict[str, int]) -> dict[str, float]:
+    """Mean Dice per foreground label over cases, NaNs ignored (NaN where no case has one)."""
+    names = [n for n, v in labels.items() if v != 0]
+    means = {}
+    for name in names:
+        values = [c[name] for c in per_case if not np.isnan(c[name])]
+        means[name] = float(np.mean(values)) if values else float("nan")
+    return means
+
+
 def validate(
     model: SegmentationNet,
     cases: Sequence[tuple[str, np.ndarray, np.ndarray]],
     labels: dict[str, int],
     patch: Sequence[int],
     device: torch.device,
-    amp: bool = False,
-    amp_dtype: torch.dtype = torch.bfloat16,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Mean Dice per foreground label over ``cases`` (``(id, image (C,*S), label (*S))``), NaNs ignored."""
-    was_training = model.training
-    model.eval()
-    per_case = []
-    for _, image, label in cases:
-        result = sliding_window_inference(
-            model, torch.from_numpy(image), patch, len(labels), overlap=0.5, device=device, amp=amp,
-            amp_dtype=amp_dtype,
-        )  # fmt: skip
-        per_case.append(dice_per_class(result.labels.numpy(), label, labels))
-    model.train(was_training)
-    return {
-        name: float(np.nanmean([c[name] for c in per_case])) if per_case else float("nan")
-        for name in (n for n, v in labels.items() if v != 0)
-    }
+    """Mean Dice per foreground label over ``cases``: :func:`validate_cases` then :func:`mean_per_class`."""
+    return mean_per_class(validate_cases(model, cases, labels, patch, device, amp_dtype), labels)

@@ -9,17 +9,14 @@ from torch import nn
 
 from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import write_synthetic_msd
-from satseg.inference import sliding_window as inference
-from satseg.inference.segmenter import load_segmenter
 from satseg.nn import build_model
 from satseg.nn.lean import make_lean
-from satseg.runs import load_checkpoint, save_checkpoint
+from satseg.runs import load_checkpoint
 from satseg.training import trainer
 from satseg.training.augment import AugmentConfig, augment_batch, rotation_axes
 from satseg.training.config import TrainConfig
 from satseg.training.ema import WeightEMA
 from satseg.training.trainer import is_improvement, mean_dice, train
-from satseg.training.validation import validate
 
 SPATIAL_ONLY = {"intensity_scale": 0.0, "intensity_shift": 0.0, "gamma": 0.0, "noise": 0.0}
 
@@ -165,7 +162,7 @@ def test_ema_run_ships_and_resumes_the_average(data3d, tmp_path):
 def test_nan_dice_never_freezes_the_best_checkpoint(data3d, tmp_path, monkeypatch):
     """A class absent from every validation case gives NaN Dice; the best epoch must follow the defined ones."""
     scores = iter([0.2, 0.6, 0.4])
-    monkeypatch.setattr(trainer, "validate", lambda *a, **k: {"core": next(scores), "absent": float("nan")})
+    monkeypatch.setattr(trainer, "validate_cases", lambda *a, **k: [{"core": next(scores), "absent": float("nan")}])
     result = train(data3d, tmp_path / "run", TrainConfig(epochs=3, **TINY), progress=False)
     assert result.best_epoch == 1 and result.best_dice == pytest.approx(0.6)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")["epoch"] == 2
@@ -180,47 +177,4 @@ def test_mean_dice_and_improvement_treat_nan_as_missing():
     assert not is_improvement(0.3, 0.4) and is_improvement(0.5, 0.4)
 
 
-# ---------------------------------------------------------------- one AMP dtype
-@pytest.fixture
-def autocast_spy(monkeypatch):
-    seen = []
-    real = inference.autocast_context
-
-    def spy(device, dtype):
-        seen.append(dtype)
-        return real(device, dtype)
-
-    monkeypatch.setattr(inference, "autocast_context", spy)
-    return seen
-
-
-def test_validation_uses_the_runs_amp_dtype(data3d, autocast_spy):
-    from satseg.data.store import load_case
-
-    image, label, _ = load_case(data3d, "synth_000")
-    model = build_model("unet3d", "sat", 1, 2, features=[4, 8]).eval()
-    validate(model, [("c", image, label)], {"background": 0, "core": 1}, (16, 16, 16), torch.device("cpu"),
-             True, torch.bfloat16)  # fmt: skip
-    validate(model, [("c", image, label)], {"background": 0, "core": 1}, (16, 16, 16), torch.device("cpu"),
-             True, torch.float16)  # fmt: skip
-    assert set(autocast_spy[: len(autocast_spy) // 2]) == {torch.bfloat16}
-    assert set(autocast_spy[len(autocast_spy) // 2 :]) == {torch.float16}
-
-
-@pytest.mark.parametrize("settings, dtype", [({"amp_dtype": "fp16"}, torch.float16),
-                                             ({"amp_dtype": "bf16"}, torch.bfloat16),
-                                             ({"amp": False}, None)])  # fmt: skip
-def test_segment_uses_the_dtype_recorded_in_the_checkpoint(data3d, tmp_path, autocast_spy, settings, dtype):
-    from satseg.data.io import read_image
-    from satseg.data.store import load_case, load_plan
-
-    plan = load_plan(data3d)
-    model_cfg = {"net": "unet3d", "skip": "sat", "in_channels": 1, "out_channels": 2, "features": [4, 8]}
-    config = TrainConfig(patch=(16, 16, 16), **settings)
-    run = {"model": model_cfg, "train": config.to_dict(), "plan": plan}
-    save_checkpoint(tmp_path / "m.pt", model=build_model(**model_cfg), run_config=run, epoch=1)
-    segmenter = load_segmenter(tmp_path / "m.pt", device="cpu")
-    assert segmenter.amp_dtype == dtype
-    _, _, props = load_case(data3d, "synth_000")
-    segmenter.segment(read_image(props["image_files"][0]))
-    assert autocast_spy and set(autocast_spy) == {dtype}
+# (one AMP dtype per run, on every device: tests/training/test_mixed_precision.py)

@@ -1,0 +1,108 @@
+"""Where a job runs and in which precision: one policy for training, validation, ``segment`` and ``evaluate``.
+
+Device: ``auto`` is the process's own CUDA device (``LOCAL_RANK`` under ``torchrun``) when there is one, else
+the CPU; ``cpu``, ``cuda`` (the local rank's GPU) and ``cuda:N`` are taken as given.
+
+Precision: a run records ``amp`` and ``amp_dtype`` (``bf16`` or ``fp16``), and every job that runs the run's
+model reads them through :func:`autocast_dtype`:
+
+* ``auto`` (the default): autocast to ``amp_dtype`` on CUDA, float32 on the CPU;
+* ``on``: autocast on every device. On the CPU this runs CUDA's mixed-precision code path with the CPU's
+  autocast rules (bf16 is native on CPUs with AVX-512 BF16 or AMX; fp16 has CPU kernels too), which is how
+  the CUDA path is tested on machines without a GPU;
+* ``off``: float32 everywhere.
+
+``segment``, ``evaluate --model`` and ``postprocess`` may override the run's setting (``--amp``/``--no-amp``).
+Runs saved before ``amp`` had three values recorded ``true`` for what is now ``auto``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from satseg.errors import ConfigError, look_up_option
+
+__all__ = [
+    "AMP_DTYPES",
+    "AMP_MODES",
+    "amp_mode",
+    "autocast_context",
+    "autocast_dtype",
+    "local_rank",
+    "resolve_device",
+]
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The ``--amp-dtype`` names and the autocast dtypes they stand for."""
+AMP_MODES = ("auto", "on", "off")
+"""``--amp`` settings: autocast on CUDA only, on every device, or never."""
+
+
+def local_rank() -> int:
+    """This process's rank on its node: ``LOCAL_RANK`` under ``torchrun``, else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(spec: str, rank: int | None = None) -> torch.device:
+    """``auto`` → the process's CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:i`` as given.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        rank: the GPU that ``auto`` and ``cuda`` mean; default :func:`local_rank`.
+    """
+    rank = local_rank() if rank is None else rank
+    if spec == "auto":
+        return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device `{spec}`; valid: auto, cpu, cuda, cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device `{spec}`; valid: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device `{spec}` asked for, but CUDA is not available here", hint="use --device cpu")
+        if device.index is None:
+            device = torch.device(f"cuda:{rank}")
+    return device
+
+
+def amp_mode(value: str | bool | None) -> str:
+    """``auto``, ``on`` or ``off`` for a recorded or given ``amp`` setting.
+
+    ``None`` (not recorded) and ``True`` (what runs recorded before the setting had three values) are ``auto``.
+    """
+    if value is None or value is True:
+        return "auto"
+    if value is False:
+        return "off"
+    return look_up_option(str(value).lower(), AMP_MODES, "amp setting")
+
+
+def autocast_dtype(
+    device: torch.device, train: Mapping[str, Any] | None, override: bool | None = None
+) -> torch.dtype | None:
+    """The dtype a run's model runs in on ``device`` (None: float32).
+
+    Args:
+        device: where the model runs.
+        train: the run's training settings (``amp``, ``amp_dtype``); None: a run without them (defaults).
+        override: ``True``/``False`` from a command's ``--amp``/``--no-amp``; None: the run's setting.
+    """
+    train = train or {}
+    mode = amp_mode(train.get("amp")) if override is None else ("on" if override else "off")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    return AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (CPU or CUDA); a no-op when ``dtype`` is None (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
