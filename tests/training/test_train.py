@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
@@ -10,6 +11,7 @@ from PIL import Image as PILImage
 from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import write_synthetic_msd
 from satseg.errors import CheckpointError, DataError, SatsegError
+from satseg.nn import build_model
 from satseg.plots import PANEL_SIZE
 from satseg.runs import load_checkpoint, load_run
 from satseg.training.config import TrainConfig
@@ -184,3 +186,38 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path, net):
 
     init = build_model(net, "sat", 1, 2, **({"features": [8, 16]} if net == "unet2d" else {})).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in payload["model"].items()), "weights were trained"
+
+
+@pytest.mark.slow
+def test_ddp_validation_longer_than_the_process_group_timeout_finishes(tmp_path):
+    """Rank 0 validating alone would keep rank 1 in a collective for 4 × 1.5 s, past a 4 s timeout; validation
+    sharded over both ranks (2 cases each, 3 s) keeps them in step, and the Dice is over all 4 cases."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from satseg.training.validation import validate
+
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=8, shape=(24, 24))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("ddp_slow_validation.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(worker), str(data), str(tmp_path / "run"), "1.5"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SATSEG_DIST_TIMEOUT": "4"}
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("val_dice")]
+    # the gathered Dice equals one process validating all the fold's cases with the saved weights
+    from satseg.data.store import load_case, load_plan, load_splits
+
+    plan, (fold,) = load_plan(data), load_splits(data)[:1]
+    cases = [(c, *load_case(data, c)[:2]) for c in fold["val"]]
+    model = build_model("unet2d", "sat", 1, 2, features=[4, 8])
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["model"])
+    expected = validate(model, cases, plan["labels"], (16, 16), torch.device("cpu"))
+    assert len(cases) == 4
+    assert float(line.split()[1]) == pytest.approx(float(np.mean(list(expected.values()))), abs=1e-9)
