@@ -92,7 +92,7 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
     import satseg.evaluation.model as evaluate_model
     import satseg.inference.segmenter as segmenter
 
-    monkeypatch.setattr(segmenter, "load_segmenter", lambda run, device: Stub())
+    monkeypatch.setattr(segmenter, "load_segmenter", lambda run, device, amp=None: Stub())
     monkeypatch.setattr(evaluate_model, "split_cases", lambda data, split, fold: ["c0", "c1"])
     monkeypatch.setattr(evaluate_model, "read_original_case", lambda data, case: (None, reference, case))
     folders = [tmp_path / "fold_0", tmp_path / "fold_1"]
