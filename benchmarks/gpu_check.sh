@@ -14,7 +14,7 @@ DEVICE=${DEVICE:-cuda}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 WORK=${TMPDIR:-/tmp}/satseg-gpu-check-$STAMP
 RESULTS=benchmarks/results
-mkdir -p "$WORK" "$RESULTS"
+mkdir -p "$WORK/runs" "$WORK/masks" "$RESULTS"
 LOG="$RESULTS/gpu-check-$DEVICE-$STAMP.log"
 [ "$DEVICE" = cuda ] || LOG="$WORK/gpu-check.log"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" SATSEG_CACHE="$WORK/cache"
