@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -236,6 +239,8 @@ def read_image(path: str | Path) -> Image:
     path = Path(path)
     if not path.exists():
         raise DataError(f"`{path}` does not exist")
+    if not path.is_dir():
+        check_regular_file(path)  # a FIFO or device would block or never end: refused before it is opened
     try:
         if path.is_dir():
             return formats.read_dicom(path)
@@ -243,13 +248,14 @@ def read_image(path: str | Path) -> Image:
         if suffix in _NIFTI:
             return _read_nifti(path)
         if suffix in _ITK:
+            # .nhdr and .mhd (and any .nrrd/.mha naming a data file) keep their voxels in another file: it must
+            # be a regular file inside the header's folder, and its size bounds what the header may claim
+            data_file, compressed = referenced_data_file(path)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            # .nhdr and .mhd keep their voxels in another file: only the absolute limit applies to them
-            single_file = suffix in (".nrrd", ".mha")
             voxels = math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
-            check_claimed_size(path, voxels, 1, path.stat().st_size if single_file else None)
+            check_claimed_size(path, voxels, 1, data_file.stat().st_size, compressed=compressed)
             return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
             return formats.read_picture(path)
@@ -298,6 +304,76 @@ def _read_nifti(path: Path) -> Image:
         direction=direction,
     )
     return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+
+
+def check_regular_file(path: Path, *, named_in: Path | None = None) -> None:
+    """Refuse anything but a regular file (after links): a FIFO would hang the reader, ``/dev/zero`` never ends.
+
+    Raises:
+        DataError: naming ``path`` (and the header ``named_in`` that points at it).
+    """
+    where = f"`{named_in}` names data file `{path}`, which" if named_in else f"`{path}`"
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise DataError(f"{where} cannot be opened: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{where} is {kind}; satseg reads images from regular files only")
+
+
+_HEADER_BYTES = 1 << 16  # NRRD and MetaImage headers are text lines before the voxels: a few hundred bytes
+_NRRD_DATA_FILE = re.compile(rb"^data ?file:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_META_DATA_FILE = re.compile(rb"^ElementDataFile[ \t]*=[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+
+
+def referenced_data_file(header: Path) -> tuple[Path, bool]:
+    """The file holding the voxels of a NRRD or MetaImage header, checked by the one rule for referenced files.
+
+    A detached header (``.nhdr``, ``.mhd``, or a ``.nrrd``/``.mha`` naming a data file) may only point at a
+    regular file inside its own folder, by a relative name: never an absolute path, ``..``, a link leading
+    out, a device or a pipe. Lists and patterns of data files are not supported.
+
+    Returns:
+        ``(data file, whether its voxels may be compressed)``; the header itself when the voxels follow it.
+
+    Raises:
+        DataError: naming the header and the data file it points at.
+    """
+    with open(header, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    if header.name.lower().endswith((".nrrd", ".nhdr")):
+        head = head.split(b"\n\n", 1)[0]
+        match = _NRRD_DATA_FILE.search(head)
+        encoding = re.search(rb"^encoding:[ \t]*(\S+)", head, re.IGNORECASE | re.MULTILINE)
+        compressed = encoding is None or encoding.group(1).lower() not in (b"raw", b"ascii", b"text", b"txt")
+    else:
+        match = _META_DATA_FILE.search(head)
+        compressed = re.search(rb"^CompressedData[ \t]*=[ \t]*True", head, re.IGNORECASE | re.MULTILINE) is not None
+        if match is not None and match.group(1).upper() == b"LOCAL":
+            match = None
+    if match is None:
+        return header, compressed
+    name = match.group(1).decode("utf-8", "replace")
+    refused = None
+    if not name or name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        refused = "a list or pattern of data files, which satseg does not read"
+    elif Path(name).is_absolute() or name.startswith("~"):
+        refused = "an absolute path"
+    elif ".." in Path(name).parts:
+        refused = "a path leading out of the header's folder (`..`)"
+    if refused is None:
+        target = header.parent / name
+        inside = os.path.realpath(header.parent)
+        if os.path.commonpath([inside, os.path.realpath(target)]) != inside:
+            refused = "a link leading out of the header's folder"
+    if refused is not None:
+        raise DataError(
+            f"`{header}` names data file `{name}`: {refused}; satseg only reads data files beside their header",
+            hint="keep the header and its data file in one folder, with a relative name in the header",
+        )
+    check_regular_file(target, named_in=header)
+    return target, compressed
 
 
 def check_claimed_size(

@@ -1,0 +1,131 @@
+"""Round three of the hostile corpus: files named inside headers, two inputs one output, silent wrong results,
+hangs, messages and formats (issue 24). Every refusal: exit code 1, one ``error:`` line naming the file."""
+
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hostile import files_under, scan, tiny_run, write_nifti
+from typer.testing import CliRunner
+
+from satseg.cli import app
+from satseg.data.io import read_image
+from satseg.errors import DataError
+
+SHAPE = (12, 16, 16)
+
+
+@contextmanager
+def no_hang(seconds: int = 20):
+    """Fail (instead of blocking CI forever) when the body does not finish in time."""
+
+    def fail(*_):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def one_error(result, *names: str) -> str:
+    """The one `error:` line of a refused command, which names every one of ``names``."""
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output and "unexpected" not in lines[0], result.output
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- 1. files named inside a header
+def _mhd(folder: Path, data_file: str, size=(16, 16, 12), element="MET_UCHAR") -> Path:
+    header = folder / "scan.mhd"
+    header.write_text(
+        f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, size))}\nElementType = {element}\n"
+        f"ElementDataFile = {data_file}\n"
+    )
+    return header
+
+
+def _nhdr(folder: Path, data_file: str, size=(16, 16, 12)) -> Path:
+    header = folder / "scan.nhdr"
+    header.write_text(
+        f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {' '.join(map(str, size))}\nencoding: raw\n"
+        f"data file: {data_file}\n"
+    )
+    return header
+
+
+@pytest.mark.parametrize("write_header", [_mhd, _nhdr], ids=["mhd", "nhdr"])
+def test_a_detached_header_reads_only_regular_files_beside_it(write_header, tmp_path):
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(256)) * 12)  # 3072 bytes: 16 x 16 x 12 voxels
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "ok.raw").write_bytes(secret.read_bytes())
+    (folder / "link.raw").symlink_to(secret)
+    os.mkfifo(folder / "pipe.raw")
+    hostile = {
+        str(secret): "absolute",
+        "../secret.raw": "..",
+        "sub/../../secret.raw": "..",
+        "/dev/zero": "absolute",
+        "link.raw": "link",
+        "pipe.raw": "pipe",
+        "sub": "folder",
+    }
+    for target, why in hostile.items():
+        header = write_header(folder, target)
+        with no_hang(), pytest.raises(DataError) as caught:
+            read_image(header)
+        assert str(header) in caught.value.message and why in caught.value.message, (target, caught.value.message)
+    # the same bytes beside the header are read: the rule refuses places, not detached headers
+    image = read_image(write_header(folder, "sub/ok.raw"))
+    assert image.spatial_shape == (12, 16, 16)
+    assert np.array_equal(image.array.ravel(), np.frombuffer(secret.read_bytes(), np.uint8))
+
+
+@pytest.mark.parametrize("write_header", [_mhd, _nhdr], ids=["mhd", "nhdr"])
+def test_a_detached_header_cannot_claim_more_voxels_than_its_data_file_holds(write_header, tmp_path):
+    (tmp_path / "small.raw").write_bytes(b"\0" * 4096)
+    header = write_header(tmp_path, "small.raw", size=(1000, 1000, 500))
+    with pytest.raises(DataError, match="claims 500,000,000 bytes"):
+        read_image(header)
+
+
+def test_segment_refuses_a_header_pointing_outside_and_a_fifo_input_without_hanging(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    header = _mhd(folder, "/dev/zero", size=(1000, 1000, 500))
+    os.mkfifo(folder / "pipe.nii.gz")
+    runner = CliRunner()
+    for source in (header, folder / "pipe.nii.gz"):
+        before = files_under(tmp_path)
+        with no_hang():
+            result = runner.invoke(app, ["segment", str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(run)])
+        one_error(result, str(source))
+        assert files_under(tmp_path) == before
+    # a pipe inside a folder fails that input only, never blocks the others
+    write_nifti(folder / "good.nii.gz", scan(SHAPE))
+    header.unlink()
+    with no_hang():
+        result = runner.invoke(app, ["segment", str(folder), "-o", str(tmp_path / "out"), "--model", str(run)])
+    one_error(result, "pipe.nii.gz")
+    assert (tmp_path / "out" / "good_seg.nii.gz").exists()
+
+
+def test_sitk_writes_detached_images_that_satseg_reads_back(tmp_path):
+    image = sitk.GetImageFromArray(scan(SHAPE))
+    for name in ("v.mhd", "v.nhdr"):
+        sitk.WriteImage(image, str(tmp_path / name))
+        assert np.allclose(read_image(tmp_path / name).array[0], scan(SHAPE))
