@@ -721,7 +721,8 @@ def _print_segment_report(report: Any, as_json: bool) -> None:
         out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
     for failure in report.failures:
         hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-        err.print(Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}"), highlight=False)
+        where = "" if f"`{failure['input']}`" in failure["error"] else f"`{failure['input']}`: "
+        err.print(Text.assemble(("error:", "red"), f" {where}{failure['error']}{hint}"), highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:

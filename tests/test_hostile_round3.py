@@ -129,3 +129,64 @@ def test_sitk_writes_detached_images_that_satseg_reads_back(tmp_path):
     for name in ("v.mhd", "v.nhdr"):
         sitk.WriteImage(image, str(tmp_path / name))
         assert np.allclose(read_image(tmp_path / name).array[0], scan(SHAPE))
+
+
+# ---------------------------------------------------------------- 2. two inputs, one output
+def _picture(path: Path) -> Path:
+    from PIL import Image as PILImage
+
+    PILImage.fromarray((scan((16, 16)) * 60 + 60).clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--skip-existing"], ["--shard", "0/2"], ["--shard", "1/2"]])
+def test_two_inputs_that_would_share_a_mask_are_refused_before_any_work(extra, tmp_path):
+    run = tiny_run(tmp_path / "run", dims=2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _picture(folder / "a.png")
+    _picture(folder / "a.jpg")  # both a_seg.png
+    (folder / "a_seg.png").write_bytes(b"an earlier mask")  # skip-existing must not call the collision done
+    before = files_under(tmp_path)
+    result = CliRunner().invoke(app, ["segment", str(folder), "--model", str(run), *extra])
+    one_error(result, "a.png", "a.jpg", "a_seg.png")
+    assert files_under(tmp_path) == before and "skipped" not in result.output
+
+
+def test_same_named_files_of_different_folders_into_one_output_folder_are_refused(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    sources = []
+    for sub in ("sub-1", "sub-2"):
+        (tmp_path / sub).mkdir()
+        sources.append(str(write_nifti(tmp_path / sub / "t1.nii.gz", scan(SHAPE))))
+    result = CliRunner().invoke(app, ["segment", *sources, "-o", str(tmp_path / "out"), "--model", str(run)])
+    one_error(result, *sources)
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_refuses_two_files_of_one_case_id(tmp_path):
+    root = tmp_path / "ds"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for name in ("case_000.nii.gz", "case_000.nii", "case_001.nii.gz"):
+        write_nifti(root / "imagesTr" / name, scan(SHAPE))
+        write_nifti(root / "labelsTr" / name, (scan(SHAPE) > 1).astype(np.uint8))
+    (root / "dataset.json").write_text('{"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "x"}}')
+    result = CliRunner().invoke(app, ["preprocess", str(root), "-o", str(tmp_path / "pp")])
+    one_error(result, "case_000.nii.gz", "case_000.nii`", "case_000")
+    assert not (tmp_path / "pp").exists()
+
+
+def test_demo_keep_refuses_a_folder_with_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--keep", str(tmp_path)])
+    one_error(result, str(tmp_path))
+    assert files_under(tmp_path) == {"notes.txt"} and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_input_is_named_once_on_one_line(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "bad.nii.gz"), "--model", str(run)])
+    line = one_error(result, "bad.nii.gz")
+    assert line.count("bad.nii.gz") == 1 and "warning" not in result.output, result.output

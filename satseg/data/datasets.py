@@ -83,6 +83,19 @@ class Dataset:
     mask_pictures: bool = False
     pairing: dict | None = None
 
+    def __post_init__(self) -> None:
+        # `case_000.nii.gz` + `case_000.nii`: one id for two files would keep one case and put the id into the
+        # splits twice (one case in both train and val of a fold)
+        seen: dict[str, Case] = {}
+        for case in self.cases:
+            if case.case_id in seen:
+                first, second = seen[case.case_id].images[0], case.images[0]
+                raise DataError(
+                    f"`{first}` and `{second}` are both case `{case.case_id}`; every case needs its own name",
+                    hint="remove or rename one of them",
+                )
+            seen[case.case_id] = case
+
 
 def _modality_of(name: str) -> str:
     """Map a dataset.json channel description to a normalisation family."""

@@ -264,7 +264,8 @@ def read_image(path: str | Path) -> Image:
             raise
         raise DataError(f"`{path}`: {err.message}", err.hint) from err
     except RuntimeError as err:  # SimpleITK
-        raise DataError(f"`{path}` cannot be read: {_sitk_error(err)}") from err
+        reason = _sitk_error(err).replace(f' for "{path}"', "").replace(f'"{path}"', "it")  # the path once
+        raise DataError(f"`{path}` cannot be read: {reason}") from err
     except MemoryError as err:
         raise DataError(f"`{path}` is too large to read into memory") from err
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:

@@ -35,6 +35,7 @@ __all__ = [
     "segment_inputs",
     "expand_inputs",
     "output_path",
+    "plan_outputs",
     "label_volumes",
     "parse_shard",
     "shard_inputs",
@@ -155,6 +156,36 @@ def output_path(
     return output
 
 
+def plan_outputs(
+    pairs: Sequence[tuple[Path, Path | None]], output: Path | None, multiple: bool
+) -> dict[Path, Path]:
+    """The mask path of every input of the whole run, refusing before any work two inputs that would share one.
+
+    ``a.png`` + ``a.jpg`` (both ``a_seg.png``), ``vol.mha`` + ``vol.mhd``, or ``sub-1/t1.nii.gz`` +
+    ``sub-2/t1.nii.gz`` into one ``-o`` folder: with ``--overwrite`` one mask would silently replace the other,
+    with ``--skip-existing`` the second would be reported as done. Seen from the whole batch, before sharding.
+
+    Raises:
+        ConfigError: naming both inputs and the output they would share; or an output with an unknown ending.
+    """
+    planned: dict[Path, Path] = {}
+    owner: dict[str, Path] = {}
+    for source, folder in pairs:
+        if not source.is_dir() and not is_supported_image(source):
+            continue  # refused as an input when its turn comes (the batch goes on), not for its output's name
+        target = output_path(source, output, folder, multiple)
+        check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+        key = os.path.normcase(os.path.abspath(target))
+        if key in owner and owner[key] != source:
+            raise ConfigError(
+                f"`{owner[key]}` and `{source}` would both be segmented into `{target}`",
+                hint="segment them into different -o folders, or rename one of them",
+            )
+        owner[key] = source
+        planned[source] = target
+    return planned
+
+
 def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str, int]) -> dict[str, float]:
     """Per foreground label: volume in ml (3D) or area in mm² (2D)."""
     unit = float(np.prod(spacing)) / (1000.0 if labels.ndim == 3 else 1.0)
@@ -255,6 +286,7 @@ def segment_inputs(
     pairs = expand_inputs(inputs)
     sources = [p for p, _ in pairs]  # every input of the run: no shard writes over any of them
     multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
+    targets = plan_outputs(pairs, output, multiple)  # the whole run, before sharding: no two share a mask
     report = SegmentReport(shard=shard, total_inputs=len(pairs))
     if shard is not None:
         pairs = shard_inputs(pairs, *shard)
@@ -263,12 +295,14 @@ def segment_inputs(
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
         _cached(model, cache, device, backend)
     with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
-        for source, folder in pairs:
+        for source, _folder in pairs:
             bar.item(source.name)
             started = time.perf_counter()
             try:
-                target = output_path(source, output, folder, multiple)
-                check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+                target = targets.get(source)
+                if target is None:
+                    read_image(source)  # says why the input cannot be read: missing, or not an image format
+                    raise DataError(f"`{source}` is not a supported image format")
                 if skip_existing and not overwrite and target.exists():
                     report.skipped.append(str(source))
                     continue
@@ -276,7 +310,7 @@ def segment_inputs(
                 image = read_image(source)
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
                 for misfit in misfits:
-                    logger.warning("%s: %s", source, misfit)
+                    logger.debug("%s: %s", source, misfit)  # the report prints it once
                 report.models[str(source)] = segmenter.name
                 seg = segmenter.segment(
                     image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
@@ -287,12 +321,12 @@ def segment_inputs(
                 )
             except SatsegError as error:
                 report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-                logger.warning("%s: %s", source, error.message)
+                logger.debug("%s: %s", source, error.message)  # the report prints it once, at the end
                 continue
             except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
                 message, hint = _unforeseen(error)
                 report.failures.append({"input": str(source), "error": message, "hint": hint})
-                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
+                logger.debug("%s: %s", source, message, exc_info=True)
                 continue
             labels = seg.labels.array[0]
             report.results.append(
