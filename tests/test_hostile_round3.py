@@ -190,3 +190,112 @@ def test_a_failed_input_is_named_once_on_one_line(tmp_path):
     result = CliRunner().invoke(app, ["segment", str(tmp_path / "bad.nii.gz"), "--model", str(run)])
     line = one_error(result, "bad.nii.gz")
     assert line.count("bad.nii.gz") == 1 and "warning" not in result.output, result.output
+
+
+# ---------------------------------------------------------------- 3. silent wrong results: geometry and voxels at load
+def _raw_nifti(path: Path, array_xyz: np.ndarray, **fields) -> Path:
+    """A NIfTI-1 file written byte by byte, so that header fields nibabel would fix on saving stay as given."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(array_xyz.shape)
+    header.set_data_dtype(array_xyz.dtype)
+    header.set_sform(np.diag([2.0, 3.0, 4.0, 1.0]), code=1)
+    header.set_qform(np.diag([2.0, 3.0, 4.0, 1.0]), code=1)
+    header["vox_offset"] = 352
+    for key, value in fields.items():
+        header[key] = value
+    path.write_bytes(header.binaryblock + b"\0" * 4 + array_xyz.tobytes(order="F"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fields, why",
+    [
+        ({"pixdim": [1, 0, 3, 4, 1, 1, 1, 1], "sform_code": 0, "qform_code": 0}, "voxel size"),
+        ({"pixdim": [1, np.nan, 3, 4, 1, 1, 1, 1], "sform_code": 0, "qform_code": 0}, "voxel size"),
+        ({"srow_x": [2, np.nan, 0, 0]}, "srow_x"),
+        ({"sform_code": 0, "quatern_b": np.nan}, "quatern_b"),
+    ],
+    ids=["pixdim0", "pixdim_nan", "sform_nan", "qform_nan"],
+)
+def test_an_invalid_nifti_grid_is_refused_not_guessed(fields, why, tmp_path):
+    path = _raw_nifti(tmp_path / "bad.nii", scan((8, 9, 10)), **fields)
+    with pytest.raises(DataError, match=why) as caught:
+        read_image(path)
+    assert str(path) in caught.value.message
+    assert read_image(_raw_nifti(tmp_path / "ok.nii", scan((8, 9, 10)))).spacing == (4.0, 3.0, 2.0)
+
+
+def test_complex_nifti_is_refused_and_rgb24_gives_three_channels(tmp_path):
+    import nibabel as nib
+
+    data = scan((8, 9, 10))
+    nib.save(nib.Nifti1Image((data + 1j * data).astype(np.complex64), np.eye(4)), tmp_path / "complex.nii")
+    with pytest.raises(DataError, match="complex"):
+        read_image(tmp_path / "complex.nii")
+    rgb = np.zeros((8, 9, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["G"] = 7
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii")
+    image = read_image(tmp_path / "rgb.nii")
+    assert image.array.shape == (3, 10, 9, 8) and image.array[1].min() == 7 and image.array[[0, 2]].max() == 0
+
+
+def test_nifti2_gets_the_grid_simpleitk_gives_the_same_file_as_nifti1(tmp_path):
+    import nibabel as nib
+
+    affine = np.array([[0, 0, 2.5, -10], [-1.2, 0.1, 0, 20], [0.1, 1.2, 0, 3], [0, 0, 0, 1.0]])
+    data = scan((8, 9, 10))
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "one.nii.gz")
+    nib.save(nib.Nifti2Image(data, affine), tmp_path / "two.nii.gz")
+    one, two = read_image(tmp_path / "one.nii.gz"), read_image(tmp_path / "two.nii.gz")  # SimpleITK, nibabel
+    assert np.array_equal(one.array, two.array)
+    for a, b in ((one.spacing, two.spacing), (one.origin, two.origin), (one.direction, two.direction)):
+        assert np.allclose(a, b, atol=1e-5), (a, b)
+
+
+def test_a_cifti_file_is_refused_as_not_an_image_on_a_grid(tmp_path):
+    import nibabel as nib
+
+    header = nib.Nifti2Header()
+    header.set_data_shape((1, 1, 1, 1, 6, 6))
+    header.set_intent("ConnDense")
+    nib.save(nib.Nifti2Image(np.zeros((1, 1, 1, 1, 6, 6), np.float32), np.eye(4), header), tmp_path / "x.dconn.nii")
+    with pytest.raises(DataError, match="CIFTI"):
+        read_image(tmp_path / "x.dconn.nii")
+
+
+def test_an_analyze_pair_and_one_dicom_file_are_read_and_minc_is_refused_as_an_input(tmp_path):
+    import nibabel as nib
+
+    run = tiny_run(tmp_path / "run")
+    data = scan(SHAPE)
+    nib.save(nib.Nifti1Pair(np.transpose(data), np.diag([-1.5, -1.5, 2.0, 1.0])), tmp_path / "pair.hdr")
+    pair = read_image(tmp_path / "pair.hdr")
+    assert np.allclose(pair.array[0], data) and pair.spacing == (2.0, 1.5, 1.5)
+    sitk.WriteImage(sitk.Cast(sitk.GetImageFromArray((data[0] * 100).astype(np.int16)), sitk.sitkInt16),
+                    str(tmp_path / "one.dcm"))  # fmt: skip
+    assert read_image(tmp_path / "one.dcm").array.shape[-2:] == SHAPE[1:]
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "pair.hdr"), "--model", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pair_seg.nii.gz").exists()
+    (tmp_path / "brain.mnc").write_bytes(b"CDF\x01" + b"\0" * 64)
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "brain.mnc"), "--model", str(run)])
+    line = one_error(result, "brain.mnc")
+    assert "not a supported image" in line and "_seg" not in line
+
+
+def test_a_dicom_folder_with_two_series_is_refused_not_guessed(tmp_path):
+    from satseg.data.io import Image, write_image
+
+    volume = (scan((4, 8, 8)) * 100).astype(np.int16)[None]
+    for name in ("s1", "s2"):
+        write_image(Image(volume, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())), tmp_path / name)
+    both = tmp_path / "both"
+    both.mkdir()
+    for name in ("s1", "s2"):
+        for f in (tmp_path / name).iterdir():
+            f.rename(both / f"{name}_{f.name}")
+    with pytest.raises(DataError, match="2 DICOM series") as caught:
+        read_image(both)
+    assert str(both) in caught.value.message

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 _NIFTI = (".nii.gz", ".nii")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 _PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")  # .gif: DRIVE's manual annotations
-IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES
+_READ_ONLY = (".hdr", ".dcm")  # a NIfTI/Analyze pair (.hdr + .img), one DICOM file: read, never written
+IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES + _READ_ONLY
 """File endings :func:`read_image` understands (a folder of ``.dcm`` files is read as a DICOM series)."""
 
 MAX_VOXELS = 2**31
@@ -120,6 +121,13 @@ class Image:
         self.direction = tuple(float(d) for d in self.direction)
         if 0 in self.array.shape:
             raise DataError(f"image has an empty axis (array shape {self.array.shape}, channels first)")
+        geometry = (*self.spacing, *self.origin, *self.direction)
+        if not all(math.isfinite(v) for v in geometry) or any(s <= 0 for s in self.spacing):
+            raise DataError(
+                f"image geometry is not valid: spacing {self.spacing} (must be > 0), origin {self.origin}, "
+                f"direction {self.direction} (must be finite); satseg will not guess a voxel size",
+                hint="write the image again with its real voxel size and orientation",
+            )
         if len(self.spacing) != dims or len(self.origin) != dims or len(self.direction) != dims * dims:
             raise DataError(
                 f"image geometry does not match a {dims}D array: spacing {self.spacing}, origin {self.origin}, "
@@ -245,8 +253,10 @@ def read_image(path: str | Path) -> Image:
         if path.is_dir():
             return formats.read_dicom(path)
         suffix = _suffix(path)
-        if suffix in _NIFTI:
+        if suffix in (*_NIFTI, ".hdr"):
             return _read_nifti(path)
+        if suffix == ".dcm":  # one DICOM file (a folder of them is a series)
+            return from_sitk(sitk.ReadImage(str(path)), "dicom")
         if suffix in _ITK:
             # .nhdr and .mhd (and any .nrrd/.mha naming a data file) keep their voxels in another file: it must
             # be a regular file inside the header's folder, and its size bounds what the header may claim
@@ -278,6 +288,76 @@ def read_image(path: str | Path) -> Image:
 
 
 def _read_nifti(path: Path) -> Image:
+    nii = nib.load(str(path))
+    nheader = nii.header
+    if isinstance(nii, nib.Cifti2Image) or 3000 <= int(np.asarray(nheader.get("intent_code", 0))) < 3100:
+        raise DataError(
+            f"`{path}` is a CIFTI file (values on brain surfaces and parcels, not an image on a voxel grid)",
+            hint="satseg segments images on a grid: NIfTI, NRRD, MetaImage, DICOM, pictures",
+        )
+    dtype = nheader.get_data_dtype()
+    if dtype.kind == "c":
+        raise DataError(
+            f"`{path}` holds complex voxels ({dtype}); satseg will not drop their imaginary part",
+            hint="save the magnitude (or the real part) as a real-valued image",
+        )
+    with nib.openers.ImageOpener(str(path)) as f:  # as stored: nibabel's load quietly sets a pixdim of 0 to 1
+        stored_header = type(nheader).from_fileobj(f, check=False)
+    _check_nifti_geometry(path, stored_header)
+    try:
+        size, components, spacing, origin, direction = _sitk_nifti_geometry(path)
+    except RuntimeError:  # NIfTI-2 and other headers ITK has no reader for: the same grid from nibabel
+        size, components, spacing, origin, direction = _nibabel_nifti_geometry(path, nii)
+    dims = min(len(size), 3)
+    stored = dtype.itemsize * math.prod(nheader.get_data_shape())
+    check_claimed_size(path, math.prod(size) * components, 1, None)
+    voxels_file = path
+    if path.name.lower().endswith(".hdr"):  # the voxels are in the .img beside it: a regular file, bounding the claim
+        voxels_file = next((p for p in (path.with_suffix(".img"), path.with_suffix(".IMG")) if p.exists()), None)
+        if voxels_file is None:
+            raise DataError(f"`{path}` is a header without its `{path.with_suffix('.img').name}` beside it")
+        check_regular_file(voxels_file, named_in=path)
+    compressed = voxels_file.name.lower().endswith(".gz")
+    check_claimed_size(path, stored, 1, voxels_file.stat().st_size, compressed=compressed)
+    data = np.asanyarray(nii.dataobj)  # raises on truncated files
+    if data.dtype.names:  # RGB24 / RGBA32: one channel per colour
+        data = np.stack([data[name] for name in data.dtype.names], axis=-1)
+    data = data.reshape(*size[:dims], -1, order="F")
+    array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
+    header = NiftiHeader(
+        raw=bytes(nheader.binaryblock),
+        version=2 if isinstance(nheader, nib.Nifti2Header) else 1,
+        spacing=tuple(reversed(spacing)),
+        origin=tuple(origin),
+        direction=direction,
+    )
+    return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+
+
+def _check_nifti_geometry(path: Path, header: nib.Nifti1Header) -> None:
+    """Refuse a voxel size of 0 or NaN, or a NaN in the transform the file declares: never guess 1 mm."""
+    shape = header.get_data_shape()
+    pixdim = np.asarray(header["pixdim"], dtype=np.float64)[1 : 1 + min(len(shape), 3)]
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise DataError(
+            f"`{path}`: its header gives voxel size {[float(p) for p in pixdim]} (pixdim); satseg will not "
+            "guess 1 mm (every volume and distance would be wrong)",
+            hint="write the image again with its real voxel size",
+        )
+    fields = []
+    if int(header["sform_code"]) > 0:
+        fields += ["srow_x", "srow_y", "srow_z"]
+    if int(header["qform_code"]) > 0:
+        fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+    bad = [name for name in fields if not np.all(np.isfinite(np.asarray(header[name], dtype=np.float64)))]
+    if bad:
+        raise DataError(
+            f"`{path}`: its header's orientation holds NaN or infinity (`{bad[0]}`); the image has no valid grid",
+            hint="write the image again with a valid affine",
+        )
+
+
+def _sitk_nifti_geometry(path: Path) -> tuple:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -287,24 +367,25 @@ def _read_nifti(path: Path) -> Image:
         raise DataError(f"`{path}` has {len(size)} dimensions with vector pixels; satseg reads at most (x, y, z, c)")
     if 0 in size:
         raise DataError(f"`{path}` has an empty axis: its header gives size {list(size)} (x, y, z, …)")
-    spacing, origin = reader.GetSpacing()[:dims], reader.GetOrigin()[:dims]
     full = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
     direction = tuple(full[:dims, :dims].ravel())
-    nii = nib.load(str(path))
-    stored = nii.header.get_data_dtype().itemsize * math.prod(nii.header.get_data_shape())
-    check_claimed_size(path, math.prod(size) * reader.GetNumberOfComponents(), 1, None)
-    check_claimed_size(path, stored, 1, path.stat().st_size, compressed=path.name.lower().endswith(".gz"))
-    data = np.asanyarray(nii.dataobj)  # raises on truncated files
-    data = data.reshape(*size[:dims], -1, order="F")
-    array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
-    header = NiftiHeader(
-        raw=bytes(nii.header.binaryblock),
-        version=2 if isinstance(nii.header, nib.Nifti2Header) else 1,
-        spacing=tuple(reversed(spacing)),
-        origin=tuple(origin),
-        direction=direction,
-    )
-    return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+    return size, reader.GetNumberOfComponents(), reader.GetSpacing()[:dims], reader.GetOrigin()[:dims], direction
+
+
+def _nibabel_nifti_geometry(path: Path, nii: nib.Nifti1Image) -> tuple:
+    """The grid of the affine nibabel reads (sform, else qform), in SimpleITK's LPS conventions."""
+    size = tuple(int(s) for s in nii.header.get_data_shape())
+    if len(size) > 4 or len(size) < 2:
+        raise DataError(f"`{path}` has {len(size)} dimensions; satseg reads (x, y), (x, y, z) or (x, y, z, c)")
+    if 0 in size:
+        raise DataError(f"`{path}` has an empty axis: its header gives size {list(size)} (x, y, z, …)")
+    dims = min(len(size), 3)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(nii.affine, dtype=np.float64)
+    columns = lps[:dims, :dims]
+    spacing = np.linalg.norm(columns, axis=0)
+    if not np.all(np.isfinite(lps)) or np.any(spacing <= 0):
+        raise DataError(f"`{path}`: its affine has no valid grid (voxel size {spacing.tolist()})")
+    return size, 1, tuple(spacing), tuple(lps[:dims, 3]), tuple((columns / spacing).ravel())
 
 
 def check_regular_file(path: Path, *, named_in: Path | None = None) -> None:
@@ -437,6 +518,8 @@ def check_image_path(path: str | Path) -> str:
     """
     path = Path(path)
     suffix = _suffix(path)
+    if suffix in _READ_ONLY:
+        raise ConfigError(f"`{path}`: satseg reads `{suffix}` files but does not write them", hint="write .nii.gz")
     if not suffix and path.suffix:
         raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
     return suffix

@@ -45,7 +45,10 @@ logger = logging.getLogger("satseg.segment")
 
 # Masks are written in the input's format, except where that format is lossy or spans several files.
 _OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
-_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+_OUTPUT_SUFFIX = {
+    ".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd", ".hdr": ".nii.gz",
+    ".dcm": ".nii.gz",
+}  # fmt: skip
 
 
 @dataclass
