@@ -477,7 +477,7 @@ def evaluate(
         report, gates = evaluate_model(
             model,
             data,
-            output or Path(model) / f"eval_{split}",
+            output or _evaluation_folder(Path(model), split),
             split=split,
             fold=fold,
             tolerance_mm=tolerance,
@@ -506,6 +506,11 @@ def evaluate(
                   "check --labels", highlight=False)  # fmt: skip
     figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
     err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
+
+
+def _evaluation_folder(model: Path, split: str) -> Path:
+    """``evaluate --model`` without -o: inside a run folder, beside a model file (never inside the file)."""
+    return model / f"eval_{split}" if model.is_dir() else model.with_name(f"{model.name}_eval_{split}")
 
 
 def _print_table(table: Table) -> None:

@@ -299,3 +299,57 @@ def test_a_dicom_folder_with_two_series_is_refused_not_guessed(tmp_path):
     with pytest.raises(DataError, match="2 DICOM series") as caught:
         read_image(both)
     assert str(both) in caught.value.message
+
+
+# ---------------------------------------------------------------- 4. evaluation
+def _label_folders(tmp_path: Path, cases: dict[str, tuple[np.ndarray | None, np.ndarray]]) -> tuple[Path, Path]:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    for case, (p, g) in cases.items():
+        if p is not None:
+            write_nifti(pred / f"{case}.nii.gz", p.astype(np.uint8))
+        write_nifti(gt / f"{case}.nii.gz", g.astype(np.uint8))
+    return pred, gt
+
+
+def test_a_missing_prediction_scores_zero_and_never_vanishes_from_the_means(tmp_path):
+    from satseg.evaluation.folders import evaluate_folders
+
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[3:8, 4:10, 4:10] = 1
+    pred, gt = _label_folders(tmp_path, {"good": (ref, ref), "failed": (None, ref)})
+    report = evaluate_folders(pred, gt, tmp_path / "out")
+    dice = report.summary["classes"]["label_1"]["dice"]
+    assert report.summary["num_cases"] == 2 and report.missing_predictions == ["failed"]
+    assert dice["mean"] == pytest.approx(0.5) and dice["n"] == 2  # (1 + 0) / 2: the failure counts
+    failed = next(row for row in report.rows if row["case"] == "failed")
+    assert (failed["dice"], failed["nsd"], failed["fn"], failed["tp"]) == (0.0, 0.0, int(ref.sum()), 0)
+    assert "failed" in (tmp_path / "out" / "per_case.csv").read_text()
+
+
+def test_all_empty_masks_are_refused_and_a_ghost_class_stays_out_of_the_foreground_mean(tmp_path):
+    from satseg.evaluation.folders import evaluate_folders
+
+    empty = np.zeros(SHAPE, np.uint8)
+    pred, gt = _label_folders(tmp_path, {"a": (empty, empty)})
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--gt", str(gt), "-o", str(tmp_path / "o")])
+    one_error(result, str(pred), "foreground")
+    assert not (tmp_path / "o").exists()
+    ref = empty.copy()
+    ref[2:6, 2:6, 2:6] = 1
+    guess = np.roll(ref, 2, axis=2)
+    pred, gt = _label_folders(tmp_path / "ghost", {"a": (guess, ref)})
+    report = evaluate_folders(pred, gt, labels={"core": 1, "ghost": 7})
+    dice_core = report.summary["classes"]["core"]["dice"]["mean"]
+    assert report.summary["classes"]["ghost"]["dice"]["mean"] == 1.0  # both empty, per the convention
+    assert report.summary["foreground_mean"]["dice"] == pytest.approx(dice_core) and dice_core < 1.0
+
+
+def test_evaluate_model_file_without_output_writes_beside_the_file(tmp_path, monkeypatch):
+    from satseg.cli import _evaluation_folder
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert _evaluation_folder(model, "val") == tmp_path / "m.onnx_eval_val"
+    assert _evaluation_folder(tmp_path, "val") == tmp_path / "eval_val"
