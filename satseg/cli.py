@@ -649,7 +649,9 @@ def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
 @app.command()
 def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output file, or folder (for several, or ending in /).")
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(

@@ -353,3 +353,38 @@ def test_evaluate_model_file_without_output_writes_beside_the_file(tmp_path, mon
     model.write_bytes(b"x")
     assert _evaluation_folder(model, "val") == tmp_path / "m.onnx_eval_val"
     assert _evaluation_folder(tmp_path, "val") == tmp_path / "eval_val"
+
+
+# ---------------------------------------------------------------- 5/6. robustness and messages of outputs
+def test_output_names_a_folder_by_its_trailing_slash_and_long_names_are_refused_before_inference(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    source = str(write_nifti(tmp_path / "s.nii.gz", scan(SHAPE)))
+    runner = CliRunner()
+    for folder in ("dir.v2/", "x.nii.gz/"):
+        result = runner.invoke(app, ["segment", source, "--model", str(run), "-o", f"{tmp_path}/{folder}"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / folder / "s_seg.nii.gz").is_file()
+    long_name = str(tmp_path / ("x" * 240 + ".nii.gz"))
+    before = files_under(tmp_path)
+    line = one_error(runner.invoke(app, ["segment", source, "--model", str(run), "-o", long_name]), "x" * 240)
+    assert "bytes long" in line
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["newdir/", "model.nii.gz", "model"])
+def test_export_onnx_writes_only_an_onnx_file(name, tmp_path):
+    run = tiny_run(tmp_path / "run")
+    before = files_under(tmp_path)
+    one_error(CliRunner().invoke(app, ["export-onnx", str(run), "-o", str(tmp_path / name)]), ".onnx")
+    assert files_under(tmp_path) == before
+
+
+def test_one_symlink_loop_in_a_folder_fails_that_input_only(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "loop.nii.gz").symlink_to(folder / "loop.nii.gz")
+    write_nifti(folder / "good.nii.gz", scan(SHAPE))
+    result = CliRunner().invoke(app, ["segment", str(folder), "--model", str(run)])
+    one_error(result, "loop.nii.gz", "link loop")
+    assert (folder / "good_seg.nii.gz").is_file()

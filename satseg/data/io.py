@@ -246,6 +246,8 @@ def read_image(path: str | Path) -> Image:
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise DataError(f"`{path}` is a link to nothing that exists (a broken link or a link loop)")
         raise DataError(f"`{path}` does not exist")
     if not path.is_dir():
         check_regular_file(path)  # a FIFO or device would block or never end: refused before it is opened

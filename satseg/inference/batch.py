@@ -26,7 +26,7 @@ from satseg.errors import ConfigError, DataError, SatsegError
 from satseg.inference.input_guard import Misfit, check_fit, describe_scan
 from satseg.inference.preview import overlay_png
 from satseg.inference.segmenter import Segmenter, load_segmenter
-from satseg.paths import check_output
+from satseg.paths import check_name_length, check_output
 from satseg.progress import ItemProgress
 from satseg.zoo import default_model_for, shipped_models_for
 
@@ -171,12 +171,14 @@ def plan_outputs(
     Raises:
         ConfigError: naming both inputs and the output they would share; or an output with an unknown ending.
     """
+    if output is not None:
+        check_name_length(output)
     planned: dict[Path, Path] = {}
     owner: dict[str, Path] = {}
     for source, folder in pairs:
         if not source.is_dir() and not is_supported_image(source):
             continue  # refused as an input when its turn comes (the batch goes on), not for its output's name
-        target = output_path(source, output, folder, multiple)
+        target = check_name_length(output_path(source, output, folder, multiple))
         check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
         key = os.path.normcase(os.path.abspath(target))
         if key in owner and owner[key] != source:
@@ -249,7 +251,7 @@ def _segmenter_for(
 def segment_inputs(
     inputs: Sequence[str | Path],
     *,
-    output: Path | None = None,
+    output: str | Path | None = None,
     model: ModelArg | None = None,
     device: str = "auto",
     backend: str | None = None,
@@ -270,6 +272,8 @@ def segment_inputs(
     """Segment every input; see ``satseg segment --help`` for the options.
 
     Args:
+        output: the mask file (one input), or the folder of masks (several inputs, a folder, or a string
+            ending in ``/``); None writes each mask beside its input.
         model: a model (run folder, checkpoint, ONNX file, shipped name), a folder of fold runs or a list of
             models (averaged as one ensemble); None picks the shipped model each input fits.
         tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
@@ -288,7 +292,10 @@ def segment_inputs(
     """
     pairs = expand_inputs(inputs)
     sources = [p for p, _ in pairs]  # every input of the run: no shard writes over any of them
-    multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
+    as_folder = isinstance(output, str) and output.endswith(("/", os.sep))  # `-o x.nii.gz/` names a folder
+    output = None if output is None else Path(output)
+    # from the whole run: a shard with one input still writes into the folder
+    multiple = len(pairs) > 1 or as_folder
     targets = plan_outputs(pairs, output, multiple)  # the whole run, before sharding: no two share a mask
     report = SegmentReport(shard=shard, total_inputs=len(pairs))
     if shard is not None:
@@ -310,6 +317,8 @@ def segment_inputs(
                     report.skipped.append(str(source))
                     continue
                 check_output(target, inputs=sources, overwrite=overwrite)
+                if save_probabilities:  # the longest name this input will get: too long is refused now
+                    check_output(_extra_path(target, "_probabilities.nii.gz"), inputs=sources, overwrite=overwrite)
                 image = read_image(source)
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
                 for misfit in misfits:
@@ -360,6 +369,12 @@ def _unforeseen(error: Exception) -> tuple[str, str]:
     text = str(error).strip()
     detail = f": {text.splitlines()[0][:300]}" if text else ""
     return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
+
+
+def _extra_path(target: Path, ending: str) -> Path:
+    """``<stem><ending>`` beside the mask ``<stem>_seg.<ext>``."""
+    stem = image_stem(target)
+    return target.parent / f"{stem.removesuffix('_seg')}{ending}"
 
 
 def _write_outputs(
