@@ -101,6 +101,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"`{path}`: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6; anything else is no checkpoint
+        raise CheckpointError(
+            f"`{path}`: not a readable checkpoint (not a PyTorch zip archive)",
+            hint="the file is truncated, corrupted or not a satseg checkpoint; use another run's checkpoint",
+        )
     _check_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)

@@ -388,3 +388,39 @@ def test_one_symlink_loop_in_a_folder_fails_that_input_only(tmp_path):
     result = CliRunner().invoke(app, ["segment", str(folder), "--model", str(run)])
     one_error(result, "loop.nii.gz", "link loop")
     assert (folder / "good_seg.nii.gz").is_file()
+
+
+def test_random_bytes_are_not_called_a_checkpoint_with_python_objects(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    source = str(write_nifti(tmp_path / "s.nii.gz", scan(SHAPE)))
+    result = CliRunner().invoke(app, ["segment", source, "--model", str(tmp_path / "random.pt")])
+    line = one_error(result, "random.pt", "not a readable checkpoint")
+    assert "Python objects" not in line and run.exists()
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--lr", "nan"), ("--lr", "-1"), ("--lr", "inf"), ("--seed", str(10**30)), ("--ema", "nan")]
+)
+def test_impossible_training_numbers_are_refused_by_name(option, value, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "pp"), "--out", str(tmp_path / "r"),
+                                      option, value])  # fmt: skip
+    one_error(result, option.lstrip("-"), value if value != str(10**30) else "seed")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "labels", [{"0": "bg", "1": "a", "4": "b"}, {"0": "bg", "1": "a", "300": "b"}, {"-1": "bg", "0": "a", "1": "b"}]
+)
+def test_preprocess_refuses_label_sets_training_cannot_use(labels, tmp_path):
+    import json
+
+    root = tmp_path / "ds"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    write_nifti(root / "imagesTr" / "c0.nii.gz", scan(SHAPE))
+    write_nifti(root / "labelsTr" / "c0.nii.gz", (scan(SHAPE) > 1).astype(np.uint8))
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": labels}))
+    result = CliRunner().invoke(app, ["preprocess", str(root), "-o", str(tmp_path / "pp")])
+    one_error(result, "dataset.json", "labels")
+    assert not (tmp_path / "pp").exists()
