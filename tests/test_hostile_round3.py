@@ -424,3 +424,33 @@ def test_preprocess_refuses_label_sets_training_cannot_use(labels, tmp_path):
     result = CliRunner().invoke(app, ["preprocess", str(root), "-o", str(tmp_path / "pp")])
     one_error(result, "dataset.json", "labels")
     assert not (tmp_path / "pp").exists()
+
+
+def test_params_without_memory_counts_on_the_meta_device(tmp_path):
+    """Shapes and FLOPs of a huge patch without allocating it (in a child process capped at 3 GB)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from satseg.nn import build_model
+    from satseg.nn.params import measure_variant
+
+    model = build_model("unet3d", "sat", 1, 2, features=[4, 8])
+    real, meta = measure_variant(model, (16, 16, 16), memory=True), measure_variant(model, (16, 16, 16), memory=False)
+    assert {k: v for k, v in real.items() if k != "peak_memory_bytes"} == {
+        k: v for k, v in meta.items() if k != "peak_memory_bytes"
+    }
+    script = textwrap.dedent(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+        from satseg.nn import build_model
+        from satseg.nn.params import measure_variant
+        out = measure_variant(build_model("unet3d", "sat", 1, 2, features=[4, 8]), (512, 512, 512), memory=False)
+        print(out["skip_bytes"], out["flops"])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    skip_bytes, flops = map(int, proc.stdout.split())
+    assert skip_bytes == meta["skip_bytes"] * 32**3 and flops > meta["flops"] * 30000
