@@ -454,3 +454,21 @@ def test_params_without_memory_counts_on_the_meta_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-1000:]
     skip_bytes, flops = map(int, proc.stdout.split())
     assert skip_bytes == meta["skip_bytes"] * 32**3 and flops > meta["flops"] * 30000
+
+
+# ---------------------------------------------------------------- 8. review items
+def test_the_generic_lean_rewrite_takes_a_backbone_holding_a_plain_dropout_attribute():
+    import torch
+    from torch import nn
+
+    from satseg.nn import build_model
+    from satseg.nn.lean import make_lean
+
+    torch.manual_seed(0)
+    model = build_model("tiramisu2d", "sat", 1, 2).eval()
+    model.extra_dropout = nn.Dropout(0.5)  # an attribute, not an item of a Sequential
+    x = torch.randn(1, 1, 32, 32)
+    lean = make_lean(model)
+    with torch.no_grad():
+        assert torch.allclose(lean(x), model(x), atol=1e-4)
+    assert not any(isinstance(m, nn.Dropout) for m in lean.modules())

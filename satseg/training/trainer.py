@@ -7,12 +7,13 @@ would have done; with ``deterministic`` on the CPU a resumed run ends with bit-i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,26 @@ def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, 
         )
 
 
+@contextlib.contextmanager
+def _keeps_global_torch_state() -> Iterator[None]:
+    """Restore what training changes process-wide: deterministic algorithms, cuDNN benchmark, the RNG state.
+
+    A library call must not leave the caller's process in another mode (e.g. deterministic algorithms that
+    make every later op slower or warn).
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_rng_state(rng)
+
+
+@_keeps_global_torch_state()
 def train(
     data_dir: str | Path,
     out_dir: str | Path,

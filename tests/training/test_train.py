@@ -184,3 +184,16 @@ def test_torchrun_two_process_ddp_on_cpu(tmp_path, net):
 
     init = build_model(net, "sat", 1, 2, **({"features": [8, 16]} if net == "unet2d" else {})).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in payload["model"].items()), "weights were trained"
+
+
+def test_train_restores_the_global_torch_state_it_changes(tmp_path):
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()  # the run itself was deterministic
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.equal(torch.get_rng_state(), rng)
