@@ -472,3 +472,21 @@ def test_the_generic_lean_rewrite_takes_a_backbone_holding_a_plain_dropout_attri
     with torch.no_grad():
         assert torch.allclose(lean(x), model(x), atol=1e-4)
     assert not any(isinstance(m, nn.Dropout) for m in lean.modules())
+
+
+def test_the_input_guard_compares_a_scan_with_the_plan_after_reorientation():
+    from satseg.data.grid import Grid, transpose_grid
+    from satseg.data.io import Image
+    from satseg.inference.input_guard import check_fit
+
+    plan = {
+        "spatial_dims": 3, "num_channels": 1, "modality": "mri", "spacing": [1.0, 1.0, 1.0], "size": None,
+        "median_spacing": [1.0, 1.0, 1.0], "median_shape": [12, 60, 60], "preprocessing": {"reorient": True},
+    }  # fmt: skip
+    axial = np.random.default_rng(0).random((12, 60, 60)).astype(np.float32)
+    canonical = Grid((12, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    stored = transpose_grid(canonical, (2, 1, 0))  # the same voxels in space, kept in another axis order
+    permuted = Image(np.transpose(axial, (2, 1, 0))[None], stored.spacing, stored.origin, stored.direction)
+    assert check_fit(Image(axial[None], (1.0,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel())), plan) == []
+    assert check_fit(permuted, plan) == []
+    assert [m.what for m in check_fit(permuted, {**plan, "preprocessing": {"reorient": False}})] == ["field of view"]
