@@ -694,7 +694,7 @@ def segment(
         typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
+        bool, typer.Option("--json", help="Print volumes (ml) / areas (mm², px for pictures) and timings as JSON.")
     ] = False,
 ) -> None:
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""

@@ -490,3 +490,26 @@ def test_the_input_guard_compares_a_scan_with_the_plan_after_reorientation():
     assert check_fit(Image(axial[None], (1.0,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel())), plan) == []
     assert check_fit(permuted, plan) == []
     assert [m.what for m in check_fit(permuted, {**plan, "preprocessing": {"reorient": False}})] == ["field of view"]
+
+
+def test_pictures_report_pixels_not_millimetres(tmp_path):
+    import json
+
+    from PIL import Image as PILImage
+
+    run = tiny_run(tmp_path / "run", dims=2)
+    source = _picture(tmp_path / "p.png")
+    result = CliRunner().invoke(app, ["segment", str(source), "--model", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["results"]
+    assert entry["unit"] == "px"
+    for name in ("pred", "gt"):
+        (tmp_path / name).mkdir()
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:10, 4 + (name == "pred") : 10] = 255
+        PILImage.fromarray(mask).save(tmp_path / name / "c.png")
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                                      "-o", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert " px" in result.stdout and " mm" not in result.stdout, result.stdout
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["distance_unit"] == "px"

@@ -43,6 +43,7 @@ __all__ = [
     "write_image",
     "with_array",
     "is_supported_image",
+    "is_picture",
     "image_stem",
     "to_sitk",
     "from_sitk",
@@ -162,6 +163,11 @@ def image_stem(path: str | Path) -> str:
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
+
+
+def is_picture(path: str | Path) -> bool:
+    """True for a 2D picture ending (PNG, JPEG, BMP, TIFF, GIF): no physical spacing, sizes are in pixels."""
+    return _suffix(Path(path)) in _PICTURES
 
 
 def is_supported_image(path: str | Path) -> bool:

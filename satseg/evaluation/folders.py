@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from satseg.data.io import IMAGE_SUFFIXES
+from satseg.data.io import IMAGE_SUFFIXES, is_picture
 from satseg.errors import ConfigError, DataError
 from satseg.evaluation.metrics import absent_class_metrics, case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, summarise, write_report
@@ -304,10 +304,12 @@ def evaluate_folders(
     absent = absent_classes(rows)
     if absent:
         logger.warning("class(es) %s occur in no prediction and no reference; check the labels", absent)
+    pictures = all(is_picture(path) for path in references.values())
     summary = {
         "pred_dir": str(pred_dir),
         "gt_dir": str(gt_dir),
         "tolerance_mm": float(tolerance_mm),
+        "distance_unit": "px" if pictures else "mm",  # pictures have no physical spacing: distances in pixels
         "labels": chosen,
         "missing_predictions": missing,
         "absent_classes": absent,

@@ -192,7 +192,7 @@ def plan_outputs(
 
 
 def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str, int]) -> dict[str, float]:
-    """Per foreground label: volume in ml (3D) or area in mm² (2D)."""
+    """Per foreground label: volume in ml (3D) or area in mm² (2D; in pixels for pictures, whose spacing is 1)."""
     unit = float(np.prod(spacing)) / (1000.0 if labels.ndim == 3 else 1.0)
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names.values()) + 1)
     return {name: float(counts[v]) * unit for name, v in names.items() if v != 0}
@@ -353,7 +353,8 @@ def segment_inputs(
                     "shape": list(labels.shape),
                     "spacing": list(image.spacing),
                     "window": list(seg.window),
-                    "unit": "ml" if labels.ndim == 3 else "mm2",
+                    # a picture has no physical spacing: its areas are pixel counts, not mm²
+                    "unit": "px" if image.source_format == "picture" else "ml" if labels.ndim == 3 else "mm2",
                     "volumes": label_volumes(labels, image.spacing, segmenter.labels),
                     "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
                                 "total_s": round(time.perf_counter() - started, 4)},
