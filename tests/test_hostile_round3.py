@@ -513,3 +513,71 @@ def test_pictures_report_pixels_not_millimetres(tmp_path):
     assert result.exit_code == 0, result.output
     assert " px" in result.stdout and " mm" not in result.stdout, result.stdout
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["distance_unit"] == "px"
+
+
+# ---------------------------------------------------------------- 3. ONNX files that are not what their metadata says
+def _export(tmp_path: Path) -> Path:
+    run = tiny_run(tmp_path / "run")
+    result = CliRunner().invoke(app, ["export-onnx", str(run), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "m.onnx"
+
+
+def _with_metadata(proto, metadata: dict[str, str]):
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto
+
+
+def test_onnx_metadata_copied_onto_another_graph_or_impossible_labels_are_refused(tmp_path):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from satseg.export.metadata import GRAPH_DIGEST_KEY, ONNX_CONFIG_KEY, graph_digest
+
+    good = _export(tmp_path)
+    source = str(write_nifti(tmp_path / "s.nii.gz", scan(SHAPE)))
+    proto = onnx.load(str(good))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    dims = ["B", 2, "Z", "Y", "X"]
+    foreign = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Concat", ["image", "image"], ["logits"], axis=1)], "not_satseg",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "Z", "Y", "X"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
+    )  # fmt: skip
+    onnx.save(_with_metadata(foreign, metadata), str(tmp_path / "copied.onnx"))  # the real export's digest
+    identity = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["image"], ["logits"])], "identity",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "Z", "Y", "X"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 1, "Z", "Y", "X"])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
+    )  # fmt: skip
+    # a digest recomputed on purpose is no signature: the structure (1 class for 2 labels) still gives it away
+    forged = {**metadata, GRAPH_DIGEST_KEY: graph_digest(identity)}
+    onnx.save(_with_metadata(identity, forged), str(tmp_path / "re.onnx"))
+    config = json.loads(metadata[ONNX_CONFIG_KEY])
+    config["plan"]["labels"] = {"background": 0, "core": 1, "edge": 7}
+    onnx.save(_with_metadata(onnx.load(str(good)), {**metadata, ONNX_CONFIG_KEY: json.dumps(config)}),
+              str(tmp_path / "gap.onnx"))  # fmt: skip
+    config["plan"]["labels"] = {"background": False, "core": True}
+    onnx.save(_with_metadata(onnx.load(str(good)), {**metadata, ONNX_CONFIG_KEY: json.dumps(config)}),
+              str(tmp_path / "bool.onnx"))  # fmt: skip
+    runner = CliRunner()
+    why = {"copied.onnx": "graph is not the one", "re.onnx": "gives 1 class", "gap.onnx": "without gaps",
+           "bool.onnx": "integer values"}  # fmt: skip
+    for name, reason in why.items():
+        for models in (str(tmp_path / name), f"{good},{tmp_path / name}"):  # alone and in an ensemble
+            result = runner.invoke(app, ["segment", source, "-o", str(tmp_path / "o.nii.gz"), "--model", models])
+            one_error(result, name, reason)
+    assert not (tmp_path / "o.nii.gz").exists()
+    result = runner.invoke(app, ["segment", source, "-o", str(tmp_path / "o.nii.gz"), "--model", str(good)])
+    assert result.exit_code == 0, result.output
