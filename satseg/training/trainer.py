@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -249,6 +250,21 @@ def prepare_run(
     return config, None
 
 
+def _check_resumed_data(out_dir: Path, data_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resumed run continues on the data it started with: the same plan and the same fold's cases."""
+    differs = []
+    if json.loads(json.dumps(saved.get("plan"))) != json.loads(json.dumps(now["plan"])):
+        differs.append("its plan (plan.json)")
+    if "cases" in saved and saved["cases"] != now["cases"]:  # runs from before cases were recorded: plan only
+        differs.append("the fold's train/val cases (splits.json)")
+    if differs:
+        raise ConfigError(
+            f"`{data_dir}` is not the data `{out_dir}` was trained on: {' and '.join(differs)} differ"
+            f" (the run started on `{saved.get('data_dir', '?')}`)",
+            hint="resume with the run's own --data folder, or train a new run with --out elsewhere",
+        )
+
+
 def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, Any], epochs_done: int) -> None:
     """Refuse settings a resumed run cannot take (rather than ignoring them without a word)."""
     conflicts = []
@@ -370,6 +386,9 @@ def train(
         train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
     else:
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+    run_config["cases"] = {"train": sorted(train_ids), "val": sorted(val_ids)}
+    if payload is not None:
+        _check_resumed_data(out_dir, data_dir, payload["config"], run_config)
     # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
     train_cases = _load_cases(data_dir, train_ids, config.patch)
     val_cases = _load_cases(data_dir, val_ids, None) if ctx.is_main else []

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -197,3 +198,19 @@ def test_train_restores_the_global_torch_state_it_changes(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the run itself was deterministic
     assert torch.backends.cudnn.benchmark is False
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_resume_refuses_other_data(tmp_path):
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    other = make_preprocessed(tmp_path / "other", 2, num_cases=5, shape=(32, 32), seed=1)
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    with pytest.raises(SatsegError, match="not the data") as caught:
+        train(other, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+    assert str(other) in caught.value.message and "plan" in caught.value.message
+    splits = json.loads((data / "splits.json").read_text())
+    splits[0]["train"], splits[0]["val"] = splits[0]["val"], splits[0]["train"]  # same plan, other cases
+    (data / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(SatsegError, match="train/val cases"):
+        train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
