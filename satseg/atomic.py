@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "make_parent",
     "remove_stale_temporaries",
+    "exclusive",
 ]
 
 
@@ -159,3 +160,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, data: Any, default: Callable[[Any], Any] = str) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, default=default) + "\n")
+
+
+LOCK_NAME = ".satseg.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold the one writer's lock of the existing ``folder`` (``.satseg.lock`` in it) while the body runs.
+
+    Two ``train --resume`` of one run, or two ``preprocess`` into one ``-o``, would write over each other's
+    files: the second is refused at once. The lock is an ``flock``, which the kernel releases when its
+    process dies (even by SIGKILL), so a killed run never leaves a stale lock behind.
+
+    Raises:
+        ConfigError: another process holds the lock (naming the folder), or the lock cannot be made.
+    """
+    import fcntl
+
+    lock_path = Path(folder) / LOCK_NAME
+    with _cannot_write(lock_path):
+        handle = open(lock_path, "a")  # noqa: SIM115 - held open for the whole body
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"`{folder}` is in use: another satseg process is {what} there",
+                hint="wait for it to finish (or stop it), then run again",
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # leave the folder as it was; the lock ends with the process anyway
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

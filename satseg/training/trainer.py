@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from satseg import __version__
-from satseg.atomic import atomic_write_json, atomic_write_text
+from satseg.atomic import atomic_write_json, atomic_write_text, exclusive
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.errors import CheckpointError, ConfigError
 from satseg.inference.sliding_window import autocast_context, run_amp_dtype
@@ -308,6 +310,21 @@ def _keeps_global_torch_state() -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
+def _one_writer(func: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Run ``train`` holding the lock of an existing run folder: two ``--resume`` of one run cannot proceed
+    together. Under torchrun only rank 0 holds it (the other ranks are the same run)."""
+
+    @functools.wraps(func)
+    def locked(data_dir: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> TrainResult:
+        if Path(out_dir).is_dir() and int(os.environ.get("RANK", "0")) == 0:
+            with exclusive(out_dir, "training"):
+                return func(data_dir, out_dir, *args, **kwargs)
+        return func(data_dir, out_dir, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 @_keeps_global_torch_state()
 def train(
     data_dir: str | Path,

@@ -214,3 +214,21 @@ def test_resume_refuses_other_data(tmp_path):
     with pytest.raises(SatsegError, match="train/val cases"):
         train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
+
+
+def test_a_run_and_a_preprocessed_folder_have_one_writer_at_a_time(tmp_path):
+    from satseg.atomic import exclusive
+
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    with exclusive(tmp_path / "run", "training"):  # as another `train --resume` of this run would hold it
+        with pytest.raises(SatsegError, match="in use") as caught:
+            train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+        assert str(tmp_path / "run") in caught.value.message
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
+    train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)  # free again
+    assert not (tmp_path / "run" / ".satseg.lock").exists()
+    raw = tmp_path / "data_raw"
+    with exclusive(data, "preprocessing"), pytest.raises(SatsegError, match="in use"):
+        preprocess_dataset(raw, data, folds=2, seed=0)
