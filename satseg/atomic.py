@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +131,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporaries this module left in ``folder`` when its writer was killed (SIGKILL, power loss).
 
-    Only call it on a folder the caller owns (no other writer at work there).
+    Only call it on a folder the caller owns (no other writer at work there), or give ``names``: then only
+    the temporaries of those final names go (an output the caller alone writes, e.g. its input's mask while
+    other shards write other masks into the same folder).
 
     Returns:
         The removed paths.
@@ -142,7 +144,12 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    prefixes = None if names is None else tuple(f".{name}." for name in names)
+    stale = [
+        p
+        for p in folder.iterdir()
+        if p.name.startswith(".") and ".tmp" in p.name and (prefixes is None or p.name.startswith(prefixes))
+    ]
     for item in stale:
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)

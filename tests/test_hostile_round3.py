@@ -581,3 +581,26 @@ def test_onnx_metadata_copied_onto_another_graph_or_impossible_labels_are_refuse
     assert not (tmp_path / "o.nii.gz").exists()
     result = runner.invoke(app, ["segment", source, "-o", str(tmp_path / "o.nii.gz"), "--model", str(good)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_killed_batch_leaves_nothing_that_breaks_a_skip_existing_rerun(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_nifti(folder / f"{name}.nii.gz", scan(SHAPE))
+    out = tmp_path / "out"
+    out.mkdir()
+    # what SIGKILL mid-write of `a` leaves: its probabilities (written before the mask), a temporary folder
+    (out / "a_probabilities.nii.gz").write_bytes(b"half of an earlier run")
+    (out / ".a_seg.nii.gz.k1ll3d00.tmp").mkdir()
+    (out / ".a_seg.nii.gz.k1ll3d00.tmp" / "a_seg.nii.gz").write_bytes(b"partial")
+    (out / ".other_seg.nii.gz.5h4rd000.tmp").mkdir()  # another shard's, still at work: not ours to remove
+    args = ["segment", str(folder), "-o", str(out), "--model", str(run), "--save-probabilities", "--skip-existing"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {"a_seg.nii.gz", "b_seg.nii.gz", "a_probabilities.nii.gz", ".other_seg.nii.gz.5h4rd000.tmp"} <= set(
+        files_under(out)
+    )
+    assert ".a_seg.nii.gz.k1ll3d00.tmp" not in files_under(out)
+    assert read_image(out / "a_probabilities.nii.gz").num_channels == 2

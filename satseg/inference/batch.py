@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from satseg.atomic import remove_stale_temporaries
 from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
 from satseg.errors import ConfigError, DataError, SatsegError
 from satseg.inference.input_guard import Misfit, check_fit, describe_scan
@@ -318,7 +319,9 @@ def segment_inputs(
                     continue
                 check_output(target, inputs=sources, overwrite=overwrite)
                 if save_probabilities:  # the longest name this input will get: too long is refused now
-                    check_output(_extra_path(target, "_probabilities.nii.gz"), inputs=sources, overwrite=overwrite)
+                    leftover = skip_existing and not target.exists()  # an unfinished earlier run's (see below)
+                    probabilities = _extra_path(target, "_probabilities.nii.gz")
+                    check_output(probabilities, inputs=sources, overwrite=overwrite or leftover)
                 image = read_image(source)
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
                 for misfit in misfits:
@@ -329,7 +332,8 @@ def segment_inputs(
                     attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
                 )  # fmt: skip
                 written = _write_outputs(
-                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources,
+                    resume=skip_existing,
                 )
             except SatsegError as error:
                 report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
@@ -379,7 +383,7 @@ def _extra_path(target: Path, ending: str) -> Path:
 
 
 def _write_outputs(
-    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources, resume=False
 ) -> list[Path]:
     """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
@@ -390,11 +394,15 @@ def _write_outputs(
     extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
     if preview:
         extras.append((target.parent / f"{stem}_preview.png", None))
+    # A mask is written last: without it, extras already there are leftovers of this input's unfinished run
+    # (killed mid-write), which a resumed run (--skip-existing, --shard) replaces instead of failing on them.
+    unfinished = resume and not target.exists()
     for path in [target, *(p for p, _ in extras)]:
-        check_output(path, inputs=sources, overwrite=overwrite)
+        check_output(path, inputs=sources, overwrite=overwrite or (unfinished and path != target))
+    remove_stale_temporaries(target.parent, [target.name, *(p.name for p, _ in extras)])
     for path, extra in extras:
         if extra is not None:
-            write_image(extra, path, overwrite=overwrite)
+            write_image(extra, path, overwrite=overwrite or unfinished)
         else:
             overlay_png(image.array, seg.labels.array[0], image.spacing, path)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
