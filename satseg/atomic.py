@@ -61,13 +61,25 @@ def make_parent(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def _cannot_write(path: Path) -> Iterator[None]:
-    """Turn an OSError raised while writing ``path`` into a one-line ConfigError naming it."""
+    """Turn an OSError raised while writing ``path`` into a one-line ConfigError naming it.
+
+    Writers that wrap the OS error in their own (PyTorch's ``PytorchStreamWriter failed writing file``,
+    SimpleITK's ``RuntimeError``) are caught by their cause or their words: a full disk is named as such.
+    """
     try:
         yield
     except OSError as err:
         raise ConfigError(
             f"cannot write `{path}`: {err.strerror or err}",
             hint="check the output folder, its permissions and free space",
+        ) from err
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not isinstance(err.__cause__, OSError) and not any(w in text for w in ("write", "space", "disk")):
+            raise
+        reason = str(err.__cause__) if isinstance(err.__cause__, OSError) else str(err).strip().splitlines()[-1]
+        raise ConfigError(
+            f"cannot write `{path}`: {reason[:200]}", hint="check the output folder, its permissions and free space"
         ) from err
 
 
@@ -89,7 +101,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
         os.close(fd)
     try:
-        yield Path(tmp)
+        with _cannot_write(path):  # a full disk while writing names the output, not the temporary
+            yield Path(tmp)
         with _cannot_write(path):
             _usual_mode(Path(tmp))
             os.replace(tmp, path)
@@ -111,7 +124,8 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     with _cannot_write(path):
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp_dir
+        with _cannot_write(path):
+            yield tmp_dir
         produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)
         with _cannot_write(path):
             for item in produced:

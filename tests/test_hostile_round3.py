@@ -604,3 +604,40 @@ def test_a_killed_batch_leaves_nothing_that_breaks_a_skip_existing_rerun(tmp_pat
     )
     assert ".a_seg.nii.gz.k1ll3d00.tmp" not in files_under(out)
     assert read_image(out / "a_probabilities.nii.gz").num_channels == 2
+
+
+# ---------------------------------------------------------------- 6. a full disk
+def test_a_full_disk_names_the_output_and_leaves_no_half_report(tmp_path, monkeypatch):
+    import errno
+
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[3:8, 4:10, 4:10] = 1
+    pred, gt = _label_folders(tmp_path, {"c": (ref, ref)})
+    out = tmp_path / "out"
+    real_write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if "summary.json" in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--gt", str(gt), "-o", str(out)])
+    line = one_error(result, str(out / "summary.json"), "No space left")
+    assert ".tmp" not in line
+    assert not (out / "per_case.csv").exists() and [p for p in out.iterdir() if p.is_file()] == []
+
+
+def test_a_full_disk_inside_a_writer_that_wraps_the_os_error_names_the_output(tmp_path, monkeypatch):
+    import torch
+
+    from satseg.errors import ConfigError
+    from satseg.runs import save_checkpoint
+
+    def torch_full_disk(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", torch_full_disk)
+    with pytest.raises(ConfigError, match="cannot write") as caught:
+        save_checkpoint(tmp_path / "checkpoint_last.pt", model=torch.nn.Linear(1, 1), run_config={})
+    assert str(tmp_path / "checkpoint_last.pt") in caught.value.message and list(tmp_path.iterdir()) == []

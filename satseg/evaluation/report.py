@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from satseg.atomic import atomic_write_text
+from satseg.atomic import atomic_path
 from satseg.evaluation.metrics import COUNTS, METRICS
 from satseg.paths import check_output
 
@@ -70,8 +70,11 @@ def write_report(
     report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
     for path in (report.per_case_csv, report.summary_json):
         check_output(path, inputs=inputs, overwrite=True)
-    atomic_write_text(report.per_case_csv, _csv_text(report.rows))
-    atomic_write_text(report.summary_json, json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n")
+    summary_text = json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n"
+    # both or neither: a full disk must not leave a new per_case.csv beside an old (or no) summary.json
+    with atomic_path(report.per_case_csv) as csv_tmp, atomic_path(report.summary_json) as json_tmp:
+        csv_tmp.write_text(_csv_text(report.rows), encoding="utf-8")
+        json_tmp.write_text(summary_text, encoding="utf-8")
     if views is not None and report.rows:
         from satseg.evaluation.visual_report import write_visual_report
 
