@@ -287,7 +287,8 @@ def read_image(path: str | Path) -> Image:
     except MemoryError as err:
         raise DataError(f"`{path}` is too large to read into memory") from err
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
-        raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {err}") from err
+        reason = str(err).replace(f"File {path} ", "").replace(str(path), "the file")  # the path once per line
+        raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {reason}") from err
     except Exception as err:  # e.g. pillow's DecompressionBombError: one line naming the file, never a traceback
         raise DataError(f"`{path}` cannot be read: {type(err).__name__}: {err}") from err
     raise DataError(
