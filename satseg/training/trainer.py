@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from satseg import __version__
-from satseg.atomic import atomic_write_json, atomic_write_text, exclusive
+from satseg.atomic import atomic_write_json, atomic_write_text, exclusive, remove_stale_temporaries
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.errors import CheckpointError, ConfigError
 from satseg.inference.sliding_window import autocast_context, run_amp_dtype
@@ -318,6 +318,8 @@ def _one_writer(func: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
     def locked(data_dir: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> TrainResult:
         if Path(out_dir).is_dir() and int(os.environ.get("RANK", "0")) == 0:
             with exclusive(out_dir, "training"):
+                for stale in remove_stale_temporaries(out_dir):  # a killed run's, never another's: we hold the lock
+                    logger.info("removed `%s`, left by an interrupted run", stale)
                 return func(data_dir, out_dir, *args, **kwargs)
         return func(data_dir, out_dir, *args, **kwargs)
 

@@ -227,8 +227,10 @@ def test_a_run_and_a_preprocessed_folder_have_one_writer_at_a_time(tmp_path):
             train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
         assert str(tmp_path / "run") in caught.value.message
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
+    (tmp_path / "run" / ".checkpoint_last.pt.k1ll3d00.tmp.pt").write_bytes(b"left by a SIGKILL")
     train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)  # free again
     assert not (tmp_path / "run" / ".satseg.lock").exists()
+    assert not list((tmp_path / "run").glob(".*.tmp*"))  # the killed run's temporary is gone
     raw = tmp_path / "data_raw"
     with exclusive(data, "preprocessing"), pytest.raises(SatsegError, match="in use"):
         preprocess_dataset(raw, data, folds=2, seed=0)
