@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "make_parent",
     "remove_stale_temporaries",
+    "exclusive",
 ]
 
 
@@ -60,13 +61,25 @@ def make_parent(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def _cannot_write(path: Path) -> Iterator[None]:
-    """Turn an OSError raised while writing ``path`` into a one-line ConfigError naming it."""
+    """Turn an OSError raised while writing ``path`` into a one-line ConfigError naming it.
+
+    Writers that wrap the OS error in their own (PyTorch's ``PytorchStreamWriter failed writing file``,
+    SimpleITK's ``RuntimeError``) are caught by their cause or their words: a full disk is named as such.
+    """
     try:
         yield
     except OSError as err:
         raise ConfigError(
             f"cannot write `{path}`: {err.strerror or err}",
             hint="check the output folder, its permissions and free space",
+        ) from err
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not isinstance(err.__cause__, OSError) and not any(w in text for w in ("write", "space", "disk")):
+            raise
+        reason = str(err.__cause__) if isinstance(err.__cause__, OSError) else str(err).strip().splitlines()[-1]
+        raise ConfigError(
+            f"cannot write `{path}`: {reason[:200]}", hint="check the output folder, its permissions and free space"
         ) from err
 
 
@@ -88,7 +101,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
         os.close(fd)
     try:
-        yield Path(tmp)
+        with _cannot_write(path):  # a full disk while writing names the output, not the temporary
+            yield Path(tmp)
         with _cannot_write(path):
             _usual_mode(Path(tmp))
             os.replace(tmp, path)
@@ -110,7 +124,8 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     with _cannot_write(path):
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp_dir
+        with _cannot_write(path):
+            yield tmp_dir
         produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)
         with _cannot_write(path):
             for item in produced:
@@ -130,10 +145,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporaries this module left in ``folder`` when its writer was killed (SIGKILL, power loss).
 
-    Only call it on a folder the caller owns (no other writer at work there).
+    Only call it on a folder the caller owns (no other writer at work there), or give ``names``: then only
+    the temporaries of those final names go (an output the caller alone writes, e.g. its input's mask while
+    other shards write other masks into the same folder).
 
     Returns:
         The removed paths.
@@ -141,7 +158,12 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    prefixes = None if names is None else tuple(f".{name}." for name in names)
+    stale = [
+        p
+        for p in folder.iterdir()
+        if p.name.startswith(".") and ".tmp" in p.name and (prefixes is None or p.name.startswith(prefixes))
+    ]
     for item in stale:
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)
@@ -159,3 +181,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, data: Any, default: Callable[[Any], Any] = str) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, default=default) + "\n")
+
+
+LOCK_NAME = ".satseg.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold the one writer's lock of the existing ``folder`` (``.satseg.lock`` in it) while the body runs.
+
+    Two ``train --resume`` of one run, or two ``preprocess`` into one ``-o``, would write over each other's
+    files: the second is refused at once. The lock is an ``flock``, which the kernel releases when its
+    process dies (even by SIGKILL), so a killed run never leaves a stale lock behind.
+
+    Raises:
+        ConfigError: another process holds the lock (naming the folder), or the lock cannot be made.
+    """
+    import fcntl
+
+    lock_path = Path(folder) / LOCK_NAME
+    with _cannot_write(lock_path):
+        handle = open(lock_path, "a")  # noqa: SIM115 - held open for the whole body
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"`{folder}` is in use: another satseg process is {what} there",
+                hint="wait for it to finish (or stop it), then run again",
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # leave the folder as it was; the lock ends with the process anyway
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

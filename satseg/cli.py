@@ -493,7 +493,7 @@ def evaluate(
         report, gates = evaluate_model(
             model,
             data,
-            output or Path(model) / f"eval_{split}",
+            output or _evaluation_folder(Path(model), split),
             split=split,
             fold=fold,
             tolerance_mm=tolerance,
@@ -523,6 +523,11 @@ def evaluate(
                   "check --labels", highlight=False)  # fmt: skip
     figures = f" and {len(report.figures)} PNG(s) in `{report.figures[0].parent}`" if report.figures else ""
     err.print(f"wrote `{report.per_case_csv}`, `{report.summary_json}`{figures}", highlight=False)
+
+
+def _evaluation_folder(model: Path, split: str) -> Path:
+    """``evaluate --model`` without -o: inside a run folder, beside a model file (never inside the file)."""
+    return model / f"eval_{split}" if model.is_dir() else model.with_name(f"{model.name}_eval_{split}")
 
 
 def _print_table(table: Table) -> None:
@@ -661,7 +666,9 @@ def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
 @app.command()
 def segment(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output file, or folder (for several, or ending in /).")
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -708,7 +715,7 @@ def segment(
         typer.Option("--lcc/--no-lcc", help="Keep each class's largest component \\[default: as the run records]."),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print volumes (ml) / areas (mm²) and timings as JSON.")
+        bool, typer.Option("--json", help="Print volumes (ml) / areas (mm², px for pictures) and timings as JSON.")
     ] = False,
 ) -> None:
     """Segment scans; each mask has exactly its input's grid, spacing, origin and direction (`<stem>_seg.<ext>`)."""
@@ -743,7 +750,8 @@ def _print_segment_report(report: Any, as_json: bool) -> None:
         out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
     for failure in report.failures:
         hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-        err.print(Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}"), highlight=False)
+        where = "" if f"`{failure['input']}`" in failure["error"] else f"`{failure['input']}`: "
+        err.print(Text.assemble(("error:", "red"), f" {where}{failure['error']}{hint}"), highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import write_synthetic_msd
+from satseg.errors import ConfigError
 from satseg.evaluation.model import evaluate_model
 from satseg.inference.batch import segment_inputs
 from satseg.nn.params import compare_variants
@@ -71,7 +72,13 @@ def run_demo(
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="satseg-demo-") as tmp:
             return _run(settings, Path(tmp), announce)
-    return _run(settings, Path(workdir), announce)
+    workdir = Path(workdir)
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise ConfigError(
+            f"`{workdir}` already exists and is not empty; the demo would overwrite files in it",
+            hint="give --keep a new or empty folder",
+        )
+    return _run(settings, workdir, announce)
 
 
 def _run(s: DemoSettings, work: Path, announce: Callable[[str], None]) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from satseg.errors import ConfigError, DataError
 
-__all__ = ["safe_name", "check_output", "same_file"]
+__all__ = ["safe_name", "check_output", "check_name_length", "same_file", "MAX_OUTPUT_NAME"]
 
 _MAX_NAME = 200
+MAX_OUTPUT_NAME = 255 - 32
+"""Longest output file name (bytes): 255 less what :mod:`satseg.atomic`'s temporary name adds."""
 
 
 def safe_name(name: object, what: str, source: str | Path) -> str:
@@ -62,6 +64,22 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def check_name_length(path: str | Path) -> Path:
+    """Refuse an output name too long for the file system (with the temporary name it is written through).
+
+    Raises:
+        ConfigError: naming the path, before any work.
+    """
+    path = Path(path)
+    if len(path.name.encode()) > MAX_OUTPUT_NAME:
+        raise ConfigError(
+            f"`{path}`: the file name is {len(path.name.encode())} bytes long; file systems allow 255, and satseg "
+            f"writes through a temporary name that is longer still (at most {MAX_OUTPUT_NAME} bytes)",
+            hint="choose a shorter output name (or rename the input)",
+        )
+    return path
+
+
 def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
     """Refuse to write ``path`` when that would lose data; return it otherwise.
 
@@ -73,9 +91,10 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwri
     Raises:
         ConfigError: ``path`` is an input, a folder, or exists without ``overwrite``.
     """
-    path = Path(path)
+    path = check_name_length(path)
     for source in map(Path, inputs):
-        if same_file(path, source) or path.resolve() == source.resolve():
+        # realpath, not resolve(): a symlink loop among the inputs must not fail the check of every output
+        if same_file(path, source) or os.path.realpath(path) == os.path.realpath(source):
             raise ConfigError(
                 f"`{path}` is the input `{source}`; satseg never overwrites an input", hint="choose another output path"
             )

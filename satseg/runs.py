@@ -101,6 +101,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"`{path}`: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6; anything else is no checkpoint
+        raise CheckpointError(
+            f"`{path}`: not a readable checkpoint (not a PyTorch zip archive)",
+            hint="the file is truncated, corrupted or not a satseg checkpoint; use another run's checkpoint",
+        )
     _check_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -163,10 +168,13 @@ def check_run_config(config: Any, source: str | Path) -> dict[str, Any]:
             raise bad(f"has no `{key}`")
     plan = config["plan"]
     labels = plan.get("labels")
-    if not isinstance(labels, dict) or not all(isinstance(v, int) and 0 <= v < 256 for v in labels.values()):
-        raise bad("has no `plan.labels` mapping class names to values 0..255")
+    # `type(v) is int`: JSON true/false are Python bools, which isinstance(…, int) would take for 1 and 0
+    if not isinstance(labels, dict) or not all(type(v) is int and 0 <= v < 256 for v in labels.values()):
+        raise bad("has no `plan.labels` mapping class names to integer values 0..255")
     if len(labels) < 2 or 0 not in labels.values():
         raise bad("needs a background (0) and at least one class in `plan.labels`")
+    if sorted(labels.values()) != list(range(len(labels))):  # {0, 1, 7}: output channel 2 would be written as 2
+        raise bad(f"has `plan.labels` values {sorted(labels.values())}; a model's classes are 0, 1, 2, … without gaps")
     if (
         plan.get("spatial_dims") not in (2, 3)
         or not isinstance(plan.get("num_channels"), int)

@@ -127,14 +127,15 @@ def summary_table(summary: Mapping[str, Any], metrics: Mapping[str, str] = TABLE
     """
     num_cases = summary.get("num_cases")
     tolerance = summary.get("tolerance_mm")
+    unit = summary.get("distance_unit", "mm")  # px for pictures, which have no physical spacing
     caption = f"{num_cases} cases; mean ± std over cases"
     if tolerance is not None:
-        caption += f"; NSD at {tolerance:g} mm"
+        caption += f"; NSD at {tolerance:g} {unit}"
     table = Table(title="Evaluation", caption=caption)
     table.add_column("class")
     table.add_column("label", justify="right", no_wrap=True)
     for title in metrics.values():
-        table.add_column(title, justify="right", no_wrap=True)
+        table.add_column(title.replace("\nmm", f"\n{unit}"), justify="right", no_wrap=True)
     for name, entry in summary["classes"].items():
         per_class_cases = max(entry[m]["n"] + entry[m]["n_undefined"] for m in metrics)
         cells = [format_mean_std(entry[m], per_class_cases) for m in metrics]

@@ -83,6 +83,48 @@ class Dataset:
     mask_pictures: bool = False
     pairing: dict | None = None
 
+    def __post_init__(self) -> None:
+        check_label_values(self.labels, self.root / "dataset.json")
+        # `case_000.nii.gz` + `case_000.nii`: one id for two files would keep one case and put the id into the
+        # splits twice (one case in both train and val of a fold)
+        seen: dict[str, Case] = {}
+        for case in self.cases:
+            if case.case_id in seen:
+                first, second = seen[case.case_id].images[0], case.images[0]
+                raise DataError(
+                    f"`{first}` and `{second}` are both case `{case.case_id}`; every case needs its own name",
+                    hint="remove or rename one of them",
+                )
+            seen[case.case_id] = case
+
+
+MAX_LABEL = 255
+"""Largest label value: masks are stored as 8-bit integers and every later step (train, segment) relies on it."""
+
+
+def check_label_values(labels: dict[str, int], source: str | Path) -> None:
+    """Refuse a label set satseg cannot train on: the values must be 0, 1, …, N-1 (0 the background), ≤ 255.
+
+    A gap (0, 1, 4) would make class 4 an output channel that does not exist (training failed with an
+    IndexError); negative values or values above 255 were accepted here and refused by every later step.
+
+    Raises:
+        DataError: naming ``source`` and the values.
+    """
+    values = sorted(int(v) for v in labels.values())
+    problem = None
+    if len(set(values)) != len(values):
+        problem = "two classes share one value"
+    elif values and (values[0] < 0 or values[-1] > MAX_LABEL):
+        problem = f"values must be 0 to {MAX_LABEL}"
+    elif values != list(range(len(values))):
+        problem = "the values must be 0, 1, 2, … without gaps (0 the background)"
+    if problem is not None:
+        raise DataError(
+            f"`{source}`: labels {dict(sorted(labels.items(), key=lambda item: item[1]))}: {problem}",
+            hint="renumber the classes 0 (background), 1, 2, … in dataset.json and in the label images",
+        )
+
 
 def _modality_of(name: str) -> str:
     """Map a dataset.json channel description to a normalisation family."""

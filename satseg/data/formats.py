@@ -25,9 +25,13 @@ def read_dicom(folder: Path) -> Image:
     if not ids:
         raise DataError(f"`{folder}` is a folder without a DICOM series", hint="give an image file or a DICOM folder")
     files = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids}
-    series = max(files, key=lambda sid: len(files[sid]))
-    if len(ids) > 1:
-        log.warning("`%s` holds %d DICOM series; reading the largest (%s)", folder, len(ids), series)
+    if len(ids) > 1:  # picking one would be a guess (and equal lengths leave nothing to pick by)
+        listed = ", ".join(f"{sid} ({len(names)} files)" for sid, names in files.items())
+        raise DataError(
+            f"`{folder}` holds {len(ids)} DICOM series: {listed}; satseg will not guess which one to segment",
+            hint="put each series in its own folder",
+        )
+    series = ids[0]
     _check_slice_spacing(folder, files[series])
     reader.SetFileNames(files[series])
     return from_sitk(reader.Execute(), "dicom")

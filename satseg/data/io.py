@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +43,7 @@ __all__ = [
     "write_image",
     "with_array",
     "is_supported_image",
+    "is_picture",
     "image_stem",
     "to_sitk",
     "from_sitk",
@@ -54,7 +58,8 @@ log = logging.getLogger(__name__)
 _NIFTI = (".nii.gz", ".nii")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 _PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")  # .gif: DRIVE's manual annotations
-IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES
+_READ_ONLY = (".hdr", ".dcm")  # a NIfTI/Analyze pair (.hdr + .img), one DICOM file: read, never written
+IMAGE_SUFFIXES: tuple[str, ...] = _NIFTI + _ITK + _PICTURES + _READ_ONLY
 """File endings :func:`read_image` understands (a folder of ``.dcm`` files is read as a DICOM series)."""
 
 MAX_VOXELS = 2**31
@@ -117,6 +122,13 @@ class Image:
         self.direction = tuple(float(d) for d in self.direction)
         if 0 in self.array.shape:
             raise DataError(f"image has an empty axis (array shape {self.array.shape}, channels first)")
+        geometry = (*self.spacing, *self.origin, *self.direction)
+        if not all(math.isfinite(v) for v in geometry) or any(s <= 0 for s in self.spacing):
+            raise DataError(
+                f"image geometry is not valid: spacing {self.spacing} (must be > 0), origin {self.origin}, "
+                f"direction {self.direction} (must be finite); satseg will not guess a voxel size",
+                hint="write the image again with its real voxel size and orientation",
+            )
         if len(self.spacing) != dims or len(self.origin) != dims or len(self.direction) != dims * dims:
             raise DataError(
                 f"image geometry does not match a {dims}D array: spacing {self.spacing}, origin {self.origin}, "
@@ -151,6 +163,11 @@ def image_stem(path: str | Path) -> str:
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
+
+
+def is_picture(path: str | Path) -> bool:
+    """True for a 2D picture ending (PNG, JPEG, BMP, TIFF, GIF): no physical spacing, sizes are in pixels."""
+    return _suffix(Path(path)) in _PICTURES
 
 
 def is_supported_image(path: str | Path) -> bool:
@@ -235,21 +252,28 @@ def read_image(path: str | Path) -> Image:
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise DataError(f"`{path}` is a link to nothing that exists (a broken link or a link loop)")
         raise DataError(f"`{path}` does not exist")
+    if not path.is_dir():
+        check_regular_file(path)  # a FIFO or device would block or never end: refused before it is opened
     try:
         if path.is_dir():
             return formats.read_dicom(path)
         suffix = _suffix(path)
-        if suffix in _NIFTI:
+        if suffix in (*_NIFTI, ".hdr"):
             return _read_nifti(path)
+        if suffix == ".dcm":  # one DICOM file (a folder of them is a series)
+            return from_sitk(sitk.ReadImage(str(path)), "dicom")
         if suffix in _ITK:
+            # .nhdr and .mhd (and any .nrrd/.mha naming a data file) keep their voxels in another file: it must
+            # be a regular file inside the header's folder, and its size bounds what the header may claim
+            data_file, compressed = referenced_data_file(path)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            # .nhdr and .mhd keep their voxels in another file: only the absolute limit applies to them
-            single_file = suffix in (".nrrd", ".mha")
             voxels = math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
-            check_claimed_size(path, voxels, 1, path.stat().st_size if single_file else None)
+            check_claimed_size(path, voxels, 1, data_file.stat().st_size, compressed=compressed)
             return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
             return formats.read_picture(path)
@@ -258,11 +282,13 @@ def read_image(path: str | Path) -> Image:
             raise
         raise DataError(f"`{path}`: {err.message}", err.hint) from err
     except RuntimeError as err:  # SimpleITK
-        raise DataError(f"`{path}` cannot be read: {_sitk_error(err)}") from err
+        reason = _sitk_error(err).replace(f' for "{path}"', "").replace(f'"{path}"', "it")  # the path once
+        raise DataError(f"`{path}` cannot be read: {reason}") from err
     except MemoryError as err:
         raise DataError(f"`{path}` is too large to read into memory") from err
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
-        raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {err}") from err
+        reason = str(err).replace(f"File {path} ", "").replace(str(path), "the file")  # the path once per line
+        raise DataError(f"`{path}` cannot be read (truncated or corrupt file?): {reason}") from err
     except Exception as err:  # e.g. pillow's DecompressionBombError: one line naming the file, never a traceback
         raise DataError(f"`{path}` cannot be read: {type(err).__name__}: {err}") from err
     raise DataError(
@@ -271,6 +297,76 @@ def read_image(path: str | Path) -> Image:
 
 
 def _read_nifti(path: Path) -> Image:
+    nii = nib.load(str(path))
+    nheader = nii.header
+    if isinstance(nii, nib.Cifti2Image) or 3000 <= int(np.asarray(nheader.get("intent_code", 0))) < 3100:
+        raise DataError(
+            f"`{path}` is a CIFTI file (values on brain surfaces and parcels, not an image on a voxel grid)",
+            hint="satseg segments images on a grid: NIfTI, NRRD, MetaImage, DICOM, pictures",
+        )
+    dtype = nheader.get_data_dtype()
+    if dtype.kind == "c":
+        raise DataError(
+            f"`{path}` holds complex voxels ({dtype}); satseg will not drop their imaginary part",
+            hint="save the magnitude (or the real part) as a real-valued image",
+        )
+    with nib.openers.ImageOpener(str(path)) as f:  # as stored: nibabel's load quietly sets a pixdim of 0 to 1
+        stored_header = type(nheader).from_fileobj(f, check=False)
+    _check_nifti_geometry(path, stored_header)
+    try:
+        size, components, spacing, origin, direction = _sitk_nifti_geometry(path)
+    except RuntimeError:  # NIfTI-2 and other headers ITK has no reader for: the same grid from nibabel
+        size, components, spacing, origin, direction = _nibabel_nifti_geometry(path, nii)
+    dims = min(len(size), 3)
+    stored = dtype.itemsize * math.prod(nheader.get_data_shape())
+    check_claimed_size(path, math.prod(size) * components, 1, None)
+    voxels_file = path
+    if path.name.lower().endswith(".hdr"):  # the voxels are in the .img beside it: a regular file, bounding the claim
+        voxels_file = next((p for p in (path.with_suffix(".img"), path.with_suffix(".IMG")) if p.exists()), None)
+        if voxels_file is None:
+            raise DataError(f"`{path}` is a header without its `{path.with_suffix('.img').name}` beside it")
+        check_regular_file(voxels_file, named_in=path)
+    compressed = voxels_file.name.lower().endswith(".gz")
+    check_claimed_size(path, stored, 1, voxels_file.stat().st_size, compressed=compressed)
+    data = np.asanyarray(nii.dataobj)  # raises on truncated files
+    if data.dtype.names:  # RGB24 / RGBA32: one channel per colour
+        data = np.stack([data[name] for name in data.dtype.names], axis=-1)
+    data = data.reshape(*size[:dims], -1, order="F")
+    array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
+    header = NiftiHeader(
+        raw=bytes(nheader.binaryblock),
+        version=2 if isinstance(nheader, nib.Nifti2Header) else 1,
+        spacing=tuple(reversed(spacing)),
+        origin=tuple(origin),
+        direction=direction,
+    )
+    return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+
+
+def _check_nifti_geometry(path: Path, header: nib.Nifti1Header) -> None:
+    """Refuse a voxel size of 0 or NaN, or a NaN in the transform the file declares: never guess 1 mm."""
+    shape = header.get_data_shape()
+    pixdim = np.asarray(header["pixdim"], dtype=np.float64)[1 : 1 + min(len(shape), 3)]
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise DataError(
+            f"`{path}`: its header gives voxel size {[float(p) for p in pixdim]} (pixdim); satseg will not "
+            "guess 1 mm (every volume and distance would be wrong)",
+            hint="write the image again with its real voxel size",
+        )
+    fields = []
+    if int(header["sform_code"]) > 0:
+        fields += ["srow_x", "srow_y", "srow_z"]
+    if int(header["qform_code"]) > 0:
+        fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+    bad = [name for name in fields if not np.all(np.isfinite(np.asarray(header[name], dtype=np.float64)))]
+    if bad:
+        raise DataError(
+            f"`{path}`: its header's orientation holds NaN or infinity (`{bad[0]}`); the image has no valid grid",
+            hint="write the image again with a valid affine",
+        )
+
+
+def _sitk_nifti_geometry(path: Path) -> tuple:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -280,24 +376,95 @@ def _read_nifti(path: Path) -> Image:
         raise DataError(f"`{path}` has {len(size)} dimensions with vector pixels; satseg reads at most (x, y, z, c)")
     if 0 in size:
         raise DataError(f"`{path}` has an empty axis: its header gives size {list(size)} (x, y, z, …)")
-    spacing, origin = reader.GetSpacing()[:dims], reader.GetOrigin()[:dims]
     full = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
     direction = tuple(full[:dims, :dims].ravel())
-    nii = nib.load(str(path))
-    stored = nii.header.get_data_dtype().itemsize * math.prod(nii.header.get_data_shape())
-    check_claimed_size(path, math.prod(size) * reader.GetNumberOfComponents(), 1, None)
-    check_claimed_size(path, stored, 1, path.stat().st_size, compressed=path.name.lower().endswith(".gz"))
-    data = np.asanyarray(nii.dataobj)  # raises on truncated files
-    data = data.reshape(*size[:dims], -1, order="F")
-    array = np.ascontiguousarray(np.transpose(data, tuple(range(dims, -1, -1))))
-    header = NiftiHeader(
-        raw=bytes(nii.header.binaryblock),
-        version=2 if isinstance(nii.header, nib.Nifti2Header) else 1,
-        spacing=tuple(reversed(spacing)),
-        origin=tuple(origin),
-        direction=direction,
-    )
-    return Image(array, header.spacing, header.origin, header.direction, source_format="nifti", nifti=header)
+    return size, reader.GetNumberOfComponents(), reader.GetSpacing()[:dims], reader.GetOrigin()[:dims], direction
+
+
+def _nibabel_nifti_geometry(path: Path, nii: nib.Nifti1Image) -> tuple:
+    """The grid of the affine nibabel reads (sform, else qform), in SimpleITK's LPS conventions."""
+    size = tuple(int(s) for s in nii.header.get_data_shape())
+    if len(size) > 4 or len(size) < 2:
+        raise DataError(f"`{path}` has {len(size)} dimensions; satseg reads (x, y), (x, y, z) or (x, y, z, c)")
+    if 0 in size:
+        raise DataError(f"`{path}` has an empty axis: its header gives size {list(size)} (x, y, z, …)")
+    dims = min(len(size), 3)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(nii.affine, dtype=np.float64)
+    columns = lps[:dims, :dims]
+    spacing = np.linalg.norm(columns, axis=0)
+    if not np.all(np.isfinite(lps)) or np.any(spacing <= 0):
+        raise DataError(f"`{path}`: its affine has no valid grid (voxel size {spacing.tolist()})")
+    return size, 1, tuple(spacing), tuple(lps[:dims, 3]), tuple((columns / spacing).ravel())
+
+
+def check_regular_file(path: Path, *, named_in: Path | None = None) -> None:
+    """Refuse anything but a regular file (after links): a FIFO would hang the reader, ``/dev/zero`` never ends.
+
+    Raises:
+        DataError: naming ``path`` (and the header ``named_in`` that points at it).
+    """
+    where = f"`{named_in}` names data file `{path}`, which" if named_in else f"`{path}`"
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise DataError(f"{where} cannot be opened: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{where} is {kind}; satseg reads images from regular files only")
+
+
+_HEADER_BYTES = 1 << 16  # NRRD and MetaImage headers are text lines before the voxels: a few hundred bytes
+_NRRD_DATA_FILE = re.compile(rb"^data ?file:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_META_DATA_FILE = re.compile(rb"^ElementDataFile[ \t]*=[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+
+
+def referenced_data_file(header: Path) -> tuple[Path, bool]:
+    """The file holding the voxels of a NRRD or MetaImage header, checked by the one rule for referenced files.
+
+    A detached header (``.nhdr``, ``.mhd``, or a ``.nrrd``/``.mha`` naming a data file) may only point at a
+    regular file inside its own folder, by a relative name: never an absolute path, ``..``, a link leading
+    out, a device or a pipe. Lists and patterns of data files are not supported.
+
+    Returns:
+        ``(data file, whether its voxels may be compressed)``; the header itself when the voxels follow it.
+
+    Raises:
+        DataError: naming the header and the data file it points at.
+    """
+    with open(header, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    if header.name.lower().endswith((".nrrd", ".nhdr")):
+        head = head.split(b"\n\n", 1)[0]
+        match = _NRRD_DATA_FILE.search(head)
+        encoding = re.search(rb"^encoding:[ \t]*(\S+)", head, re.IGNORECASE | re.MULTILINE)
+        compressed = encoding is None or encoding.group(1).lower() not in (b"raw", b"ascii", b"text", b"txt")
+    else:
+        match = _META_DATA_FILE.search(head)
+        compressed = re.search(rb"^CompressedData[ \t]*=[ \t]*True", head, re.IGNORECASE | re.MULTILINE) is not None
+        if match is not None and match.group(1).upper() == b"LOCAL":
+            match = None
+    if match is None:
+        return header, compressed
+    name = match.group(1).decode("utf-8", "replace")
+    refused = None
+    if not name or name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        refused = "a list or pattern of data files, which satseg does not read"
+    elif Path(name).is_absolute() or name.startswith("~"):
+        refused = "an absolute path"
+    elif ".." in Path(name).parts:
+        refused = "a path leading out of the header's folder (`..`)"
+    if refused is None:
+        target = header.parent / name
+        inside = os.path.realpath(header.parent)
+        if os.path.commonpath([inside, os.path.realpath(target)]) != inside:
+            refused = "a link leading out of the header's folder"
+    if refused is not None:
+        raise DataError(
+            f"`{header}` names data file `{name}`: {refused}; satseg only reads data files beside their header",
+            hint="keep the header and its data file in one folder, with a relative name in the header",
+        )
+    check_regular_file(target, named_in=header)
+    return target, compressed
 
 
 def check_claimed_size(
@@ -360,6 +527,8 @@ def check_image_path(path: str | Path) -> str:
     """
     path = Path(path)
     suffix = _suffix(path)
+    if suffix in _READ_ONLY:
+        raise ConfigError(f"`{path}`: satseg reads `{suffix}` files but does not write them", hint="write .nii.gz")
     if not suffix and path.suffix:
         raise ConfigError(f"`{path}`: unknown image ending `{path.suffix}`", hint=f"use one of {IMAGE_SUFFIXES}")
     return suffix

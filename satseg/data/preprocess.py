@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from satseg.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from satseg.atomic import atomic_path, atomic_write_json, exclusive, remove_stale_temporaries
 from satseg.data.datasets import Case, Dataset, discover_dataset
 from satseg.data.grid import (
     Grid,
@@ -375,9 +375,6 @@ def _prepare_output(output: Path, plan: dict, overwrite: bool) -> None:
         raise ConfigError(
             f"cannot create `{output / 'cases'}`: {err.strerror or err}", hint="choose another -o"
         ) from err
-    for folder in (output, output / "cases"):  # left by a run that was killed mid-write
-        for stale in remove_stale_temporaries(folder):
-            log.info("removed `%s`, left by an interrupted run", stale)
 
 
 def preprocess_dataset(
@@ -435,6 +432,15 @@ def preprocess_dataset(
     splits = make_splits(plan["cases"], folds, seed)
     output = Path(output)
     _prepare_output(output, plan, overwrite)
+    with exclusive(output, "preprocessing"):  # two preprocess runs into one -o would break each other
+        return _write_output(output, data, plan, splits, good, bad, overwrite, workers, progress, start)
+
+
+def _write_output(output, data, plan, splits, good, bad, overwrite, workers, progress, start) -> PreprocessReport:
+    """The writing half of :func:`preprocess_dataset`, run while holding the output's lock."""
+    for folder in (output, output / "cases"):  # left by a run that was killed mid-write (never another's: locked)
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed `%s`, left by an interrupted run", stale)
     _write_json(output / "plan.json", plan)
     cases_dir = output / "cases"
     chosen = {s.case_id for s in good}

@@ -4,7 +4,8 @@ Files are matched by case name: the file name without its image extension (one o
 :data:`satseg.data.io.IMAGE_SUFFIXES`, e.g. ``.nii.gz`` or ``.png``) and without one trailing ``_seg``,
 ``_segmentation``, ``_label``, ``_labels``, ``_gt``, ``_mask``, ``_pred`` or ``_prediction``; so
 ``pred/case_001.nii.gz`` is scored against ``gt/case_001_seg.nii.gz``. Every prediction needs a reference;
-references without a prediction are listed in the report and skipped. Metric definitions and the
+a reference without a prediction (a failed segmentation) scores 0 for every class (Dice, IoU, NSD, recall;
+distances undefined) and is listed in the report: it never vanishes from the means. Metric definitions and the
 empty-mask conventions are in :mod:`satseg.evaluation.metrics`; the report written (``per_case.csv``,
 ``summary.json``) in :mod:`satseg.evaluation.report`.
 """
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from satseg.data.io import IMAGE_SUFFIXES
+from satseg.data.io import IMAGE_SUFFIXES, is_picture
 from satseg.errors import ConfigError, DataError
 from satseg.evaluation.metrics import absent_class_metrics, case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, summarise, write_report
@@ -275,8 +276,8 @@ def evaluate_folders(
     if not math.isfinite(float(tolerance_mm)) or tolerance_mm < 0:
         raise ConfigError(f"the surface Dice tolerance must be ≥ 0 mm, got {tolerance_mm}")
     matched, missing = match_cases(pred_dir, gt_dir)
-    if missing:
-        logger.warning("%d reference case(s) have no prediction and are not scored: %s", len(missing), missing)
+    if missing:  # a failed segmentation must not make the method look better: it scores 0, never vanishes
+        logger.warning("%d reference case(s) have no prediction and score 0: %s", len(missing), missing)
     chosen = None if labels is None else {name: int(v) for name, v in labels.items() if int(v) != 0}
     if chosen is not None and not chosen:
         raise ConfigError("`labels` names only the background (0); give at least one foreground class")
@@ -286,14 +287,29 @@ def evaluate_folders(
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(matched))) as pool:
             results = list(pool.map(run, matched))
+    references = _cases_in(Path(gt_dir), "reference")
+    unpredicted = [(case, _as_volume((reader or _read_label)(references[case]), references[case])) for case in missing]
+    if chosen is None:  # every non-zero value of any prediction or reference
+        values = {row["label"] for case_rows, _ in results for row in case_rows}
+        values |= {int(v) for _, ref in unpredicted for v in np.unique(ref.array) if v != 0}
+        chosen = {f"label_{v}": v for v in sorted(values)}
+        if not chosen:
+            raise DataError(
+                f"no prediction in `{pred_dir}` and no reference in `{gt_dir}` holds a foreground label: "
+                "nothing to score",
+                hint="check the folders (all masks are empty), or name the classes with --labels",
+            )
     rows, chosen = _complete_rows(matched, results, chosen)
+    rows += [_missing_row(case, ref.array, name, value) for case, ref in unpredicted for name, value in chosen.items()]
     absent = absent_classes(rows)
     if absent:
         logger.warning("class(es) %s occur in no prediction and no reference; check the labels", absent)
+    pictures = all(is_picture(path) for path in references.values())
     summary = {
         "pred_dir": str(pred_dir),
         "gt_dir": str(gt_dir),
         "tolerance_mm": float(tolerance_mm),
+        "distance_unit": "px" if pictures else "mm",  # pictures have no physical spacing: distances in pixels
         "labels": chosen,
         "missing_predictions": missing,
         "absent_classes": absent,
@@ -302,18 +318,30 @@ def evaluate_folders(
     report = EvaluationReport(rows=rows, summary=summary, labels=chosen, missing_predictions=missing)
     if out_dir is not None:
         files = {case: (pred_path, gt_path) for case, pred_path, gt_path in matched}
-        scored = [path for pair in files.values() for path in pair]
+        files.update({case: (None, references[case]) for case in missing})  # outlined against no prediction
+        scored = [path for pair in files.values() for path in pair if path is not None]
         write_report(report, out_dir, views=partial(_view_files, files, reader or _read_label), inputs=scored)
     return report
 
 
-def _view_files(files: Mapping[str, tuple[Path, Path]], read: Reader, case: str):
+def _view_files(files: Mapping[str, tuple[Path | None, Path]], read: Reader, case: str):
     """A case of a folder evaluation, read back for its preview (no image: outlines on black)."""
     from satseg.evaluation.visual_report import CaseView
 
     pred_path, gt_path = files[case]
-    pred, ref = _as_volume(read(pred_path), pred_path), _as_volume(read(gt_path), gt_path)
-    return CaseView(None, ref.array, pred.array, ref.spacing)
+    ref = _as_volume(read(gt_path), gt_path)
+    pred = np.zeros_like(ref.array) if pred_path is None else _as_volume(read(pred_path), pred_path).array
+    return CaseView(None, ref.array, pred, ref.spacing)
+
+
+def _missing_row(case: str, ref: np.ndarray, name: str, value: int) -> dict[str, Any]:
+    """The row of a case without a prediction: the worst score (Dice, IoU, NSD, recall 0), distances undefined."""
+    fn = int(np.count_nonzero(ref == value))
+    return {
+        "case": case, "class": name, "label": value, "dice": 0.0, "iou": 0.0, "fpr": math.nan,
+        "fnr": 1.0 if fn else math.nan, "precision": math.nan, "recall": 0.0 if fn else math.nan, "hd95": math.nan,
+        "hd": math.nan, "assd": math.nan, "nsd": 0.0, "tp": 0, "fp": 0, "fn": fn, "tn": int(ref.size) - fn,
+    }  # fmt: skip
 
 
 def _complete_rows(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from satseg.atomic import atomic_write_text
+from satseg.atomic import atomic_path
 from satseg.evaluation.metrics import COUNTS, METRICS
 from satseg.paths import check_output
 
@@ -37,7 +37,7 @@ class EvaluationReport:
         rows: one dict per case and class with the keys of ``ROW_FIELDS``.
         summary: what :func:`summarise` gives, plus the run's settings; written as ``summary.json``.
         labels: class name → label value that was scored.
-        missing_predictions: reference cases that had no prediction (not scored).
+        missing_predictions: reference cases that had no prediction (each scored 0).
         per_case_csv: path of ``per_case.csv``, or None when nothing was written.
         summary_json: path of ``summary.json``, or None when nothing was written.
         figures: the visual report's PNGs (Dice per case, worst cases' outlines), see
@@ -70,8 +70,11 @@ def write_report(
     report.per_case_csv, report.summary_json = out_dir / "per_case.csv", out_dir / "summary.json"
     for path in (report.per_case_csv, report.summary_json):
         check_output(path, inputs=inputs, overwrite=True)
-    atomic_write_text(report.per_case_csv, _csv_text(report.rows))
-    atomic_write_text(report.summary_json, json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n")
+    summary_text = json.dumps(_json_safe({**report.summary, **(extra or {})}), indent=2) + "\n"
+    # both or neither: a full disk must not leave a new per_case.csv beside an old (or no) summary.json
+    with atomic_path(report.per_case_csv) as csv_tmp, atomic_path(report.summary_json) as json_tmp:
+        csv_tmp.write_text(_csv_text(report.rows), encoding="utf-8")
+        json_tmp.write_text(summary_text, encoding="utf-8")
     if views is not None and report.rows:
         from satseg.evaluation.visual_report import write_visual_report
 
@@ -86,7 +89,7 @@ def absent_classes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """
     seen: dict[str, bool] = {}
     for row in rows:
-        present = bool(row["tp"] or row["fp"] or row["fn"])
+        present = bool(row.get("tp", 1) or row.get("fp", 0) or row.get("fn", 0))  # rows without counts: present
         seen[row["class"]] = seen.get(row["class"], False) or present
     return [name for name, present in seen.items() if not present]
 
@@ -102,7 +105,8 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``{"num_cases": int, "classes": {class: {"label": int, metric: {"mean", "std", "n", "n_undefined"}}},
-        "foreground_mean": {metric: mean of the class means}}``; JSON-ready: a mean or std with ``n == 0``
+        "foreground_mean": {metric: mean of the class means}}`` (classes found in no prediction and no
+        reference left out of it); JSON-ready: a mean or std with ``n == 0``
         is None.
     """
     classes: dict[str, dict[str, Any]] = {}
@@ -122,8 +126,9 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             }
         classes[name] = entry
     foreground = {}
+    ghosts = set(absent_classes(rows))  # in no prediction and no reference: their 1.0 is no evidence
     for metric in METRICS:
-        means = [entry[metric]["mean"] for entry in classes.values() if entry[metric]["mean"] is not None]
+        means = [e[metric]["mean"] for c, e in classes.items() if e[metric]["mean"] is not None and c not in ghosts]
         foreground[metric] = float(np.mean(means)) if means else None
     return {"num_cases": len({row["case"] for row in rows}), "classes": classes, "foreground_mean": foreground}
 

@@ -6,6 +6,7 @@ The run configuration (model, preprocessing plan, label names) travels as JSON u
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,20 @@ from typing import Any
 from satseg import __version__
 from satseg.errors import CheckpointError
 
-__all__ = ["ONNX_CONFIG_KEY", "model_metadata", "read_onnx_metadata", "onnx_run_config"]
+__all__ = [
+    "ONNX_CONFIG_KEY",
+    "GRAPH_DIGEST_KEY",
+    "model_metadata",
+    "graph_digest",
+    "read_onnx_metadata",
+    "onnx_graph_matches",
+    "onnx_run_config",
+]
 
 ONNX_CONFIG_KEY = "satseg_config"
 """ONNX metadata key holding the run configuration (model, plan) as JSON."""
+GRAPH_DIGEST_KEY = "satseg_graph_sha256"
+"""ONNX metadata key holding :func:`graph_digest` of the exported graph."""
 
 
 def model_metadata(config: dict[str, Any]) -> dict[str, str]:
@@ -28,11 +39,18 @@ def model_metadata(config: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def graph_digest(proto: Any) -> str:
+    """SHA-256 of an ONNX model's graph (nodes, weights, inputs, outputs), stored at export under
+    :data:`GRAPH_DIGEST_KEY`: metadata copied onto another graph, or a graph edited after export, no longer match."""
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict.
+    """The ``metadata_props`` of an ONNX file as a dict; a satseg export's graph is checked against its digest.
 
     Raises:
-        CheckpointError: when the file is missing or is not an ONNX model.
+        CheckpointError: when the file is missing or is not an ONNX model, or carries satseg's run
+            configuration on a graph satseg did not export with it.
     """
     import onnx
 
@@ -43,7 +61,22 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as err:
         raise CheckpointError(f"cannot read ONNX model `{path}`: {err}") from err
-    return {p.key: p.value for p in proto.metadata_props}
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    if ONNX_CONFIG_KEY in metadata and metadata.get(GRAPH_DIGEST_KEY) != graph_digest(proto):
+        raise CheckpointError(
+            f"`{path}`: its graph is not the one satseg exported with this metadata (metadata copied onto another "
+            "graph, the graph edited, or an export from before graph digests)",
+            hint="export the model again with `satseg export-onnx`",
+        )
+    return metadata
+
+
+def onnx_graph_matches(path: str | Path) -> bool:
+    """True when ``path`` is a satseg export whose graph matches its digest (e.g. a cached export to reuse)."""
+    try:
+        return ONNX_CONFIG_KEY in read_onnx_metadata(path)
+    except CheckpointError:
+        return False
 
 
 def onnx_run_config(path: Path, metadata: dict[str, str]) -> Any:

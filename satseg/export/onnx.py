@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from satseg.atomic import atomic_path
 from satseg.errors import CheckpointError, ConfigError, look_up_option
+from satseg.export.metadata import GRAPH_DIGEST_KEY, graph_digest
 
 __all__ = ["ExportReport", "export_onnx", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -202,7 +203,7 @@ def export_onnx(
             hint="try the other exporter (`torchscript` or `dynamo`) or another opset",
         ) from err
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in {**metadata, GRAPH_DIGEST_KEY: graph_digest(proto)}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     import onnx

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from satseg.errors import ConfigError
 from satseg.export.metadata import model_metadata
 from satseg.export.onnx import ExportReport, export_onnx
 from satseg.nn import SegmentationNet
@@ -38,6 +39,11 @@ def export_run(
     source = resolve_model_path(run)
     inputs = [source / n for n in (BEST, LAST, RUN_CONFIG)] if source.is_dir() else [source]
     check_output(output, inputs=inputs, overwrite=overwrite)  # before the minutes an export takes
+    if not str(output).lower().endswith(".onnx") or str(output).endswith(("/", "\\")):
+        raise ConfigError(
+            f"`{output}`: the output of export-onnx is one `.onnx` file", hint=f"e.g. `{Path(output) / 'model.onnx'}`"
+            if not Path(output).suffix else f"e.g. `{Path(output).with_suffix('.onnx')}`",
+        )
     model, config = load_run(source)
     return export_model(model, config, output, opset=opset, tolerance=tolerance, source=source)
 

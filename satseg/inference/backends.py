@@ -24,7 +24,7 @@ from torch import Tensor
 from satseg import __version__
 from satseg.device import local_rank
 from satseg.errors import CheckpointError, ConfigError, SatsegError
-from satseg.export.metadata import read_onnx_metadata
+from satseg.export.metadata import onnx_graph_matches, read_onnx_metadata
 from satseg.export.run import export_model
 from satseg.nn import SegmentationNet
 from satseg.paths import safe_name
@@ -180,7 +180,7 @@ def cached_onnx_export(net: SegmentationNet, config: dict[str, Any]) -> Path | N
         # The net's name comes from the checkpoint: it becomes part of the file name only if it is a plain name.
         net_name = safe_name(str(config["model"].get("net", "model")), "model name", "the run configuration")
         path = cache_dir() / "onnx" / f"{net_name}-{_model_digest(net, config)}.onnx"
-        if path.is_file():
+        if path.is_file() and onnx_graph_matches(path):  # an export from before graph digests is made again
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         export_model(net, config, path)  # written through the one atomic writer: never a half file in the cache

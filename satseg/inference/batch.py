@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from satseg.atomic import remove_stale_temporaries
 from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
 from satseg.errors import ConfigError, DataError, SatsegError
 from satseg.inference.input_guard import Misfit, check_fit, describe_scan
 from satseg.inference.preview import overlay_png
 from satseg.inference.segmenter import Segmenter, load_segmenter
-from satseg.paths import check_output
+from satseg.paths import check_name_length, check_output
 from satseg.progress import ItemProgress
 from satseg.zoo import default_model_for, shipped_models_for
 
@@ -35,6 +36,7 @@ __all__ = [
     "segment_inputs",
     "expand_inputs",
     "output_path",
+    "plan_outputs",
     "label_volumes",
     "parse_shard",
     "shard_inputs",
@@ -44,7 +46,10 @@ logger = logging.getLogger("satseg.segment")
 
 # Masks are written in the input's format, except where that format is lossy or spans several files.
 _OUTPUT_NAME = re.compile(r"(.+)_(?:seg|probabilities|preview|attention_.+)")
-_OUTPUT_SUFFIX = {".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}
+_OUTPUT_SUFFIX = {
+    ".jpg": ".png", ".jpeg": ".png", ".gif": ".png", ".mhd": ".mha", ".nhdr": ".nrrd", ".hdr": ".nii.gz",
+    ".dcm": ".nii.gz",
+}  # fmt: skip
 
 
 @dataclass
@@ -155,8 +160,40 @@ def output_path(
     return output
 
 
+def plan_outputs(
+    pairs: Sequence[tuple[Path, Path | None]], output: Path | None, multiple: bool
+) -> dict[Path, Path]:
+    """The mask path of every input of the whole run, refusing before any work two inputs that would share one.
+
+    ``a.png`` + ``a.jpg`` (both ``a_seg.png``), ``vol.mha`` + ``vol.mhd``, or ``sub-1/t1.nii.gz`` +
+    ``sub-2/t1.nii.gz`` into one ``-o`` folder: with ``--overwrite`` one mask would silently replace the other,
+    with ``--skip-existing`` the second would be reported as done. Seen from the whole batch, before sharding.
+
+    Raises:
+        ConfigError: naming both inputs and the output they would share; or an output with an unknown ending.
+    """
+    if output is not None:
+        check_name_length(output)
+    planned: dict[Path, Path] = {}
+    owner: dict[str, Path] = {}
+    for source, folder in pairs:
+        if not source.is_dir() and not is_supported_image(source):
+            continue  # refused as an input when its turn comes (the batch goes on), not for its output's name
+        target = check_name_length(output_path(source, output, folder, multiple))
+        check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+        key = os.path.normcase(os.path.abspath(target))
+        if key in owner and owner[key] != source:
+            raise ConfigError(
+                f"`{owner[key]}` and `{source}` would both be segmented into `{target}`",
+                hint="segment them into different -o folders, or rename one of them",
+            )
+        owner[key] = source
+        planned[source] = target
+    return planned
+
+
 def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str, int]) -> dict[str, float]:
-    """Per foreground label: volume in ml (3D) or area in mm² (2D)."""
+    """Per foreground label: volume in ml (3D) or area in mm² (2D; in pixels for pictures, whose spacing is 1)."""
     unit = float(np.prod(spacing)) / (1000.0 if labels.ndim == 3 else 1.0)
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names.values()) + 1)
     return {name: float(counts[v]) * unit for name, v in names.items() if v != 0}
@@ -222,7 +259,7 @@ def _segmenter_for(
 def segment_inputs(
     inputs: Sequence[str | Path],
     *,
-    output: Path | None = None,
+    output: str | Path | None = None,
     model: ModelArg | None = None,
     device: str = "auto",
     backend: str | None = None,
@@ -244,6 +281,8 @@ def segment_inputs(
     """Segment every input; see ``satseg segment --help`` for the options.
 
     Args:
+        output: the mask file (one input), or the folder of masks (several inputs, a folder, or a string
+            ending in ``/``); None writes each mask beside its input.
         model: a model (run folder, checkpoint, ONNX file, shipped name), a folder of fold runs or a list of
             models (averaged as one ensemble); None picks the shipped model each input fits.
         amp: autocast the windows (True, on any device, the CPU too), run float32 (False), or as each run
@@ -264,7 +303,11 @@ def segment_inputs(
     """
     pairs = expand_inputs(inputs)
     sources = [p for p, _ in pairs]  # every input of the run: no shard writes over any of them
-    multiple = len(pairs) > 1  # from the whole run: a shard with one input still writes into the folder
+    as_folder = isinstance(output, str) and output.endswith(("/", os.sep))  # `-o x.nii.gz/` names a folder
+    output = None if output is None else Path(output)
+    # from the whole run: a shard with one input still writes into the folder
+    multiple = len(pairs) > 1 or as_folder
+    targets = plan_outputs(pairs, output, multiple)  # the whole run, before sharding: no two share a mask
     report = SegmentReport(shard=shard, total_inputs=len(pairs))
     if shard is not None:
         pairs = shard_inputs(pairs, *shard)
@@ -273,36 +316,43 @@ def segment_inputs(
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
         _cached(model, cache, device, backend)
     with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
-        for source, folder in pairs:
+        for source, _folder in pairs:
             bar.item(source.name)
             started = time.perf_counter()
             try:
-                target = output_path(source, output, folder, multiple)
-                check_image_path(target)  # an unknown ending is refused now, not after minutes of inference
+                target = targets.get(source)
+                if target is None:
+                    read_image(source)  # says why the input cannot be read: missing, or not an image format
+                    raise DataError(f"`{source}` is not a supported image format")
                 if skip_existing and not overwrite and target.exists():
                     report.skipped.append(str(source))
                     continue
                 check_output(target, inputs=sources, overwrite=overwrite)
+                if save_probabilities:  # the longest name this input will get: too long is refused now
+                    leftover = skip_existing and not target.exists()  # an unfinished earlier run's (see below)
+                    probabilities = _extra_path(target, "_probabilities.nii.gz")
+                    check_output(probabilities, inputs=sources, overwrite=overwrite or leftover)
                 image = read_image(source)
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force, amp)
                 for misfit in misfits:
-                    logger.warning("%s: %s", source, misfit)
+                    logger.debug("%s: %s", source, misfit)  # the report prints it once
                 report.models[str(source)] = segmenter.name
                 seg = segmenter.segment(
                     image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
                     attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
                 )  # fmt: skip
                 written = _write_outputs(
-                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources,
+                    resume=skip_existing,
                 )
             except SatsegError as error:
                 report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-                logger.warning("%s: %s", source, error.message)
+                logger.debug("%s: %s", source, error.message)  # the report prints it once, at the end
                 continue
             except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
                 message, hint = _unforeseen(error)
                 report.failures.append({"input": str(source), "error": message, "hint": hint})
-                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
+                logger.debug("%s: %s", source, message, exc_info=True)
                 continue
             labels = seg.labels.array[0]
             report.results.append(
@@ -317,7 +367,8 @@ def segment_inputs(
                     "shape": list(labels.shape),
                     "spacing": list(image.spacing),
                     "window": list(seg.window),
-                    "unit": "ml" if labels.ndim == 3 else "mm2",
+                    # a picture has no physical spacing: its areas are pixel counts, not mm²
+                    "unit": "px" if image.source_format == "picture" else "ml" if labels.ndim == 3 else "mm2",
                     "volumes": label_volumes(labels, image.spacing, segmenter.labels),
                     "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
                                 "total_s": round(time.perf_counter() - started, 4)},
@@ -335,8 +386,14 @@ def _unforeseen(error: Exception) -> tuple[str, str]:
     return f"unexpected {type(error).__name__}{detail}", "the other files went on; please report this one"
 
 
+def _extra_path(target: Path, ending: str) -> Path:
+    """``<stem><ending>`` beside the mask ``<stem>_seg.<ext>``."""
+    stem = image_stem(target)
+    return target.parent / f"{stem.removesuffix('_seg')}{ending}"
+
+
 def _write_outputs(
-    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
+    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources, resume=False
 ) -> list[Path]:
     """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
@@ -347,11 +404,15 @@ def _write_outputs(
     extras += [(target.parent / f"{stem}_attention_{name}.nii.gz", a) for name, a in seg.attention.items()]
     if preview:
         extras.append((target.parent / f"{stem}_preview.png", None))
+    # A mask is written last: without it, extras already there are leftovers of this input's unfinished run
+    # (killed mid-write), which a resumed run (--skip-existing, --shard) replaces instead of failing on them.
+    unfinished = resume and not target.exists()
     for path in [target, *(p for p, _ in extras)]:
-        check_output(path, inputs=sources, overwrite=overwrite)
+        check_output(path, inputs=sources, overwrite=overwrite or (unfinished and path != target))
+    remove_stale_temporaries(target.parent, [target.name, *(p.name for p, _ in extras)])
     for path, extra in extras:
         if extra is not None:
-            write_image(extra, path, overwrite=overwrite)
+            write_image(extra, path, overwrite=overwrite or unfinished)
         else:
             overlay_png(image.array, seg.labels.array[0], image.spacing, path)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from satseg.data.grid import Grid, axis_order
 from satseg.data.io import Image
+from satseg.data.plan import preprocessing_steps
 
 __all__ = ["Misfit", "check_fit", "describe_scan", "looks_like_ct", "FOV_FACTOR", "SPACING_FACTOR", "VOXEL_FACTOR"]
 
@@ -109,6 +111,15 @@ def _intensity_misfits(image: Image, plan: dict[str, Any]) -> list[Misfit]:
     return []
 
 
+def _as_planned(image: Image, plan: dict[str, Any]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and spacing in the axis order preprocessing gives the scan (the plan's statistics are in it):
+    a sagittal scan of an axially planned model is compared after its reorientation, not in stored order."""
+    if not preprocessing_steps(plan).get("reorient"):
+        return image.spatial_shape, image.spacing
+    order = axis_order(Grid.of(image))
+    return tuple(image.spatial_shape[a] for a in order), tuple(image.spacing[a] for a in order)
+
+
 def _geometry_misfits(image: Image, plan: dict[str, Any]) -> list[Misfit]:
     if plan.get("size"):  # every image is resized to the plan's size: neither extent nor spacing matter
         return []
@@ -117,16 +128,17 @@ def _geometry_misfits(image: Image, plan: dict[str, Any]) -> list[Misfit]:
     if not median_shape or not plan_spacing or len(median_shape) != image.spatial_dims:
         return []  # a plan from before these statistics were recorded
     found = []
+    shape, spacing = _as_planned(image, plan)
     trained = _extent(median_shape, plan_spacing)
-    scan = _extent(image.spatial_shape, image.spacing)
+    scan = _extent(shape, spacing)
     ratios = [s / t for s, t in zip(scan, trained, strict=True)]
     if max(ratios) > FOV_FACTOR or min(ratios) < 1 / FOV_FACTOR:
         found.append(Misfit("field of view", f"{_mm(scan)}, the model knows about {_mm(trained)}"))
     target = plan.get("spacing")
     if target:
-        steps = [s / t for s, t in zip(image.spacing, target, strict=True)]
+        steps = [s / t for s, t in zip(spacing, target, strict=True)]
         if max(steps) > SPACING_FACTOR or min(steps) < 1 / SPACING_FACTOR:
-            detail = f"{_spacing_text(image.spacing)}, resampled to the model's {_spacing_text(target)}"
+            detail = f"{_spacing_text(spacing)}, resampled to the model's {_spacing_text(target)}"
             found.append(Misfit("spacing", detail, refuse=False))
         voxels = math.prod(max(1, round(e / t)) for e, t in zip(scan, target, strict=True))
         typical = math.prod(median_shape)

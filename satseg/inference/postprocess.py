@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,10 @@ def decide_lcc(
     from satseg.inference.segmenter import expand_models, load_segmenter
     from satseg.progress import ItemProgress
 
-    folders = [Path(r) for r in expand_models(runs)]
+    folders = []
+    for folder in (Path(r) for r in expand_models(runs)):  # one run given twice (`A A`, `A ./A`) counts once
+        if all(os.path.realpath(folder) != os.path.realpath(seen) for seen in folders):
+            folders.append(folder)
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"`{folder}`: post-processing is recorded in a run folder; this is not one")

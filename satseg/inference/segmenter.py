@@ -410,6 +410,19 @@ def load_segmenter(
     return _load_one(models[0], device, backend, amp)
 
 
+def _check_onnx_shape(predictor: OnnxPredictor, config: dict, path: Path) -> None:
+    """The graph takes the plan's channels and dimensions and gives one logit per label (a structural check)."""
+    plan = config["plan"]
+    expected = (int(plan["num_channels"]), len(plan["labels"]), int(plan["spatial_dims"]))
+    found = (predictor.in_channels, predictor.num_classes, predictor.spatial_dims)
+    if any(isinstance(f, int) and f != e for f, e in zip(found, expected, strict=True)):
+        raise CheckpointError(
+            f"`{path}`: its graph takes {found[0]} channel(s) in {found[2]}D and gives {found[1]} class(es), but its "
+            f"metadata describes {expected[0]} channel(s) in {expected[2]}D and {expected[1]} classes",
+            hint="export the model again with `satseg export-onnx`",
+        )
+
+
 def _load_one(
     model: str | Path, device: str, backend: str | None, amp: bool | None, cpu_onnx: bool = True
 ) -> Segmenter:
@@ -428,6 +441,7 @@ def _load_one(
             )
         predictor = OnnxPredictor(path, device=device)
         config = check_run_config(onnx_run_config(path, predictor.metadata), path)
+        _check_onnx_shape(predictor, config, path)
         check_patch_size(Segmenter(predictor, config, str(model), "onnx", torch_device).patch, path)
         return Segmenter(predictor, config, str(model), "onnx", torch_device)
     net, config = load_run(path)

@@ -343,7 +343,7 @@ class _LeanGeneric(LeanNet):
         for name, mod in list(m.named_modules()):
             if isinstance(mod, nn.Dropout | nn.Dropout2d | nn.Dropout3d) and name:
                 parent = m.get_submodule(name.rpartition(".")[0]) if "." in name else m
-                parent[int(name.rpartition(".")[2])] = nn.Identity()
+                setattr(parent, name.rpartition(".")[2], nn.Identity())  # an attribute or a Sequential's item
         self.m = m
 
     def forward(self, x: Tensor) -> Tensor:

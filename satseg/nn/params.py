@@ -5,6 +5,7 @@ The numbers behind the SAT paper's Table 3 (and more), measured on the models sa
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -114,6 +115,9 @@ def measure_variant(
         bytes of tensor storage the forward's operators allocate and keep alive at once (tracked at the
         dispatcher; allocator caching and kernel workspaces are not included).
     """
+    params = sum(p.numel() for p in model.parameters())
+    if not memory:  # shapes and FLOPs need no values: on the meta device nothing is allocated, whatever the patch
+        model = copy.deepcopy(model).to("meta")
     device = next(model.parameters()).device
     x = torch.zeros(1, model.in_channels, *patch, device=device)
     model.check_input_shape(x)
@@ -126,7 +130,7 @@ def measure_variant(
         else:
             model(x)
     return {
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
         "skip_channels": [int(out.shape[1]) for _, out in seen],
         "skip_bytes": sum(out.numel() * out.element_size() for _, out in seen),
         "flops": int(counter.get_total_flops()) if counter is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,14 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # NaN passes every `<`/`>` check below: refuse it (and infinity) first
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{item.name}` must be a finite number, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"`lr` (the learning rate) must be greater than 0, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"`seed` must be in [0, 2**32), got {self.seed}", hint="e.g. --seed 0")
         look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
         look_up_option(self.loss, LOSSES, "loss")
         look_up_option(self.scheduler, SCHEDULERS, "scheduler")

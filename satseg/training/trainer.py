@@ -7,12 +7,16 @@ would have done; with ``deterministic`` on the CPU a resumed run ends with bit-i
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
+import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from satseg import __version__
-from satseg.atomic import atomic_write_json, atomic_write_text
+from satseg.atomic import atomic_write_json, atomic_write_text, exclusive, remove_stale_temporaries
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.device import autocast_context, autocast_dtype
 from satseg.errors import CheckpointError, ConfigError
@@ -248,6 +252,21 @@ def prepare_run(
     return config, None
 
 
+def _check_resumed_data(out_dir: Path, data_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resumed run continues on the data it started with: the same plan and the same fold's cases."""
+    differs = []
+    if json.loads(json.dumps(saved.get("plan"))) != json.loads(json.dumps(now["plan"])):
+        differs.append("its plan (plan.json)")
+    if "cases" in saved and saved["cases"] != now["cases"]:  # runs from before cases were recorded: plan only
+        differs.append("the fold's train/val cases (splits.json)")
+    if differs:
+        raise ConfigError(
+            f"`{data_dir}` is not the data `{out_dir}` was trained on: {' and '.join(differs)} differ"
+            f" (the run started on `{saved.get('data_dir', '?')}`)",
+            hint="resume with the run's own --data folder, or train a new run with --out elsewhere",
+        )
+
+
 def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, Any], epochs_done: int) -> None:
     """Refuse settings a resumed run cannot take (rather than ignoring them without a word)."""
     conflicts = []
@@ -272,6 +291,43 @@ def _check_resume_overrides(out_dir: Path, saved: TrainConfig, given: dict[str, 
         )
 
 
+@contextlib.contextmanager
+def _keeps_global_torch_state() -> Iterator[None]:
+    """Restore what training changes process-wide: deterministic algorithms, cuDNN benchmark, the RNG state.
+
+    A library call must not leave the caller's process in another mode (e.g. deterministic algorithms that
+    make every later op slower or warn).
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_rng_state(rng)
+
+
+def _one_writer(func: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Run ``train`` holding the lock of an existing run folder: two ``--resume`` of one run cannot proceed
+    together. Under torchrun only rank 0 holds it (the other ranks are the same run)."""
+
+    @functools.wraps(func)
+    def locked(data_dir: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> TrainResult:
+        if Path(out_dir).is_dir() and int(os.environ.get("RANK", "0")) == 0:
+            with exclusive(out_dir, "training"):
+                for stale in remove_stale_temporaries(out_dir):  # a killed run's, never another's: we hold the lock
+                    logger.info("removed `%s`, left by an interrupted run", stale)
+                return func(data_dir, out_dir, *args, **kwargs)
+        return func(data_dir, out_dir, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
+@_keeps_global_torch_state()
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -349,6 +405,9 @@ def train(
         train_ids, val_ids = splits[config.fold]["train"], splits[config.fold]["val"]
     else:
         raise ConfigError(f"`fold` must be -1 (all cases) or 0..{len(splits) - 1}, got {config.fold}")
+    run_config["cases"] = {"train": sorted(train_ids), "val": sorted(val_ids)}
+    if payload is not None:
+        _check_resumed_data(out_dir, data_dir, payload["config"], run_config)
     # Every case is read before the run folder is made: unreadable data leaves no half-made run behind.
     train_cases = _load_cases(data_dir, train_ids, config.patch)
     # Every rank validates its share of the cases (ranks stay in step: none waits out another's validation).

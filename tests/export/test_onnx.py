@@ -4,13 +4,14 @@ import json
 import math
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from satseg.errors import CheckpointError, ConfigError
-from satseg.export.metadata import read_onnx_metadata
+from satseg.export.metadata import graph_digest, read_onnx_metadata
 from satseg.export.onnx import export_onnx
 from satseg.inference.backends import OnnxPredictor
 from satseg.inference.sliding_window import sliding_window_inference
@@ -102,7 +103,9 @@ def test_metadata_round_trip_and_atomic_replace(tmp_path):
     model = _tiny_model("unet2d")
     report = export_onnx(model, path, example_shape=(1, 2, 8, 8), metadata=metadata, check=False)
     assert report.max_abs_diff is None and report.size_bytes == path.stat().st_size
-    assert read_onnx_metadata(path) == metadata
+    stored = read_onnx_metadata(path)
+    assert stored.pop("satseg_graph_sha256") == graph_digest(onnx.load(str(path)))  # the graph, checked on load
+    assert stored == metadata
     assert json.loads(OnnxPredictor(path, device="cpu").metadata["plan"]) == plan
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left behind
 

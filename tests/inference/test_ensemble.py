@@ -117,6 +117,9 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
         assert json.loads((folder / POSTPROCESS_FILE).read_text(encoding="utf-8")) == record
     with pytest.raises(ConfigError, match="exists"):  # never replaced without --overwrite
         decide_lcc(folders, tmp_path / "pp")
+    # one run given twice (`postprocess A A`, `A ./A/`) counts its cases once
+    twice = decide_lcc([folders[0], folders[0], f"{folders[0]}/"], tmp_path / "pp", overwrite=True)
+    assert twice["cases"] == 2 and len(twice["runs"]) == 1
 
 
 def test_segment_applies_the_recorded_post_processing(runs):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -221,3 +222,52 @@ def test_ddp_validation_longer_than_the_process_group_timeout_finishes(tmp_path)
     expected = validate(model, cases, plan["labels"], (16, 16), torch.device("cpu"))
     assert len(cases) == 4
     assert float(line.split()[1]) == pytest.approx(float(np.mean(list(expected.values()))), abs=1e-9)
+
+
+def test_train_restores_the_global_torch_state_it_changes(tmp_path):
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()  # the run itself was deterministic
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_resume_refuses_other_data(tmp_path):
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    other = make_preprocessed(tmp_path / "other", 2, num_cases=5, shape=(32, 32), seed=1)
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    with pytest.raises(SatsegError, match="not the data") as caught:
+        train(other, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+    assert str(other) in caught.value.message and "plan" in caught.value.message
+    splits = json.loads((data / "splits.json").read_text())
+    splits[0]["train"], splits[0]["val"] = splits[0]["val"], splits[0]["train"]  # same plan, other cases
+    (data / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(SatsegError, match="train/val cases"):
+        train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
+
+
+def test_a_run_and_a_preprocessed_folder_have_one_writer_at_a_time(tmp_path):
+    from satseg.atomic import exclusive
+
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4, shape=(32, 32))
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=1, batch=2, patch=(32, 32), **{**TINY, "iters_per_epoch": 2})
+    train(data, tmp_path / "run", cfg, progress=False)
+    with exclusive(tmp_path / "run", "training"):  # as another `train --resume` of this run would hold it
+        with pytest.raises(SatsegError, match="in use") as caught:
+            train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)
+        assert str(tmp_path / "run") in caught.value.message
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == 1
+    (tmp_path / "run" / ".checkpoint_last.pt.k1ll3d00.tmp.pt").write_bytes(b"left by a SIGKILL")
+    train(data, tmp_path / "run", replace(cfg, epochs=2), resume=True, progress=False)  # free again
+    assert not (tmp_path / "run" / ".satseg.lock").exists()
+    assert not list((tmp_path / "run").glob(".*.tmp*"))  # the killed run's temporary is gone
+    raw = tmp_path / "data_raw"
+    with exclusive(data, "preprocessing"), pytest.raises(SatsegError, match="in use"):
+        preprocess_dataset(raw, data, folds=2, seed=0)
