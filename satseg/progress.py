@@ -14,7 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["TrainProgress", "ItemProgress"]
+__all__ = ["TrainProgress", "ItemProgress", "note"]
+
+
+def note(text: str) -> None:
+    """One line for the person at the terminal (stderr, so ``--json`` output on stdout stays clean)."""
+    Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True).print(text, highlight=False)
 
 
 class TrainProgress:

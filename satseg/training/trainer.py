@@ -30,7 +30,7 @@ from satseg.inference.sliding_window import autocast_context, run_amp_dtype
 from satseg.nn import SegmentationNet, build_model, explicit_model_config, legacy_model_config
 from satseg.nn.registry import model_accepts
 from satseg.plots import write_progress_plot
-from satseg.progress import TrainProgress
+from satseg.progress import TrainProgress, note
 from satseg.runs import BEST, LAST, RUN_CONFIG, check_patch_size, load_checkpoint, save_checkpoint
 from satseg.training.augment import AugmentConfig, augment_batch
 from satseg.training.config import TrainConfig
@@ -38,6 +38,7 @@ from satseg.training.distributed import DistContext, init_distributed
 from satseg.training.ema import WeightEMA
 from satseg.training.losses import deep_supervision_loss
 from satseg.training.patches import PatchBatches, TrainingCase, make_training_case, to_device
+from satseg.training.planner import default_net, plan_training
 from satseg.training.validation import validate
 
 __all__ = [
@@ -96,8 +97,17 @@ class TrainResult:
         }
 
 
-def _default_batch(spatial_dims: int) -> int:
-    return 2 if spatial_dims == 3 else 12
+def _check_dimensions(model_cfg: dict[str, Any], spatial_dims: int, net: str, model: Any = None) -> None:
+    """Refuse a backbone of the wrong dimensionality before anything is planned or built for real."""
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(**model_cfg)
+    if int(model.spatial_dims) != spatial_dims:
+        raise ConfigError(
+            f"`--net {net}` is {model.spatial_dims}D but the dataset is {spatial_dims}D",
+            hint=f"leave --net out (a {spatial_dims}D U-Net is planned) or pick a {spatial_dims}D backbone, "
+            f"e.g. --net {default_net(spatial_dims)}",
+        )
 
 
 def mean_dice(per_class: dict[str, float]) -> float:
@@ -309,7 +319,19 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     spatial_dims = int(plan["spatial_dims"])
-    patch = check_patch_size(config.patch or plan["patch_size"])
+    labels: dict[str, int] = plan["labels"]
+    # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
+    # records every option whose default may change, so its checkpoints keep meaning the same model
+    train_plan = None
+    if payload is not None:
+        model_cfg = legacy_model_config(dict(payload["config"]["model"]))
+    else:
+        if config.net is None:
+            config = replace(config, net=default_net(spatial_dims))
+        model_cfg = explicit_model_config(_model_config(config, plan))
+        _check_dimensions(model_cfg, spatial_dims, config.net)
+        config, model_cfg, train_plan = plan_training(config, plan, ctx.device, model_cfg, set(config.model_options))
+    patch = check_patch_size(config.patch)
     if len(patch) != spatial_dims:
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
     largest = plan.get("median_shape") or patch
@@ -317,23 +339,19 @@ def train(
         logger.warning(
             "patch %s is over twice the median case shape %s: most of every patch is padding", patch, largest
         )
-    config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
-    labels: dict[str, int] = plan["labels"]
-    # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
-    # records every option whose default may change, so its checkpoints keep meaning the same model
-    if payload is not None:
-        model_cfg = legacy_model_config(dict(payload["config"]["model"]))
-    else:
-        model_cfg = explicit_model_config(_model_config(config, plan))
     torch.manual_seed(config.seed)  # the initial weights, too, follow from the seed
     model = build_model(**model_cfg)
-    if int(model.spatial_dims) != spatial_dims:
-        raise ConfigError(f"`--net {config.net}` is {model.spatial_dims}D but the dataset is {spatial_dims}D")
-    if any(p % model.input_divisor for p in patch):
+    _check_dimensions(model_cfg, spatial_dims, config.net, model)
+    divisors = model.axis_divisors()
+    if any(p % d for p, d in zip(patch, divisors, strict=True)):
+        shown = divisors[0] if len(set(divisors)) == 1 else divisors
         raise ConfigError(
-            f"patch {patch} must be divisible by {model.input_divisor} for `{config.net}`",
-            hint=f"use --patch {' '.join(str(-(-p // model.input_divisor) * model.input_divisor) for p in patch)}",
+            f"patch {patch} must be divisible by {shown} for `{config.net}`",
+            hint=f"use --patch {' '.join(str(-(-p // d) * d) for p, d in zip(patch, divisors, strict=True))}",
         )
+    if train_plan is not None and progress and ctx.is_main:
+        for line in train_plan.lines():
+            note(line)
     run_config = {
         "satseg_version": __version__,
         "model": model_cfg,
@@ -341,6 +359,10 @@ def train(
         "plan": plan,
         "data_dir": str(data_dir.resolve()),
     }
+    if train_plan is not None:
+        run_config["train_plan"] = train_plan.to_dict()
+    elif payload is not None and "train_plan" in payload["config"]:
+        run_config["train_plan"] = payload["config"]["train_plan"]
 
     splits = load_splits(data_dir)
     if config.fold == -1:
