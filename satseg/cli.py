@@ -282,12 +282,14 @@ def train(
     patch: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST, rich_help_panel=_DATA
+            metavar="SIZES",
+            help="Patch per axis, e.g. 96,96,96 \\[default: planned for the data and device]." + _LIST,
+            rich_help_panel=_DATA,
         ),
     ] = None,
     batch: Annotated[
         int | None,
-        typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].", rich_help_panel=_DATA),
+        typer.Option(help="Patches per batch \\[default: planned for the device].", rich_help_panel=_DATA),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
@@ -305,8 +307,13 @@ def train(
         bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
     net: Annotated[
-        str, typer.Option(parser=registry_choice("net"), help="Backbone: {models}.", rich_help_panel=_MODEL)
-    ] = "unet3d",
+        str | None,
+        typer.Option(
+            parser=registry_choice("net"),
+            help="Backbone: {models}. Default: the U-Net of the data's dimensionality.",
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
     skip: Annotated[
         str, typer.Option(parser=registry_choice("skip"), help="Skip gate: {gates}.", rich_help_panel=_MODEL)
     ] = "sat",
@@ -328,7 +335,17 @@ def train(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
     iters: Annotated[
-        int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].", rich_help_panel=_OPTIM)
+        int | None,
+        typer.Option(
+            "--iters", help="Batches per epoch \\[default: planned, ~2 min on a CPU].", rich_help_panel=_OPTIM
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Total training steps: the budget that does not depend on the machine's load (sets --epochs).",
+            rich_help_panel=_OPTIM,
+        ),
     ] = None,
     optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.", rich_help_panel=_OPTIM)] = "adadelta",
     lr: Annotated[
@@ -391,7 +408,11 @@ def train(
         int | None, typer.Option(help="Validate every N epochs \\[default: 1].", rich_help_panel=_RUN)
     ] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that passes this budget.", rich_help_panel=_RUN)
+        float | None,
+        typer.Option(
+            help="Stop at the first step past this many minutes (the LR does not anneal: prefer --steps).",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=_RUN)
@@ -421,7 +442,7 @@ def train(
         net=net, skip=skip, fold=fold_number, optimizer=optimizer, loss=loss, scheduler=scheduler,
         select_l1=select_l1, select_lr_scale=select_lr_scale, augment=augment, elastic=elastic,
         deep_supervision=deep_supervision, amp=amp, amp_dtype=amp_dtype, compile=compile, seed=seed,
-        deterministic=deterministic, model_options=model_options, **changeable,
+        deterministic=deterministic, model_options=model_options, steps=steps, **changeable,
     )  # fmt: skip
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
@@ -434,12 +455,36 @@ def train(
     if json_output:
         print_json(summaries if every_fold else summaries[0])
         return
-    for result, summary in zip(results, summaries, strict=True):
-        out.print(
-            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
-            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
-            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+    for summary in summaries:
+        for line in _train_summary_lines(summary):
+            out.print(line, highlight=False)
+
+
+def _dice_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _train_summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A finished run in short lines (80 columns); epochs are counted from 1, as the progress shows them."""
+    lines = [
+        f"run `{summary['run_dir']}`:",
+        f"  {summary['epochs_done']} of {summary['epochs_planned']} epochs, {summary['steps_done']} steps this session",
+        f"  val Dice {_dice_text(summary['val_dice'])} ({summary['val_dice_weights']} weights, "
+        "in checkpoint_last.pt)",
+    ]
+    if summary["best_epoch"] is not None:
+        lines.append(
+            f"  best epoch {summary['best_epoch']}: {_dice_text(summary['best_dice'])} "
+            "(optimistic: chosen on this same validation)"
         )
+    if summary["stopped_by_budget"]:
+        lines += [
+            f"  stopped by --max-minutes after epoch {summary['epochs_done']} of {summary['epochs_planned']}: the",
+            f"  learning rate was still {summary['lr_fraction_at_stop']:.2f} of its start (never annealed), so",
+            "  this is an unfinished run; `--resume` continues it, and --steps N gives a",
+            "  budget that ends with the schedule (the same on an idle or a busy machine)",
+        ]
+    return lines
 
 
 @app.command()

@@ -81,6 +81,11 @@ class TrainResult:
     is_main: bool = True
     final_dice: float | None = None
     final_weights: str = "final"
+    stopped_by_budget: bool = False
+    epochs_planned: int | None = None
+    steps_done: int = 0
+    lr_at_stop: float | None = None
+    max_minutes: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """Plain-JSON summary for ``--json``."""
@@ -90,7 +95,11 @@ class TrainResult:
             "val_dice": self.final_dice,
             "val_dice_weights": self.final_weights,
             "best_dice": self.best_dice,
-            "best_epoch": self.best_epoch,
+            "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
+            "epochs_planned": self.epochs_planned,
+            "steps_done": self.steps_done,
+            "stopped_by_budget": self.stopped_by_budget,
+            "lr_fraction_at_stop": None if self.lr_at_stop is None else round(self.lr_at_stop, 3),
             "best_dice_note": "optimistic: the epoch was chosen on this same validation",
             "last_dice": self.last_dice,
             "seconds": round(self.seconds, 2),
@@ -465,11 +474,14 @@ def _run(
     if config.compile:
         step_model = torch.compile(step_model)
     batches_per_rank = math.ceil(config.iters_per_epoch / ctx.world_size)
+    budget_seconds = None if config.max_minutes is None else 60.0 * config.max_minutes
+    stopped = False
     aug_gen = torch.Generator(device=device)
     started = time.perf_counter()
     progress = TrainProgress(config.epochs, batches_per_rank, start_epoch, enabled=show_progress)
     last_dice: dict[str, float] = {}
-    epoch = start_epoch
+    epoch = epoch_stop = start_epoch
+    steps_done = 0
     with progress:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -503,6 +515,9 @@ def _run(
             losses = []
             progress.start_epoch(epoch)
             for image, label in loader:
+                if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
+                    stopped = True  # checked before every step, so a long epoch never overruns the budget
+                    break
                 image = image.to(device, non_blocking=True)
                 label = label.to(device, non_blocking=True)
                 if config.augment:
@@ -531,8 +546,18 @@ def _run(
                 losses.append(loss.item())
                 progress.step(losses[-1])
 
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses))}
-            validate_now = val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            if ctx.distributed:  # every rank stops at the same step when one's clock has passed the budget
+                flag = torch.tensor([float(stopped)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stopped = bool(flag.item())
+            if not losses:  # the budget was spent before this epoch's first step
+                epoch_stop = epoch
+                break
+            steps_done += len(losses)
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "steps": len(losses)}
+            validate_now = val_cases and (
+                (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs or stopped
+            )
             shipped = ema.module if ema is not None else model  # the weights validated, saved and shipped
             if ctx.is_main and validate_now:
                 val_start = time.perf_counter()
@@ -567,19 +592,19 @@ def _run(
             ctx.barrier()
             for callback in callbacks:
                 callback(epoch, row)
-            elapsed = time.perf_counter() - started
-            # Stop when the next epoch would likely overrun the budget (epochs take about the same time).
-            if config.max_minutes is not None and elapsed * (epoch + 2 - start_epoch) / (epoch + 1 - start_epoch) > (
-                60 * config.max_minutes
-            ):
-                logger.info("stopping after epoch %d: the %.1f-minute budget is spent", epoch, config.max_minutes)
-                epoch += 1
+            if stopped:
+                epoch_stop = epoch + 1
                 break
         else:
-            epoch = config.epochs
+            epoch_stop = config.epochs
+    epoch = epoch_stop
+    if stopped and ctx.is_main:
+        logger.info("stopped by the %.1f-minute budget after %d steps", config.max_minutes, steps_done)
     final = history[-1] if history and int(history[-1]["epoch"]) == epoch - 1 else {}
     final_dice = float(final["dice_mean"]) if final.get("dice_mean") not in (None, "") else None
     return TrainResult(
         out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main,
-        final_dice, "ema" if ema is not None else "final",
+        final_dice, "ema" if ema is not None else "final", stopped_by_budget=stopped, epochs_planned=config.epochs,
+        steps_done=steps_done, lr_at_stop=_lr_at(config, epoch) / config.learning_rate if stopped else None,
+        max_minutes=config.max_minutes,
     )  # fmt: skip

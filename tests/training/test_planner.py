@@ -81,3 +81,22 @@ def test_train_without_net_plans_a_3d_unet_with_in_plane_pooling_and_records_it(
     assert saved["train"]["iters_per_epoch"] == 3 and saved["train"]["steps"] == 3
     model, _ = load_run(tmp_path / "run")  # rebuilds the planned net
     assert model.strides == ((1, 2, 2), (1, 2, 2)) and model.axis_divisors() == (1, 4, 4)
+
+
+def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(thick_slices, tmp_path, monkeypatch):
+    from satseg.cli import _train_summary_lines
+    from satseg.training import trainer
+
+    clock = iter(range(0, 10**6, 10))  # a fake clock: every reading is 10 s later than the one before
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(clock)))
+    config = TrainConfig(epochs=3, iters_per_epoch=50, batch=2, patch=(8, 16, 16), max_minutes=1.0, device="cpu",
+                         model_options={"features": [4, 8, 16]})  # fmt: skip
+    result = train(thick_slices, tmp_path / "run", config, progress=False)
+    assert result.stopped_by_budget and result.epochs_done == 1
+    assert 0 < result.steps_done < 50  # stopped inside the first epoch, not at its end
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "dice_mean" in rows[0]  # the stopped epoch is validated and saved
+    summary = result.summary()
+    assert summary["lr_fraction_at_stop"] == pytest.approx((1 - 1 / 3) ** 0.9, abs=1e-3)
+    lines = _train_summary_lines(summary)
+    assert any("never annealed" in line for line in lines) and all(len(line) <= 80 for line in lines[1:])
