@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
@@ -663,17 +662,38 @@ def preprocess(
     if as_json:
         print_json(summary)
     else:
-        if plan.get("pairing"):
-            summary["pairing"] = _pairing_text(plan["pairing"])
-        lines = "\n".join(f"{k}: {v}" for k, v in summary.items())
-        out.print(Panel(lines, title="satseg preprocess", expand=False), soft_wrap=False)  # wrap long lines, not cut
+        for line in _preprocess_lines(summary, plan):
+            out.print(line, highlight=False)
 
 
-def _pairing_text(pairing: dict[str, Any]) -> str:
-    """``image/ ↔ label/ by leading case id: 20 pairs, e.g. 21_training.tif ↔ 21_manual1.gif``."""
-    folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
-    text = f"{folders} by {pairing['by']}: {pairing['pairs']} pairs"
-    return text + (f", e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}" if pairing["example"] else "")
+def _preprocess_lines(summary: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The preprocess summary in plain words (no Python reprs), each line short."""
+    grid = (
+        f"spacing {' × '.join(f'{v:g}' for v in plan['spacing'])} mm"
+        if plan.get("spacing")
+        else (f"resized to {' × '.join(map(str, plan['size']))}" if plan.get("size") else "each image's own grid")
+    )
+    labels = ", ".join(f"{value} {name}" for name, value in sorted(plan["labels"].items(), key=lambda kv: kv[1]))
+    lines = [
+        f"preprocessed into `{summary['output']}` in {summary['seconds']:.1f} s",
+        f"  cases: {summary['written']} written, {summary['reused']} reused"
+        + (f", {len(summary['skipped_bad'])} skipped (bad)" if summary["skipped_bad"] else ""),
+        f"  {plan['spatial_dims']}D {plan['modality']}, {grid}",
+        f"  labels: {labels}",
+    ]
+    pairing = plan.get("pairing")
+    if pairing:
+        folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+        lines.append(f"  pairs: {pairing['pairs']}, {folders} by {pairing['by']}")
+        if pairing.get("example"):
+            lines.append(f"    e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}")
+        if pairing.get("mask_values"):
+            lines.append(f"  mask values: {pairing['mask_values']}")
+        if pairing.get("ignored_folders"):
+            lines.append(f"  folders not used: {', '.join(pairing['ignored_folders'])}")
+    if summary["skipped_bad"]:
+        lines.append(f"  skipped: {', '.join(summary['skipped_bad'])}")
+    return lines
 
 
 def _bad_table(bad: list, title: str = "cases that failed validation") -> None:

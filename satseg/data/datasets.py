@@ -410,6 +410,10 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
         "by": rule,
         "pairs": len(pairs),
         "example": [example[0].name, example[1].name] if example else None,
+        "mask_values": _mask_mapping(example[1]) if example else None,
+        "ignored_folders": sorted(
+            f"{p.name}/" for p in _files(root) if p.is_dir() and p.resolve() not in (image_dir, mask_dir)
+        ),
     }
     if example:
         log.info("paired %d image(s) in `%s/` with masks in `%s/` by %s (e.g. `%s` ↔ `%s`)", len(pairs),
@@ -425,6 +429,26 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
         except (TypeError, ValueError) as err:
             raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
     return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True, pairing=pairing)
+
+
+def _mask_mapping(mask: Path) -> str | None:
+    """How the example mask's values become labels, in words (e.g. ``255 → 1``), for the preprocess summary."""
+    from satseg.data.io import read_image
+
+    try:
+        array = read_image(mask).array
+    except Exception:  # noqa: BLE001 - a summary line only; validation reports unreadable masks properly
+        return None
+    if array.ndim == 2:
+        array = array[None]
+    labels = mask_to_labels(array)
+    before = sorted(np.unique(array).tolist())
+    after = sorted(np.unique(labels).tolist())
+    if array.shape[0] > 1 and not all(np.array_equal(array[0], array[c]) for c in range(1, array.shape[0])):
+        return "colour mask: any non-zero colour → 1"
+    if before == after:
+        return f"values kept as labels ({', '.join(map(str, after[:6]))})"
+    return ", ".join(f"{b} → {a}" for b, a in zip(before, after, strict=False))
 
 
 def mask_to_labels(array: np.ndarray) -> np.ndarray:

@@ -108,22 +108,25 @@ class TrainPlan:
         }
 
     def lines(self) -> list[str]:
-        """The plan in a few short lines (each under 80 columns)."""
+        """The plan in a few short lines (each under 80 columns); ``*``: planned, not given."""
         auto = set(self.planned)
 
         def mark(name: str) -> str:
-            return " (planned)" if name in auto else ""
+            return "*" if name in auto else ""
 
         out = [
-            f"plan: {self.net}{mark('net')} on {self.device}; patch {'×'.join(map(str, self.patch))}"
+            f"plan: {self.net}{mark('net')} on {self.device}, patch {'×'.join(map(str, self.patch))}"
             f"{mark('patch')}, batch {self.batch}{mark('batch')}",
             f"  {self.epochs} epochs × {self.iters_per_epoch} steps{mark('iters_per_epoch')}"
-            f" = {self.epochs * self.iters_per_epoch} steps; ~{self.step_gflops:.0f} GFLOP and"
-            f" ~{self.step_memory_mib:.0f} MiB a step (budget {self.memory_budget_mib:.0f} MiB)",
+            f" = {self.epochs * self.iters_per_epoch} steps",
+            f"  a step: ~{self.step_gflops:.0f} GFLOP, ~{self.step_memory_mib:.0f} MiB"
+            f" (budget {self.memory_budget_mib:.0f} MiB)",
         ]
         if self.strides is not None:
             text = " ".join("×".join(map(str, s)) for s in self.strides)
             out.append(f"  pooling per level: {text}{mark('strides')}")
+        if auto:
+            out.append("  (* planned for this data and device; give the option to set it)")
         return out
 
 
