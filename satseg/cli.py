@@ -765,6 +765,7 @@ def segment(
         tile=_tile(tile), tta=tta, save_probabilities=save_probabilities, save_attention=save_attention,
         preview=preview, overwrite=overwrite, skip_existing=skip_existing,
         shard=None if shard is None else parse_shard(shard), force=force, lcc=lcc, progress=True,
+        on_done=None if as_json else _print_segment_line,
     )  # fmt: skip
     _print_segment_report(report, as_json)
     if report.failures:
@@ -779,14 +780,21 @@ def _print_segment_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json({"results": report.results, "failures": report.failures, "skipped": report.skipped})
         return
-    for result in report.results:
-        for warning in result["warnings"]:
-            err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
-        sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
-        out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
-    for failure in report.failures:
-        hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-        err.print(Text.assemble(("error:", "red"), f" `{failure['input']}`: {failure['error']}{hint}"), highlight=False)
+    if not report.results and not report.failures and not report.skipped:
+        err.print("nothing to segment", highlight=False)
+
+
+def _print_segment_line(kind: str, entry: dict[str, Any]) -> None:
+    """One input's line as soon as it finishes: its mask and volumes on stdout, or its error on stderr."""
+    if kind == "failure":
+        err.print(Text.assemble(("error:", "red"), f" `{entry['input']}`: {entry['error']}"), highlight=False)
+        if entry["hint"]:
+            err.print(f"hint: {entry['hint']}", highlight=False)
+        return
+    for warning in entry["warnings"]:
+        err.print(f"warning: `{entry['input']}`: {warning}", highlight=False)
+    sizes = ", ".join(f"{k} {v:.2f} {entry['unit']}" for k, v in entry["volumes"].items())
+    out.print(f"{entry['outputs'][0]}  ({entry['model']}; {sizes})", highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:

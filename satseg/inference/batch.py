@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,23 @@ def _refusal(misfits: list[Misfit]) -> str:
     return "; ".join(str(m) for m in misfits if m.refuse)
 
 
+FORCEABLE = ("field of view",)
+"""Refusals ``--force`` may override with a meaningful result: a crop or a wider view of the same kind of
+scan can still show the structure. Other intensities (CT against MRI), other dimensions or far too many
+voxels cannot, so ``--force`` is not offered for them."""
+
+
+def _forceable(misfits: list[Misfit]) -> bool:
+    return all(m.what in FORCEABLE for m in misfits if m.refuse)
+
+
+def _train_hint(image: Image) -> str:
+    return (
+        f"it needs a model trained on scans like it ({describe_scan(image)}): satseg preprocess DATASET -o PP; "
+        "satseg train --data PP --out RUN; then --model RUN"
+    )
+
+
 def _segmenter_for(
     image: Image, source: Path, model: ModelArg | None, cache: dict, device: str, backend: str | None, force: bool
 ) -> tuple[Segmenter, list[Misfit]]:
@@ -191,7 +208,7 @@ def _segmenter_for(
         if _refusal(misfits) and not force:
             raise DataError(
                 f"does not fit model `{segmenter.name}`: {_refusal(misfits)}",
-                hint=f"it needs a model trained on scans like it ({describe_scan(image)}); or pass --force",
+                hint=_train_hint(image) + ("; or pass --force to try this model anyway" if _forceable(misfits) else ""),
             )
         return segmenter, misfits
     default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
@@ -203,12 +220,12 @@ def _segmenter_for(
             return segmenter, misfits
         tried.append((segmenter, misfits))
     if force:
-        return tried[0]
+        return next(((s, m) for s, m in tried if _forceable(m)), tried[0])
     reasons = "; ".join(f"`{s.name}` knows other scans: {_refusal(m)}" for s, m in tried)
+    closest = next((s for s, m in tried if _forceable(m)), None)
     raise DataError(
         f"no shipped model fits this {describe_scan(image)} ({reasons})",
-        hint="train a model on such scans (satseg preprocess, satseg train) and pass --model RUN; "
-        "or pass --force to segment with the closest shipped model anyway",
+        hint=_train_hint(image) + (f"; or pass --force to try `{closest.name}` anyway" if closest else ""),
     )
 
 
@@ -232,6 +249,7 @@ def segment_inputs(
     force: bool = False,
     lcc: bool | None = None,
     progress: bool = False,
+    on_done: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> SegmentReport:
     """Segment every input; see ``satseg segment --help`` for the options.
 
@@ -247,6 +265,8 @@ def segment_inputs(
         force: segment inputs that do not fit the model's training data (the differences are warnings).
         lcc: largest-component post-processing for every class (True), none (False) or as the run records.
         progress: show bars over the inputs and the current input's windows, with remaining time, on stderr.
+        on_done: called as each input finishes, with ``"result"`` or ``"failure"`` and its report entry (the
+            command line prints each file's line then, not at the end).
 
     Returns:
         A report with, per input, the files written, per-label volumes and timings, the failures and the
@@ -286,13 +306,12 @@ def segment_inputs(
                     source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
                 )
             except SatsegError as error:
-                report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-                logger.warning("%s: %s", source, error.message)
+                _fail(report, on_done, {"input": str(source), "error": error.message, "hint": error.hint})
                 continue
             except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
                 message, hint = _unforeseen(error)
-                report.failures.append({"input": str(source), "error": message, "hint": hint})
-                logger.warning("%s: %s", source, message, exc_info=logger.isEnabledFor(logging.DEBUG))
+                logger.debug("%s: %s", source, message, exc_info=True)
+                _fail(report, on_done, {"input": str(source), "error": message, "hint": hint})
                 continue
             labels = seg.labels.array[0]
             report.results.append(
@@ -313,7 +332,18 @@ def segment_inputs(
                                 "total_s": round(time.perf_counter() - started, 4)},
                 }
             )  # fmt: skip
+            if on_done is not None:
+                on_done("result", report.results[-1])
     return report
+
+
+def _fail(report: SegmentReport, on_done: Callable | None, failure: dict[str, Any]) -> None:
+    """Record a failed input; it is reported once (by ``on_done``, or by whoever reads the report)."""
+    report.failures.append(failure)
+    if on_done is not None:
+        on_done("failure", failure)
+    else:
+        logger.debug("%s: %s", failure["input"], failure["error"])
 
 
 def _unforeseen(error: Exception) -> tuple[str, str]:

@@ -335,10 +335,9 @@ def train(
     if payload is not None:
         model_cfg = legacy_model_config(dict(payload["config"]["model"]))
     else:
-        if config.net is None:
-            config = replace(config, net=default_net(spatial_dims))
-        model_cfg = explicit_model_config(_model_config(config, plan))
-        _check_dimensions(model_cfg, spatial_dims, config.net)
+        net = config.net or default_net(spatial_dims)
+        model_cfg = explicit_model_config(_model_config(replace(config, net=net), plan))
+        _check_dimensions(model_cfg, spatial_dims, net)
         config, model_cfg, train_plan = plan_training(config, plan, ctx.device, model_cfg, set(config.model_options))
     patch = check_patch_size(config.patch)
     if len(patch) != spatial_dims:
