@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -259,6 +260,8 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
         strict=True,
     ):
         assert name in line and reason in line, line
+        # each error once (not logged, then listed again); progress-bar lines aside
+        assert len([x for x in result.stderr.splitlines() if name in x and "━" not in x]) == 1
     assert _tmp_leftovers(tmp_path) == []
 
     # the outputs exist now: without --overwrite each good input fails naming its output; the bad ones fail again
@@ -278,6 +281,25 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
     assert replaced.exit_code == 1  # the three bad inputs still fail
     _assert_same_grid(out / "a_seg.nii.gz", batch / "a.nii.gz")
     assert _tmp_leftovers(tmp_path) == []
+
+
+def test_each_file_is_reported_as_it_finishes(model3d, tmp_path, monkeypatch):
+    from satseg.inference import batch as batch_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        sitk.WriteImage(_sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE), str(folder / f"{name}.nii.gz"))
+    (folder / "c_corrupt.nii.gz").write_bytes(b"not a NIfTI file")
+    events = []
+    reader = batch_module.read_image
+    monkeypatch.setattr(batch_module, "read_image", lambda p: events.append(("read", p.name)) or reader(p))
+    batch_module.segment_inputs(
+        [folder], output=tmp_path / "out", model=str(model3d[0]), device="cpu",
+        on_done=lambda kind, entry: events.append((kind, Path(entry["input"]).name)),
+    )  # fmt: skip
+    assert events == [("read", "a.nii.gz"), ("result", "a.nii.gz"), ("read", "b.nii.gz"), ("result", "b.nii.gz"),
+                      ("read", "c_corrupt.nii.gz"), ("failure", "c_corrupt.nii.gz")]  # fmt: skip
 
 
 def test_masks_written_beside_the_inputs_are_not_segmented_again(model3d, tmp_path):
