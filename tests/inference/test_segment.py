@@ -261,7 +261,7 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
     ):
         assert name in line and reason in line, line
         # each error once (not logged, then listed again); progress-bar lines aside
-        assert len([x for x in result.stderr.splitlines() if name in x and "━" not in x]) == 1
+        assert len([x for x in result.stderr.splitlines() if name in x and "remaining" not in x]) == 1
     assert _tmp_leftovers(tmp_path) == []
 
     # the outputs exist now: without --overwrite each good input fails naming its output; the bad ones fail again
