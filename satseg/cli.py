@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer._click.exceptions import UsageError
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
@@ -41,9 +42,22 @@ class _SatsegGroup(TyperGroup):
             rest = gather_list_values(rest, command.params)
         return name, command, rest
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_params_help(self, ctx, formatter)
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=500)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, text in rows if not self.get_command(ctx, name).hidden])
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageError as error:  # a missing or unknown option: the same one-line style, exit code 2
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err.print(f"[red]error:[/] {error.format_message()}", markup=True, highlight=False)
+            where = error.ctx.command_path if error.ctx is not None else "satseg"
+            err.print(f"hint: see `{where} --help`", highlight=False)
+            raise typer.Exit(2) from None
         except (Exit, Abort, TyperException):
             raise
         except SatsegError as error:
@@ -74,6 +88,85 @@ class _SatsegGroup(TyperGroup):
             err.print(f"[red]error:[/] unexpected {type(error).__name__}: {error}", markup=True, highlight=False)
             err.print("hint: rerun with `satseg --debug …` for the traceback and report it", highlight=False)
             raise typer.Exit(1) from None
+
+
+class _SatsegCommand(TyperCommand):
+    """A command whose ``--help`` is whole at any width: option names never cut, help wrapped beneath them.
+
+    Options are grouped by their ``rich_help_panel`` (data, model, …) into sections of click's own help
+    formatter, which puts a long option name on its own line instead of cutting it.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_params_help(self, ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
+
+    def format_help_text(self, ctx: Any, formatter: Any) -> None:
+        _format_help_text(self, formatter)
+
+
+def _format_help_text(command: Any, formatter: Any) -> None:
+    if command.help:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            for paragraph in _plain(command.help).split("\n\n"):
+                formatter.write_text(" ".join(paragraph.split()))
+
+
+def _format_params_help(self: Any, ctx: Any, formatter: Any) -> None:
+    self.format_usage(ctx, formatter)
+    _format_help_text(self, formatter)
+    sections: dict[str, list[tuple[str, str]]] = {}
+    for param in self.get_params(ctx):
+        record = _help_record(param, ctx)
+        if record is not None:
+            default = "Arguments" if param.param_type_name == "argument" else "Options"
+            sections.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+    for name, rows in sections.items():
+        with formatter.section(name):
+            formatter.write_dl(rows)
+
+
+def _plain(text: str) -> str:
+    """Help text without rich's escapes and markup (``\\[default: …]`` → ``[default: …]``)."""
+    return text.replace("\\[", "[")
+
+
+def _metavar(param: Any) -> str:
+    """What an option takes, in capitals (``PATH``, ``INT``), or nothing for a flag."""
+    if getattr(param, "is_flag", False):
+        return ""
+    if param.metavar:
+        return param.metavar
+    bare = param.bare_type()
+    element = bare[5:-1] if bare.startswith("list[") else bare
+    names = {"bool": "", "int": "INT", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
+    return names.get(element, element.upper())
+
+
+def _help_record(param: Any, ctx: Any) -> tuple[str, str] | None:
+    if getattr(param, "hidden", False):
+        return None
+    metavar = _metavar(param)
+    if param.param_type_name == "argument":
+        name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+        return name, _plain(param.help or "")
+    names = ", ".join(param.opts)
+    if param.secondary_opts:
+        names += " / " + ", ".join(param.secondary_opts)
+    text = _plain(param.help or "")
+    default = param.default
+    hidden_default = default is None or default is False or default is ... or getattr(param, "is_flag", False)
+    if param.show_default is not False and not hidden_default:
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        text += f" [default: {shown}]" if "[default:" not in text else ""
+    elif getattr(param, "is_flag", False) and param.secondary_opts and param.default is not None:
+        chosen = param.opts[0] if param.default else param.secondary_opts[0]
+        text += f" [default: {chosen}]"
+    return (f"{names} {metavar}" if metavar else names), text.strip()
 
 
 app = typer.Typer(
@@ -265,7 +358,7 @@ def _net_option_flag(**kwargs: Any) -> Any:
     )
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -486,7 +579,7 @@ def _train_summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def evaluate(
     pred: Annotated[Path | None, typer.Option("--pred", exists=True, file_okay=False, help="Predicted labels.")] = None,
     gt: Annotated[Path | None, typer.Option("--gt", exists=True, file_okay=False, help="Reference labels.")] = None,
@@ -599,14 +692,15 @@ def params(
         _print_table(params_table(rows))
 
 
-app.command("params")(params)
-app.command("count-params", hidden=True)(params)
+app.command("params", cls=_SatsegCommand)(params)
+app.command("count-params", hidden=True, cls=_SatsegCommand)(params)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def preprocess(
     dataset: Annotated[
-        Path | None, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder.")
+        Path | None,
+        typer.Argument(metavar="DATASET", help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder."),
     ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")] = ...,
     images: Annotated[
@@ -706,9 +800,11 @@ def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
     err.print(table)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUT", help="Image files, folders of images, or DICOM series folders.")
+    ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file, or folder for several.")] = None,
     model: Annotated[
         list[str] | None,
@@ -805,9 +901,9 @@ def _tile(values: list[str]) -> str | tuple[int, ...]:
     return parse_sizes(items)
 
 
-@app.command("export-onnx")
+@app.command("export-onnx", cls=_SatsegCommand)
 def export_onnx_command(
-    run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run folder, checkpoint or shipped model name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     overwrite: Annotated[
@@ -831,9 +927,11 @@ def export_onnx_command(
                   f"{report.max_abs_diff:.2e} over shapes {list(report.checked_shapes)}", highlight=False)  # fmt: skip
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def postprocess(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN", help="Run folders of the folds, or the folder holding them.")
+    ],
     data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier decision.")] = False,
@@ -856,7 +954,7 @@ def postprocess(
     err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
     from satseg.tables import models_table
@@ -866,7 +964,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards
     print_json(cards) if as_json else _print_table(models_table(cards))
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def demo(
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Work in this folder and keep it (default: temporary).")

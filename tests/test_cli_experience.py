@@ -93,9 +93,9 @@ def test_train_help_is_grouped_and_lists_the_registry():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert result.exit_code == 0
     text = result.output
-    panels = [m.group(1) for m in re.finditer(r"╭─ ([A-Za-z ]+?) ─", text)]
-    assert panels[1:] == ["Data", "Model", "Optimisation", "Hardware", "Run control"]
-    blocks = dict(re.findall(r"╭─ ([A-Za-z ]+?) ─.*?\n(.*?)╰", text, re.S))
+    panels = re.findall(r"^([A-Z][A-Za-z ]+):$", text, re.M)
+    assert [p for p in panels if p != "Options"] == ["Data", "Model", "Optimisation", "Hardware", "Run control"]
+    blocks = dict(re.findall(r"^([A-Z][A-Za-z ]+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S))
     options = {panel: set(re.findall(r"(--[a-z][a-z-]*)", body)) for panel, body in blocks.items()}
     assert {"--data", "--fold", "--patch", "--augment", "--rotation-deg", "--elastic"} <= options["Data"]
     assert {"--net", "--skip", "--features"} <= options["Model"]
@@ -106,6 +106,35 @@ def test_train_help_is_grouped_and_lists_the_registry():
     for name in list_models() + list_gates():
         assert re.search(rf"\b{re.escape(name)}\b", text), name
     assert "{models}" not in text and "{gates}" not in text
+
+
+def test_every_help_is_whole_at_80_columns():
+    commands = ["train", "evaluate", "params", "preprocess", "segment", "export-onnx", "postprocess", "models", "demo"]
+    for command in [[], *([c] for c in commands)]:
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, command
+        for junk in ("<bool>", "<list", "<str>", "<int>", "{", "╭"):
+            assert junk not in result.output, (command, junk)
+        if command:  # every option name whole, on its own or with its metavar
+            names = re.findall(r"^\s+(--[a-z][a-z-]*)", result.output, re.M)
+            assert len(names) >= 2 and not any(n.endswith("-") for n in names), names
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+    for name in ("--no-deep-supervision", "--save-probabilities", "--max-minutes", "--select-lr-scale"):
+        if name == "--save-probabilities":
+            segment = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+            assert name in segment
+        else:
+            assert name in train, name
+
+
+def test_a_usage_error_is_one_error_line_and_a_hint(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run")], prog_name="satseg")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: Missing option '--data'.", "hint: see `satseg train --help`"]
+    unknown = runner.invoke(app, ["segment", "--bogus", "x"])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: No such option: --bogus")
 
 
 # --- tables at 80 columns ----------------------------------------------------------------------------------------
