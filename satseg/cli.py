@@ -890,7 +890,9 @@ def _print_segment_line(kind: str, entry: dict[str, Any]) -> None:
     for warning in entry["warnings"]:
         err.print(f"warning: `{entry['input']}`: {warning}", highlight=False)
     sizes = ", ".join(f"{k} {v:.2f} {entry['unit']}" for k, v in entry["volumes"].items())
-    out.print(f"{entry['outputs'][0]}  ({entry['model']}; {sizes})", highlight=False)
+    scaled = {k: v for k, v in entry.get("mask_values", {}).items() if v == 255}
+    values = "".join(f"; {k} = {v} in the mask" for k, v in scaled.items())
+    out.print(f"{entry['outputs'][0]}  ({entry['model']}; {sizes}{values})", highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,7 @@ def segment_inputs(
                     continue
                 check_output(target, inputs=sources, overwrite=overwrite)
                 image = read_image(source)
+                check_output_holds(target, image)  # `-o out.png` for a 3D scan: refused before inference
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force)
                 for misfit in misfits:
                     logger.warning("%s: %s", source, misfit)
@@ -302,7 +303,7 @@ def segment_inputs(
                     image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
                     attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
                 )  # fmt: skip
-                written = _write_outputs(
+                written, mask_values = _write_outputs(
                     source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
                 )
             except SatsegError as error:
@@ -323,6 +324,7 @@ def segment_inputs(
                     "largest_component": seg.lcc,
                     "warnings": [str(m) for m in misfits],
                     "outputs": [str(p) for p in written],
+                    "mask_values": mask_values,
                     "shape": list(labels.shape),
                     "spacing": list(image.spacing),
                     "window": list(seg.window),
@@ -346,6 +348,32 @@ def _fail(report: SegmentReport, on_done: Callable | None, failure: dict[str, An
         logger.debug("%s: %s", failure["input"], failure["error"])
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+"""Endings that hold one 2D picture only (TIFF may hold a stack, NIfTI/NRRD/MetaImage any grid)."""
+
+
+def check_output_holds(target: Path, image: Image) -> None:
+    """Refuse an output whose format cannot hold a mask on ``image``'s grid (a 3D mask as PNG)."""
+    suffix = target.suffix.lower()
+    if image.spatial_dims == 3 and suffix in PICTURE_SUFFIXES:
+        raise ConfigError(
+            f"`{target.name}`: a {suffix} picture cannot hold the 3D mask of this scan ({image.spatial_shape})",
+            hint=f"use -o {image_stem(target)}.nii.gz (or .nrrd, .mha)",
+        )
+
+
+def mask_for_picture(labels: Image, label_values: dict[str, int]) -> tuple[Image, dict[str, int]]:
+    """A binary mask as 0/255 (white on black in any viewer); other masks keep their label values.
+
+    Returns:
+        ``(the image to write, label name → value written)``.
+    """
+    if len(label_values) == 2 and set(label_values.values()) == {0, 1}:
+        scaled = (labels.array > 0).astype(np.uint8) * 255
+        return replace(labels, array=scaled), {name: 255 * value for name, value in label_values.items()}
+    return labels, dict(label_values)
+
+
 def _unforeseen(error: Exception) -> tuple[str, str]:
     """One-line message and hint for an exception satseg did not raise on purpose."""
     if isinstance(error, MemoryError):
@@ -357,7 +385,7 @@ def _unforeseen(error: Exception) -> tuple[str, str]:
 
 def _write_outputs(
     source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources
-) -> list[Path]:
+) -> tuple[list[Path], dict[str, int]]:
     """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
     # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
@@ -375,5 +403,8 @@ def _write_outputs(
         else:
             overlay_png(image.array, seg.labels.array[0], image.spacing, path)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
-    write_image(seg.labels, target, overwrite=overwrite)
-    return [target, *(p for p, _ in extras)]
+    mask, values = seg.labels, dict(segmenter.labels)
+    if target.suffix.lower() in PICTURE_SUFFIXES + (".tif", ".tiff"):
+        mask, values = mask_for_picture(seg.labels, values)
+    write_image(mask, target, overwrite=overwrite)
+    return [target, *(p for p, _ in extras)], values

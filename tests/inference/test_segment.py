@@ -513,3 +513,48 @@ def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):
         ref = np.asarray(PILImage.open(mask)) == 255
         row = rows[mask.stem]
         assert int(row["fn"]) + int(row["tp"]) == int(ref.sum()) > 0, mask.name
+
+
+def test_evaluate_model_writes_predictions_in_the_dataset_s_picture_format(model2d, tmp_path):
+    from satseg.evaluation.model import evaluate_model
+
+    run, data = model2d
+    evaluate_model(run, data, tmp_path / "eval", split="all", device="cpu")
+    with (tmp_path / "eval" / "per_case.csv").open() as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    predictions = sorted((tmp_path / "eval" / "predictions").iterdir())
+    assert [p.name for p in predictions] == ["c0.png", "c1.png", "c2.png"]  # PNG masks in, PNG masks out
+    for path in predictions:
+        mask = np.asarray(PILImage.open(path))
+        assert set(np.unique(mask).tolist()) <= {0, 255}  # white on black, not 0/1
+        row = rows[path.stem]
+        assert int((mask == 255).sum()) == int(row["tp"]) + int(row["fp"])
+
+
+def test_binary_png_mask_is_0_255_and_says_so(model2d, tmp_path):
+    run, _ = model2d
+    rgb, _ = _rgb_picture(np.random.default_rng(5))
+    source = tmp_path / "skin.png"
+    PILImage.fromarray(rgb).save(source)
+    args = ["segment", str(source), "--model", str(run), "--device", "cpu", "--backend", "torch"]
+    as_png = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m.png"), "--json"])
+    as_nifti = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m.nii.gz")])
+    assert as_png.exit_code == 0 and as_nifti.exit_code == 0, as_png.output + as_nifti.output
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz")))
+    png = np.asarray(PILImage.open(tmp_path / "m.png"))
+    assert np.array_equal(png, labels.reshape(png.shape).astype(np.uint8) * 255)
+    (result,) = json.loads(as_png.stdout)["results"]
+    assert sorted(result["mask_values"].values()) == [0, 255]
+
+
+def test_a_picture_output_for_a_3d_scan_is_refused_before_inference(model3d, tmp_path, monkeypatch):
+    from satseg.inference.segmenter import Segmenter
+
+    source = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(_sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE), str(source))
+    monkeypatch.setattr(Segmenter, "segment", lambda *a, **k: pytest.fail("inference ran"))
+    args = ["segment", str(source), "--model", str(model3d[0]), "-o", str(tmp_path / "o.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "a .png picture cannot hold the 3D mask" in result.stderr and "o.nii.gz" in result.stderr
+    assert not (tmp_path / "o.png").exists()
