@@ -401,7 +401,7 @@ def _write_outputs(
         if extra is not None:
             write_image(extra, path, overwrite=overwrite)
         else:
-            overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+            overlay_png(image.array, seg.labels.array[0], image.spacing, path, segmenter.labels)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
     mask, values = seg.labels, dict(segmenter.labels)
     if target.suffix.lower() in PICTURE_SUFFIXES + (".tif", ".tiff"):

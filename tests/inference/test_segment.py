@@ -23,6 +23,7 @@ from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import synthetic_case, write_synthetic_msd
 from satseg.errors import CheckpointError
 from satseg.inference.batch import segment_inputs
+from satseg.inference.preview import LEGEND_ROW, label_colour
 from satseg.runs import load_run
 from satseg.training.config import TrainConfig
 from satseg.training.trainer import train
@@ -351,10 +352,14 @@ def test_preview_png_colours_exactly_the_masked_voxels(model3d, tmp_path):
     assert 0 < labels.sum() < labels.size
     with PILImage.open(tmp_path / "cube_preview.png") as png:
         assert png.mode == "RGB"
-        picture = np.asarray(png).astype(int)
+        whole = np.asarray(png).astype(int)
     assert str(tmp_path / "cube_preview.png") in report.results[0]["outputs"]
     # three 16x16 panels 4 px apart, enlarged 16x; grey pixels have r == g == b, the overlay colour does not
-    assert picture.shape == (256, (3 * 16 + 2 * 4) * 16, 3)
+    assert whole.shape == (256 + LEGEND_ROW + 4, (3 * 16 + 2 * 4) * 16, 3)
+    picture, legend = whole[:256], whole[256:]
+    # the legend: the label's colour beside its name ("core")
+    assert np.all(legend == np.array(label_colour(1)), axis=-1).sum() == 12 * 12
+    assert (legend.min(axis=-1) > 128).any()  # the name, in white
     z = int(np.argwhere(labels > 0).mean(0).round()[0])
     axial = picture[8:256:16, 8:256:16]
     np.testing.assert_array_equal(axial[..., 0] != axial[..., 1], labels[z] > 0)
