@@ -215,11 +215,12 @@ def test_gate_and_demo_tables_are_whole_at_80_columns():
     row = {"skip": "org", "dice": {"hippocampus_anterior": 0.8123, "hippocampus_posterior": 0.79},
            "dice_std": {"hippocampus_anterior": 0.0312, "hippocampus_posterior": 0.04}, "params": 1_234_567,
            "skip_channels": [8, 16, 32, 64], "skip_bytes": 123 * 2**10, "channels_off": None, "train_seconds": 91.2,
-           "steps_done": 400, "steps_planned": 400}  # fmt: skip
+           "steps_done": 400, "steps_planned": 400, "cpu_seconds_per_step": 0.4321}  # fmt: skip
     short = row | {"skip": "sat", "params": 1_100_042, "channels_off": 0.25, "steps_done": 160}
     text = _render(fit_table(demo_table({"rows": [row, short], "seconds": 183.4}), 80))
-    _assert_whole(text, ["0.812 ± 0.031", "1,234,567", "1,100,042", "400/400", "160/400", "25 %"])
+    _assert_whole(text, ["0.812 ± 0.031", "1,234,567", "1,100,042", "400/400", "160/400", "25 %", "0.43"])
     assert "cut short" in text.lower()
+    assert "91" not in text and "183" not in text  # wall seconds swing with the machine's load: never shown
     assert "CUT SHORT" not in _render(fit_table(demo_table({"rows": [row], "seconds": 1.0}), 80))
 
 
@@ -243,5 +244,8 @@ def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
     assert [c.max_minutes for c in configs] == [None, None]
     assert [(c.epochs, c.iters_per_epoch) for c in configs] == [(2, 2), (2, 2)]
     assert [(r["steps_done"], r["steps_planned"]) for r in result["rows"]] == [(4, 4), (4, 4)]
-    assert "cut short" not in _render(fit_table(demo_table(result), 80)).lower()
+    text = _render(fit_table(demo_table(result), 80))
+    assert "cut short" not in text.lower() and "CPU s" in text
+    # CPU seconds per step: positive, and about what a step costs (not a share of the wall time)
+    assert all(0 < r["cpu_seconds_per_step"] < 60 for r in result["rows"])
     assert "max_minutes" not in demo.DemoSettings.__dataclass_fields__
