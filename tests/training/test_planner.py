@@ -100,3 +100,19 @@ def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(thic
     assert summary["lr_fraction_at_stop"] == pytest.approx((1 - 1 / 3) ** 0.9, abs=1e-3)
     lines = _train_summary_lines(summary)
     assert any("never annealed" in line for line in lines) and all(len(line) <= 80 for line in lines[1:])
+
+
+def test_an_old_run_s_settings_rebuild_without_planning():
+    from satseg.nn import build_model, legacy_model_config
+
+    # a run saved before planning: every setting recorded, no `steps`, no `strides`, no train_plan
+    old = TrainConfig().to_dict() | {"net": "unet3d", "iters_per_epoch": 100, "patch": [48, 64, 48], "batch": 2}
+    del old["steps"]
+    config = TrainConfig.from_dict(old)
+    assert (config.net, config.iters_per_epoch, config.patch, config.batch, config.steps) == (
+        "unet3d", 100, (48, 64, 48), 2, None,
+    )  # fmt: skip
+    model = build_model(**legacy_model_config({"net": "unet3d", "skip": "sat", "in_channels": 1, "out_channels": 3,
+                                               "features": [4, 8, 16]}))  # fmt: skip
+    assert model.strides == ((2, 2, 2), (2, 2, 2)) and model.axis_divisors() == (4, 4, 4)
+    assert "strides" not in model.config or model.config["strides"] is None
