@@ -570,11 +570,14 @@ def _train_summary_lines(summary: dict[str, Any]) -> list[str]:
             "(optimistic: chosen on this same validation)"
         )
     if summary["stopped_by_budget"]:
+        lines.append(f"  stopped by --max-minutes after epoch {summary['epochs_done']} of {summary['epochs_planned']}")
+        if summary["lr_fraction_at_stop"] is not None:
+            lines.append(
+                f"  the learning rate was still {summary['lr_fraction_at_stop']:.2f} of its start (never annealed)"
+            )
         lines += [
-            f"  stopped by --max-minutes after epoch {summary['epochs_done']} of {summary['epochs_planned']}: the",
-            f"  learning rate was still {summary['lr_fraction_at_stop']:.2f} of its start (never annealed), so",
-            "  this is an unfinished run; `--resume` continues it, and --steps N gives a",
-            "  budget that ends with the schedule (the same on an idle or a busy machine)",
+            "  an unfinished run: `--resume` continues it; --steps N gives a budget that",
+            "  ends with the schedule (the same on an idle or a busy machine)",
         ]
     return lines
 

@@ -599,11 +599,13 @@ def _run(
     epoch = epoch_stop
     if stopped and ctx.is_main:
         logger.info("stopped by the %.1f-minute budget after %d steps", config.max_minutes, steps_done)
+    annealing = stopped and config.scheduler == "poly"
+    lr_at_stop = _lr_at(config, epoch) / config.learning_rate if annealing else None
     final = history[-1] if history and int(history[-1]["epoch"]) == epoch - 1 else {}
     final_dice = float(final["dice_mean"]) if final.get("dice_mean") not in (None, "") else None
     return TrainResult(
         out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main,
         final_dice, "ema" if ema is not None else "final", stopped_by_budget=stopped, epochs_planned=config.epochs,
-        steps_done=steps_done, lr_at_stop=_lr_at(config, epoch) / config.learning_rate if stopped else None,
+        steps_done=steps_done, lr_at_stop=lr_at_stop,
         max_minutes=config.max_minutes,
     )  # fmt: skip
