@@ -222,7 +222,7 @@ def demo_table(result: Mapping[str, Any]) -> Table:
     for title in (*(f"Dice {c}" for c in classes), "params"):
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("skip channels", justify="right")
-    for title in ("skip\nKiB", "off", "steps", "CPU s\n/step"):
+    for title in ("skip\nKiB", "off", "steps", "CPU\ns/step"):
         table.add_column(title, justify="right", no_wrap=True)
     for row in rows:
         steps = f"{row.get('steps_done', '?')}/{row.get('steps_planned', '?')}"
