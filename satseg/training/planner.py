@@ -216,7 +216,7 @@ def plan_training(
         cfg = configure(patch)
     else:
         patch = tuple(min(PATCH_CAP[dims], max(1, round(s))) for s in median)
-        while True:
+        for _ in range(200):  # each round shrinks one side; the bound only guards against a cycle
             cfg = configure(patch)
             patch_div = tuple(_round_up(p, d) for p, d in zip(patch, divisors(cfg), strict=True))
             flops, memory = _measure(cfg, patch_div, amp)
@@ -233,6 +233,9 @@ def plan_training(
             if smaller[axis] == patch_div[axis]:
                 smaller[axis] -= div[axis]
             patch = tuple(smaller)
+        else:
+            cfg = configure(patch)
+            patch = tuple(_round_up(p, d) for p, d in zip(patch, divisors(cfg), strict=True))
     flops, memory = _measure(cfg, patch, amp)
     step_flops_one = BACKWARD_FACTOR * flops
     if config.batch is not None:
