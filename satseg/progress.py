@@ -67,6 +67,13 @@ class TrainProgress:
         self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
         self._progress.update(self._task, advance=1, loss=f"{self.loss:.4f}")
 
+    def stop(self, reason: str) -> None:
+        """End the bar where it is (no ETA left frozen on screen) and say why training stopped."""
+        task = self._progress.tasks[0]
+        self._progress.update(self._task, total=task.completed)
+        if self.enabled:
+            self._progress.console.print(reason, highlight=False)
+
     def end_epoch(self, row: dict[str, Any]) -> None:
         if "dice_mean" in row:
             self.dice = f"{row['dice_mean']:.4f}"

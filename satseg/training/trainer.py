@@ -551,6 +551,7 @@ def _run(
                 stopped = bool(flag.item())
             if not losses:  # the budget was spent before this epoch's first step
                 epoch_stop = epoch
+                progress.stop(f"stopped by --max-minutes {config.max_minutes:g} before epoch {epoch + 1}")
                 break
             steps_done += len(losses)
             row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "steps": len(losses)}
@@ -593,6 +594,7 @@ def _run(
                 callback(epoch, row)
             if stopped:
                 epoch_stop = epoch + 1
+                progress.stop(f"stopped by --max-minutes {config.max_minutes:g} in epoch {epoch + 1}")
                 break
         else:
             epoch_stop = config.epochs

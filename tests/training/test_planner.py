@@ -83,7 +83,9 @@ def test_train_without_net_plans_a_3d_unet_with_in_plane_pooling_and_records_it(
     assert model.strides == ((1, 2, 2), (1, 2, 2)) and model.axis_divisors() == (1, 4, 4)
 
 
-def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(thick_slices, tmp_path, monkeypatch):
+def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(
+    thick_slices, tmp_path, monkeypatch, capsys
+):
     from satseg.cli import _train_summary_lines
     from satseg.training import trainer
 
@@ -91,8 +93,9 @@ def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(thic
     monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(clock)))
     config = TrainConfig(epochs=3, iters_per_epoch=50, batch=2, patch=(8, 16, 16), max_minutes=1.0, device="cpu",
                          model_options={"features": [4, 8, 16]})  # fmt: skip
-    result = train(thick_slices, tmp_path / "run", config, progress=False)
+    result = train(thick_slices, tmp_path / "run", config, progress=True)  # the bar ends, with the reason
     assert result.stopped_by_budget and result.epochs_done == 1
+    assert "stopped by --max-minutes 1 in epoch 1" in capsys.readouterr().err
     assert 0 < result.steps_done < 50  # stopped inside the first epoch, not at its end
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and "dice_mean" in rows[0]  # the stopped epoch is validated and saved
