@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer._click.exceptions import UsageError
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from satseg import __version__
@@ -42,9 +42,22 @@ class _SatsegGroup(TyperGroup):
             rest = gather_list_values(rest, command.params)
         return name, command, rest
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_params_help(self, ctx, formatter)
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=500)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, text in rows if not self.get_command(ctx, name).hidden])
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageError as error:  # a missing or unknown option: the same one-line style, exit code 2
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err.print(f"[red]error:[/] {error.format_message()}", markup=True, highlight=False)
+            where = error.ctx.command_path if error.ctx is not None else "satseg"
+            err.print(f"hint: see `{where} --help`", highlight=False)
+            raise typer.Exit(2) from None
         except (Exit, Abort, TyperException):
             raise
         except SatsegError as error:
@@ -75,6 +88,85 @@ class _SatsegGroup(TyperGroup):
             err.print(f"[red]error:[/] unexpected {type(error).__name__}: {error}", markup=True, highlight=False)
             err.print("hint: rerun with `satseg --debug …` for the traceback and report it", highlight=False)
             raise typer.Exit(1) from None
+
+
+class _SatsegCommand(TyperCommand):
+    """A command whose ``--help`` is whole at any width: option names never cut, help wrapped beneath them.
+
+    Options are grouped by their ``rich_help_panel`` (data, model, …) into sections of click's own help
+    formatter, which puts a long option name on its own line instead of cutting it.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_params_help(self, ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
+
+    def format_help_text(self, ctx: Any, formatter: Any) -> None:
+        _format_help_text(self, formatter)
+
+
+def _format_help_text(command: Any, formatter: Any) -> None:
+    if command.help:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            for paragraph in _plain(command.help).split("\n\n"):
+                formatter.write_text(" ".join(paragraph.split()))
+
+
+def _format_params_help(self: Any, ctx: Any, formatter: Any) -> None:
+    self.format_usage(ctx, formatter)
+    _format_help_text(self, formatter)
+    sections: dict[str, list[tuple[str, str]]] = {}
+    for param in self.get_params(ctx):
+        record = _help_record(param, ctx)
+        if record is not None:
+            default = "Arguments" if param.param_type_name == "argument" else "Options"
+            sections.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+    for name, rows in sections.items():
+        with formatter.section(name):
+            formatter.write_dl(rows)
+
+
+def _plain(text: str) -> str:
+    """Help text without rich's escapes and markup (``\\[default: …]`` → ``[default: …]``)."""
+    return text.replace("\\[", "[")
+
+
+def _metavar(param: Any) -> str:
+    """What an option takes, in capitals (``PATH``, ``INT``), or nothing for a flag."""
+    if getattr(param, "is_flag", False):
+        return ""
+    if param.metavar:
+        return param.metavar
+    bare = param.bare_type()
+    element = bare[5:-1] if bare.startswith("list[") else bare
+    names = {"bool": "", "int": "INT", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
+    return names.get(element, element.upper())
+
+
+def _help_record(param: Any, ctx: Any) -> tuple[str, str] | None:
+    if getattr(param, "hidden", False):
+        return None
+    metavar = _metavar(param)
+    if param.param_type_name == "argument":
+        name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+        return name, _plain(param.help or "")
+    names = ", ".join(param.opts)
+    if param.secondary_opts:
+        names += " / " + ", ".join(param.secondary_opts)
+    text = _plain(param.help or "")
+    default = param.default
+    hidden_default = default is None or default is False or default is ... or getattr(param, "is_flag", False)
+    if param.show_default is not False and not hidden_default:
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        text += f" [default: {shown}]" if "[default:" not in text else ""
+    elif getattr(param, "is_flag", False) and param.secondary_opts and param.default is not None:
+        chosen = param.opts[0] if param.default else param.secondary_opts[0]
+        text += f" [default: {chosen}]"
+    return (f"{names} {metavar}" if metavar else names), text.strip()
 
 
 app = typer.Typer(
@@ -274,7 +366,7 @@ def _net_option_flag(**kwargs: Any) -> Any:
     )
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -290,12 +382,14 @@ def train(
     patch: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="SIZES", help="Patch per axis, e.g. 96,96,96 \\[default: plan's]." + _LIST, rich_help_panel=_DATA
+            metavar="SIZES",
+            help="Patch per axis, e.g. 96,96,96 \\[default: planned for the data and device]." + _LIST,
+            rich_help_panel=_DATA,
         ),
     ] = None,
     batch: Annotated[
         int | None,
-        typer.Option(help="Patches per batch \\[default: 2 in 3D, 12 in 2D].", rich_help_panel=_DATA),
+        typer.Option(help="Patches per batch \\[default: planned for the device].", rich_help_panel=_DATA),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Data-loading worker processes \\[default: 0].", rich_help_panel=_DATA)
@@ -313,8 +407,13 @@ def train(
         bool, typer.Option("--elastic", help="Add a cheap elastic deformation.", rich_help_panel=_DATA)
     ] = False,
     net: Annotated[
-        str, typer.Option(parser=registry_choice("net"), help="Backbone: {models}.", rich_help_panel=_MODEL)
-    ] = "unet3d",
+        str | None,
+        typer.Option(
+            parser=registry_choice("net"),
+            help="Backbone: {models}. Default: the U-Net of the data's dimensionality.",
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
     skip: Annotated[
         str, typer.Option(parser=registry_choice("skip"), help="Skip gate: {gates}.", rich_help_panel=_MODEL)
     ] = "sat",
@@ -336,7 +435,17 @@ def train(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs \\[default: 50].", rich_help_panel=_OPTIM)] = None,
     iters: Annotated[
-        int | None, typer.Option("--iters", help="Batches per epoch \\[default: 100].", rich_help_panel=_OPTIM)
+        int | None,
+        typer.Option(
+            "--iters", help="Batches per epoch \\[default: planned, ~2 min on a CPU].", rich_help_panel=_OPTIM
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Total training steps: the budget that does not depend on the machine's load (sets --epochs).",
+            rich_help_panel=_OPTIM,
+        ),
     ] = None,
     optimizer: Annotated[str, typer.Option(help="adadelta (paper), adam or sgd.", rich_help_panel=_OPTIM)] = "adadelta",
     lr: Annotated[
@@ -406,7 +515,11 @@ def train(
         int | None, typer.Option(help="Validate every N epochs \\[default: 1].", rich_help_panel=_RUN)
     ] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that passes this budget.", rich_help_panel=_RUN)
+        float | None,
+        typer.Option(
+            help="Stop at the first step past this many minutes (the LR does not anneal: prefer --steps).",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=_RUN)
@@ -436,7 +549,7 @@ def train(
         net=net, skip=skip, fold=fold_number, optimizer=optimizer, loss=loss, scheduler=scheduler,
         select_l1=select_l1, select_lr_scale=select_lr_scale, augment=augment, elastic=elastic,
         deep_supervision=deep_supervision, amp=amp, amp_dtype=amp_dtype, compile=compile, seed=seed,
-        deterministic=deterministic, model_options=model_options, **changeable,
+        deterministic=deterministic, model_options=model_options, steps=steps, **changeable,
     )  # fmt: skip
     # With --resume, every setting typed on the command line is checked against the run's (none is ignored).
     typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
@@ -449,15 +562,42 @@ def train(
     if json_output:
         print_json(summaries if every_fold else summaries[0])
         return
-    for result, summary in zip(results, summaries, strict=True):
-        out.print(
-            f"run `{result.run_dir}`: {result.epochs_done} epochs, val Dice {summary['val_dice']} "
-            f"({summary['val_dice_weights']} weights, in checkpoint_last.pt); best epoch {summary['best_epoch']} "
-            f"{summary['best_dice']} is optimistic (chosen on this same validation)"
+    for summary in summaries:
+        for line in _train_summary_lines(summary):
+            out.print(line, highlight=False)
+
+
+def _dice_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _train_summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A finished run in short lines (80 columns); epochs are counted from 1, as the progress shows them."""
+    lines = [
+        f"run `{summary['run_dir']}`:",
+        f"  {summary['epochs_done']} of {summary['epochs_planned']} epochs, {summary['steps_done']} steps this session",
+        f"  val Dice {_dice_text(summary['val_dice'])} ({summary['val_dice_weights']} weights, "
+        "in checkpoint_last.pt)",
+    ]
+    if summary["best_epoch"] is not None:
+        lines.append(
+            f"  best epoch {summary['best_epoch']}: {_dice_text(summary['best_dice'])} "
+            "(optimistic: chosen on this same validation)"
         )
+    if summary["stopped_by_budget"]:
+        lines.append(f"  stopped by --max-minutes after epoch {summary['epochs_done']} of {summary['epochs_planned']}")
+        if summary["lr_fraction_at_stop"] is not None:
+            lines.append(
+                f"  the learning rate was still {summary['lr_fraction_at_stop']:.2f} of its start (never annealed)"
+            )
+        lines += [
+            "  an unfinished run: `--resume` continues it; --steps N gives a budget that",
+            "  ends with the schedule (the same on an idle or a busy machine)",
+        ]
+    return lines
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def evaluate(
     pred: Annotated[Path | None, typer.Option("--pred", exists=True, file_okay=False, help="Predicted labels.")] = None,
     gt: Annotated[Path | None, typer.Option("--gt", exists=True, file_okay=False, help="Reference labels.")] = None,
@@ -577,14 +717,15 @@ def params(
         _print_table(params_table(rows))
 
 
-app.command("params")(params)
-app.command("count-params", hidden=True)(params)
+app.command("params", cls=_SatsegCommand)(params)
+app.command("count-params", hidden=True, cls=_SatsegCommand)(params)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def preprocess(
     dataset: Annotated[
-        Path | None, typer.Argument(help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder.")
+        Path | None,
+        typer.Argument(metavar="DATASET", help="MSD, nnU-Net v2 or images/+masks/ (image/+label/, …) dataset folder."),
     ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Preprocessed folder to write.")] = ...,
     images: Annotated[
@@ -640,17 +781,38 @@ def preprocess(
     if as_json:
         print_json(summary)
     else:
-        if plan.get("pairing"):
-            summary["pairing"] = _pairing_text(plan["pairing"])
-        lines = "\n".join(f"{k}: {v}" for k, v in summary.items())
-        out.print(Panel(lines, title="satseg preprocess", expand=False), soft_wrap=False)  # wrap long lines, not cut
+        for line in _preprocess_lines(summary, plan):
+            out.print(line, highlight=False)
 
 
-def _pairing_text(pairing: dict[str, Any]) -> str:
-    """``image/ ↔ label/ by leading case id: 20 pairs, e.g. 21_training.tif ↔ 21_manual1.gif``."""
-    folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
-    text = f"{folders} by {pairing['by']}: {pairing['pairs']} pairs"
-    return text + (f", e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}" if pairing["example"] else "")
+def _preprocess_lines(summary: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The preprocess summary in plain words (no Python reprs), each line short."""
+    grid = (
+        f"spacing {' × '.join(f'{v:g}' for v in plan['spacing'])} mm"
+        if plan.get("spacing")
+        else (f"resized to {' × '.join(map(str, plan['size']))}" if plan.get("size") else "each image's own grid")
+    )
+    labels = ", ".join(f"{value} {name}" for name, value in sorted(plan["labels"].items(), key=lambda kv: kv[1]))
+    lines = [
+        f"preprocessed into `{summary['output']}` in {summary['seconds']:.1f} s",
+        f"  cases: {summary['written']} written, {summary['reused']} reused"
+        + (f", {len(summary['skipped_bad'])} skipped (bad)" if summary["skipped_bad"] else ""),
+        f"  {plan['spatial_dims']}D {plan['modality']}, {grid}",
+        f"  labels: {labels}",
+    ]
+    pairing = plan.get("pairing")
+    if pairing:
+        folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+        lines.append(f"  pairs: {pairing['pairs']}, {folders} by {pairing['by']}")
+        if pairing.get("example"):
+            lines.append(f"    e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}")
+        if pairing.get("mask_values"):
+            lines.append(f"  mask values: {pairing['mask_values']}")
+        if pairing.get("ignored_folders"):
+            lines.append(f"  folders not used: {', '.join(pairing['ignored_folders'])}")
+    if summary["skipped_bad"]:
+        lines.append(f"  skipped: {', '.join(summary['skipped_bad'])}")
+    return lines
 
 
 def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
@@ -663,9 +825,11 @@ def _bad_table(bad: list, title: str = "cases that failed validation") -> None:
     err.print(table)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or DICOM series folders.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUT", help="Image files, folders of images, or DICOM series folders.")
+    ],
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Output file, or folder (for several, or ending in /).")
     ] = None,
@@ -729,6 +893,7 @@ def segment(
         tile=_tile(tile), tta=tta, save_probabilities=save_probabilities, save_attention=save_attention,
         preview=preview, overwrite=overwrite, skip_existing=skip_existing,
         shard=None if shard is None else parse_shard(shard), force=force, lcc=lcc, progress=True,
+        on_done=None if as_json else _print_segment_line,
     )  # fmt: skip
     _print_segment_report(report, as_json)
     if report.failures:
@@ -743,15 +908,24 @@ def _print_segment_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json({"results": report.results, "failures": report.failures, "skipped": report.skipped})
         return
-    for result in report.results:
-        for warning in result["warnings"]:
-            err.print(f"warning: `{result['input']}`: {warning}", highlight=False)
-        sizes = ", ".join(f"{k} {v:.2f} {result['unit']}" for k, v in result["volumes"].items())
-        out.print(f"{result['outputs'][0]}  ({result['model']}; {sizes})", highlight=False)
-    for failure in report.failures:
-        hint = f" (hint: {failure['hint']})" if failure["hint"] else ""
-        where = "" if f"`{failure['input']}`" in failure["error"] else f"`{failure['input']}`: "
-        err.print(Text.assemble(("error:", "red"), f" {where}{failure['error']}{hint}"), highlight=False)
+    if not report.results and not report.failures and not report.skipped:
+        err.print("nothing to segment", highlight=False)
+
+
+def _print_segment_line(kind: str, entry: dict[str, Any]) -> None:
+    """One input's line as soon as it finishes: its mask and volumes on stdout, or its error on stderr."""
+    if kind == "failure":
+        where = "" if f"`{entry['input']}`" in entry["error"] else f"`{entry['input']}`: "  # the path once
+        err.print(Text.assemble(("error:", "red"), f" {where}{entry['error']}"), highlight=False)
+        if entry["hint"]:
+            err.print(f"hint: {entry['hint']}", highlight=False)
+        return
+    for warning in entry["warnings"]:
+        err.print(f"warning: `{entry['input']}`: {warning}", highlight=False)
+    sizes = ", ".join(f"{k} {v:.2f} {entry['unit']}" for k, v in entry["volumes"].items())
+    scaled = {k: v for k, v in entry.get("mask_values", {}).items() if v == 255}
+    values = "".join(f"; {k} = {v} in the mask" for k, v in scaled.items())
+    out.print(f"{entry['outputs'][0]}  ({entry['model']}; {sizes}{values})", highlight=False)
 
 
 def _tile(values: list[str]) -> str | tuple[int, ...]:
@@ -762,9 +936,9 @@ def _tile(values: list[str]) -> str | tuple[int, ...]:
     return parse_sizes(items)
 
 
-@app.command("export-onnx")
+@app.command("export-onnx", cls=_SatsegCommand)
 def export_onnx_command(
-    run: Annotated[str, typer.Argument(help="Run folder, checkpoint or shipped model name.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run folder, checkpoint or shipped model name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     overwrite: Annotated[
@@ -788,9 +962,11 @@ def export_onnx_command(
                   f"{report.max_abs_diff:.2e} over shapes {list(report.checked_shapes)}", highlight=False)  # fmt: skip
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def postprocess(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders of the folds, or the folder holding them.")],
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN", help="Run folders of the folds, or the folder holding them.")
+    ],
     data: Annotated[Path, typer.Option("--data", help="Preprocessed folder the runs were trained on.")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: _AmpOption = None,
@@ -814,7 +990,7 @@ def postprocess(
     err.print(f"recorded in {len(record['runs'])} run(s) over {record['cases']} validation case(s)", highlight=False)
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False) -> None:
     """List the shipped default models with their cards' key figures."""
     from satseg.tables import models_table
@@ -824,7 +1000,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print the cards
     print_json(cards) if as_json else _print_table(models_table(cards))
 
 
-@app.command()
+@app.command(cls=_SatsegCommand)
 def demo(
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Work in this folder and keep it (default: temporary).")

@@ -11,6 +11,7 @@ longer but prints the same table, and a budget that was cut short is said so in 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -96,7 +97,11 @@ def _run(s: DemoSettings, work: Path, announce: Callable[[str], None]) -> dict[s
             patch=s.patch, optimizer="adam", lr=3e-3, device=s.device, seed=s.seed,
             model_options={"features": list(s.features)},
         )  # fmt: skip
+        cpu_started = time.process_time()  # CPU seconds: what a step costs, whatever else the machine runs
         result = train(work / "preprocessed", work / f"run-{skip}", config)
+        cpu_seconds = time.process_time() - cpu_started
+        plan = json.loads((work / f"run-{skip}" / "config.json").read_text()).get("train_plan", {})
+        on_cpu = str(plan.get("device", "cpu")).startswith("cpu")
         announce(f"4/5 evaluating `{skip}` on the validation cases (original grids)")
         report, gates = evaluate_model(work / f"run-{skip}", work / "preprocessed", work / f"eval-{skip}",
                                        device=s.device, save_predictions=False)  # fmt: skip
@@ -114,8 +119,10 @@ def _run(s: DemoSettings, work: Path, announce: Callable[[str], None]) -> dict[s
                 "skip_bytes": measured["skip_bytes"],
                 "channels_off": sum(off) / len(off) if off else None,
                 "train_seconds": result.seconds,
+                # training and validation CPU time per step; None on a GPU (the CPU only feeds it there)
+                "cpu_seconds_per_step": cpu_seconds / max(result.steps_done, 1) if on_cpu else None,
                 "epochs": result.epochs_done,
-                "steps_done": result.epochs_done * s.iters_per_epoch,
+                "steps_done": result.steps_done,
                 "steps_planned": steps,
             }
         )

@@ -14,7 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["TrainProgress", "ItemProgress"]
+__all__ = ["TrainProgress", "ItemProgress", "note"]
+
+
+def note(text: str) -> None:
+    """One line for the person at the terminal (stderr, so ``--json`` output on stdout stays clean)."""
+    Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True).print(text, highlight=False)
 
 
 class TrainProgress:
@@ -61,6 +66,13 @@ class TrainProgress:
     def step(self, loss: float) -> None:
         self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
         self._progress.update(self._task, advance=1, loss=f"{self.loss:.4f}")
+
+    def stop(self, reason: str) -> None:
+        """End the bar where it is (no ETA left frozen on screen) and say why training stopped."""
+        task = self._progress.tasks[0]
+        self._progress.update(self._task, total=task.completed)
+        if self.enabled:
+            self._progress.console.print(reason, highlight=False)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         if "dice_mean" in row:

@@ -210,9 +210,11 @@ def demo_table(result: Mapping[str, Any]) -> Table:
     """The demo's closing comparison of skip connections; says so when a training budget was cut short."""
     rows = result["rows"]
     short = [r for r in rows if r.get("steps_done", 0) < r.get("steps_planned", 0)]
-    caption = f"synthetic 3D data; whole demo {result['seconds']:.0f} s"
+    caption = "synthetic 3D data"
     if rows and "steps_planned" in rows[0]:
         caption += f"; {rows[0]['steps_planned']} training steps per model"
+    if rows and rows[0].get("cpu_seconds_per_step") is not None:
+        caption += "; CPU s/step: CPU time per step (training and validation), not wall time"
     for r in short:
         caption += f"; CUT SHORT: `{r['skip']}` trained {r['steps_done']} of {r['steps_planned']} steps"
     table = Table(title="satseg demo: plain skips (org) vs select-attend-transfer (sat)", caption=caption)
@@ -221,7 +223,7 @@ def demo_table(result: Mapping[str, Any]) -> Table:
     for title in (*(f"Dice {c}" for c in classes), "params"):
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("skip channels", justify="right")
-    for title in ("skip\nKiB", "off", "steps", "train\ns"):
+    for title in ("skip\nKiB", "off", "steps", "CPU\ns/step"):
         table.add_column(title, justify="right", no_wrap=True)
     for row in rows:
         steps = f"{row.get('steps_done', '?')}/{row.get('steps_planned', '?')}"
@@ -233,6 +235,6 @@ def demo_table(result: Mapping[str, Any]) -> Table:
             f"{row['skip_bytes'] / 2**10:.0f}",
             "-" if row["channels_off"] is None else f"{100 * row['channels_off']:.0f} %",
             steps + (" (cut short)" if row in short else ""),
-            f"{row['train_seconds']:.0f}",
+            "–" if row.get("cpu_seconds_per_step") is None else f"{row['cpu_seconds_per_step']:.2f}",
         )
     return table

@@ -93,9 +93,9 @@ def test_train_help_is_grouped_and_lists_the_registry():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert result.exit_code == 0
     text = result.output
-    panels = [m.group(1) for m in re.finditer(r"╭─ ([A-Za-z ]+?) ─", text)]
-    assert panels[1:] == ["Data", "Model", "Optimisation", "Hardware", "Run control"]
-    blocks = dict(re.findall(r"╭─ ([A-Za-z ]+?) ─.*?\n(.*?)╰", text, re.S))
+    panels = re.findall(r"^([A-Z][A-Za-z ]+):$", text, re.M)
+    assert [p for p in panels if p != "Options"] == ["Data", "Model", "Optimisation", "Hardware", "Run control"]
+    blocks = dict(re.findall(r"^([A-Z][A-Za-z ]+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S))
     options = {panel: set(re.findall(r"(--[a-z][a-z-]*)", body)) for panel, body in blocks.items()}
     assert {"--data", "--fold", "--patch", "--augment", "--rotation-deg", "--elastic"} <= options["Data"]
     assert {"--net", "--skip", "--features"} <= options["Model"]
@@ -106,6 +106,35 @@ def test_train_help_is_grouped_and_lists_the_registry():
     for name in list_models() + list_gates():
         assert re.search(rf"\b{re.escape(name)}\b", text), name
     assert "{models}" not in text and "{gates}" not in text
+
+
+def test_every_help_is_whole_at_80_columns():
+    commands = ["train", "evaluate", "params", "preprocess", "segment", "export-onnx", "postprocess", "models", "demo"]
+    for command in [[], *([c] for c in commands)]:
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, command
+        for junk in ("<bool>", "<list", "<str>", "<int>", "{", "╭"):
+            assert junk not in result.output, (command, junk)
+        if command:  # every option name whole, on its own or with its metavar
+            names = re.findall(r"^\s+(--[a-z][a-z-]*)", result.output, re.M)
+            assert len(names) >= 2 and not any(n.endswith("-") for n in names), names
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+    for name in ("--no-deep-supervision", "--save-probabilities", "--max-minutes", "--select-lr-scale"):
+        if name == "--save-probabilities":
+            segment = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+            assert name in segment
+        else:
+            assert name in train, name
+
+
+def test_a_usage_error_is_one_error_line_and_a_hint(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run")], prog_name="satseg")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: Missing option '--data'.", "hint: see `satseg train --help`"]
+    unknown = runner.invoke(app, ["segment", "--bogus", "x"])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: No such option: --bogus")
 
 
 # --- tables at 80 columns ----------------------------------------------------------------------------------------
@@ -186,11 +215,12 @@ def test_gate_and_demo_tables_are_whole_at_80_columns():
     row = {"skip": "org", "dice": {"hippocampus_anterior": 0.8123, "hippocampus_posterior": 0.79},
            "dice_std": {"hippocampus_anterior": 0.0312, "hippocampus_posterior": 0.04}, "params": 1_234_567,
            "skip_channels": [8, 16, 32, 64], "skip_bytes": 123 * 2**10, "channels_off": None, "train_seconds": 91.2,
-           "steps_done": 400, "steps_planned": 400}  # fmt: skip
+           "steps_done": 400, "steps_planned": 400, "cpu_seconds_per_step": 0.4321}  # fmt: skip
     short = row | {"skip": "sat", "params": 1_100_042, "channels_off": 0.25, "steps_done": 160}
     text = _render(fit_table(demo_table({"rows": [row, short], "seconds": 183.4}), 80))
-    _assert_whole(text, ["0.812 ± 0.031", "1,234,567", "1,100,042", "400/400", "160/400", "25 %"])
+    _assert_whole(text, ["0.812 ± 0.031", "1,234,567", "1,100,042", "400/400", "160/400", "25 %", "0.43"])
     assert "cut short" in text.lower()
+    assert "91" not in text and "183" not in text  # wall seconds swing with the machine's load: never shown
     assert "CUT SHORT" not in _render(fit_table(demo_table({"rows": [row], "seconds": 1.0}), 80))
 
 
@@ -214,5 +244,8 @@ def test_demo_budgets_training_in_steps_not_minutes(tmp_path, monkeypatch):
     assert [c.max_minutes for c in configs] == [None, None]
     assert [(c.epochs, c.iters_per_epoch) for c in configs] == [(2, 2), (2, 2)]
     assert [(r["steps_done"], r["steps_planned"]) for r in result["rows"]] == [(4, 4), (4, 4)]
-    assert "cut short" not in _render(fit_table(demo_table(result), 80)).lower()
+    text = _render(fit_table(demo_table(result), 80))
+    assert "cut short" not in text.lower() and "CPU s" in text
+    # CPU seconds per step: positive, and about what a step costs (not a share of the wall time)
+    assert all(0 < r["cpu_seconds_per_step"] < 60 for r in result["rows"])
     assert "max_minutes" not in demo.DemoSettings.__dataclass_fields__

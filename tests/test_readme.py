@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Keep README training commands short here: a single-value option given twice takes the last value.
 FAST_TRAIN = ["--epochs", "1", "--iters", "2", "--batch", "2", "--features", "4,8", "--patch", "16,16,16",
               "--device", "cpu"]  # fmt: skip
-INSTALL = 'pip install torch==2.13.0 && pip install -e ".[test]"'
-RUN_BY_CI = ("satseg demo", "python -m pytest -q", INSTALL)
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+INSTALL = f'{CPU_TORCH} && pip install -e ".[test]"'  # contributors
+INSTALL_USER = f"{CPU_TORCH} && pip install ."  # users
+# CI installs the same CPU build of torch from a local wheel (no network there), then satseg with its tests
+RUN_BY_CI = ("satseg demo", "python -m pytest -q", INSTALL, INSTALL_USER)
 
 
 def readme_commands() -> list[str]:
@@ -62,12 +65,33 @@ def test_readme_install_line_installs_what_the_test_command_needs():
     assert text.index("python -m pytest -q") < text.index("## Segment your own scan")
 
 
+def _drive_like(root: Path, cases: int = 6) -> None:
+    """DRIVE's training folder in miniature: images/, 1st_manual/ (vessels) and mask/ (the field of view)."""
+    import numpy as np
+    from PIL import Image
+
+    for name in ("images", "1st_manual", "mask"):
+        (root / name).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    disc = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 15**2).astype(np.uint8) * 255
+    for i in range(21, 21 + cases):
+        vessels = np.zeros((32, 32), np.uint8)
+        vessels[rng.integers(4, 28), 4:28] = 255
+        vessels[4:28, rng.integers(4, 28)] = 255
+        picture = np.stack([200 - vessels // 3, 90 - vessels // 4, 40 + 0 * vessels], -1).astype(np.uint8)
+        Image.fromarray(picture).save(root / "images" / f"{i}_training.png")
+        Image.fromarray(vessels).save(root / "1st_manual" / f"{i}_manual1.png")
+        Image.fromarray(disc).save(root / "mask" / f"{i}_training_mask.png")
+
+
 @pytest.mark.slow
 def test_readme_workflow_commands_run(tmp_path, monkeypatch):
     dataset = write_synthetic_msd(tmp_path / "Task04_Hippocampus", 6, (20, 24, 20), seed=3)
     (dataset / "imagesTs").mkdir()
     shutil.copy(dataset / "imagesTr" / "synth_000.nii.gz", dataset / "imagesTs" / "hippocampus_118.nii.gz")
     shutil.copy(dataset / "imagesTr" / "synth_001.nii.gz", tmp_path / "scan.nii.gz")
+    _drive_like(tmp_path / "drive" / "training")
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     ran = []
@@ -86,7 +110,7 @@ def test_readme_workflow_commands_run(tmp_path, monkeypatch):
             assert args[0] == "satseg", command
             args = args[1:]
             if args[0] == "train":
-                args += FAST_TRAIN
+                args += FAST_TRAIN if "drive_pp" not in args else [*FAST_TRAIN[:-4], "--patch", "16,16"]
             if args[0] == "params":
                 args += ["--no-flops", "--no-memory"]
             result = runner.invoke(app, args)

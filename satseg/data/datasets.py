@@ -192,12 +192,22 @@ def discover_dataset(
 
     Args:
         root: the dataset folder (may be None when ``image_dir`` and ``label_dir`` are given).
-        image_dir, label_dir: two folders of paired images and masks, given explicitly (any names).
+        image_dir, label_dir: two folders of paired images and masks, given explicitly (any names). With
+            ``root``, ``label_dir`` alone picks the label folder among ``root``'s (a name inside it, e.g.
+            DRIVE's ``1st_manual``) and the image folder is found as usual.
 
     Raises:
         DataError: the folder is missing, empty, or in no known layout (the message says what was looked for),
             or images and masks cannot be paired unambiguously.
     """
+    if root is not None and image_dir is None and label_dir is not None:
+        root_path = Path(root).resolve()
+        inside = root_path / label_dir
+        if not Path(label_dir).is_absolute() and inside.is_dir():
+            label_dir = inside
+        images = _named_dirs(root_path, IMAGE_DIRS)
+        if len(images) == 1:
+            image_dir = images[0]
     if image_dir is not None or label_dir is not None:
         if image_dir is None or label_dir is None:
             raise DataError("give both --images DIR and --labels DIR", hint="or give the dataset folder alone")
@@ -224,11 +234,24 @@ def discover_dataset(
     elif not _files(root):
         raise DataError(f"`{root}` is empty", hint="expected imagesTr/ + labelsTr/ + dataset.json, or images/ + masks/")
     else:
-        raise DataError(
-            f"`{root}` is not a dataset folder: found neither `imagesTr/` nor `images/`",
-            hint="expected imagesTr/ + labelsTr/ (+ dataset.json), images/ + masks/ (or image/ + label/), "
-            "or give --images DIR --labels DIR",
+        inside = [p for p in _files(root) if p.is_dir() and ((p / "imagesTr").is_dir() or _named_dirs(p, IMAGE_DIRS))]
+        inside.sort(key=lambda p: not p.name.lower().startswith("train"))  # the training set first
+        if inside:
+            names = " or ".join(f"`{p}`" for p in inside[:3])
+            raise DataError(
+                f"`{root}` is not a dataset folder, but {names} inside it may be",
+                hint=f"did you mean `satseg preprocess {inside[0]}`?",
+            )
+        hint = (
+            "expected imagesTr/ + labelsTr/ (+ dataset.json), images/ + masks/ (or image/ + label/), "
+            "or give --images DIR --labels DIR"
         )
+        if (root / "train-volume.tif").is_file():  # ISBI-2012 as downloaded: two multipage TIFF stacks
+            hint = (
+                "train-volume.tif/train-labels.tif are stacks of 2D slices; save each slice as a picture in "
+                "images/ and labels/ (same names), then give this folder"
+            )
+        raise DataError(f"`{root}` is not a dataset folder: found neither `imagesTr/` nor `images/`", hint=hint)
     if not dataset.cases:
         raise DataError(f"`{root}` holds no images in its {dataset.layout} layout")
     return dataset
@@ -310,11 +333,39 @@ def _paired_dirs(root: Path) -> tuple[Path, Path]:
         )
     if len(labels) > 1:
         found = ", ".join(f"{p.name}/" for p in labels)
+        # a folder of field-of-view masks (DRIVE's mask/: the round retina) is never suggested as the labels
+        masks = [p for p in labels if field_of_view_share(p) is None]
+        views = [p for p in labels if p not in masks]
+        note = "".join(
+            f"; {p.name}/ holds field-of-view masks ({100 * field_of_view_share(p):.0f} % of each image), not labels"
+            for p in views
+        )
+        choice = " or ".join(f"--labels {p.name}" for p in (masks or labels)[:2])
         raise DataError(
-            f"`{root}` has several folders that could hold the labels ({found})",
-            hint=f"pick one: --images {images[0]} --labels {labels[0]}",
+            f"`{root}` has several folders that could hold the labels ({found}){note}",
+            hint=f"pick one: satseg preprocess {root} {choice} -o OUT",
         )
     return images[0], labels[0]
+
+
+FIELD_OF_VIEW_SHARE = 0.5
+
+
+def field_of_view_share(folder: Path) -> float | None:
+    """The foreground share of the first mask in ``folder`` when it looks like a field-of-view mask (one
+    region covering more than half of the picture, e.g. DRIVE's ``mask/``); None otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    pictures = [p for p in _images(folder) if p.suffix.lower() in (".gif", ".png", ".bmp", ".tif", ".tiff", ".jpg")]
+    if not pictures:
+        return None
+    try:
+        with Image.open(pictures[0]) as picture:
+            values = np.asarray(picture.convert("L"))
+    except (OSError, UnidentifiedImageError):
+        return None
+    share = float((values > 0).mean())
+    return share if share > FIELD_OF_VIEW_SHARE else None
 
 
 def _mask_stem(mask: Path) -> str:
@@ -401,6 +452,10 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
         "by": rule,
         "pairs": len(pairs),
         "example": [example[0].name, example[1].name] if example else None,
+        "mask_values": _mask_mapping(example[1]) if example else None,
+        "ignored_folders": sorted(
+            f"{p.name}/" for p in _files(root) if p.is_dir() and p.resolve() not in (image_dir, mask_dir)
+        ),
     }
     if example:
         log.info("paired %d image(s) in `%s/` with masks in `%s/` by %s (e.g. `%s` ↔ `%s`)", len(pairs),
@@ -416,6 +471,26 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
         except (TypeError, ValueError) as err:
             raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
     return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True, pairing=pairing)
+
+
+def _mask_mapping(mask: Path) -> str | None:
+    """How the example mask's values become labels, in words (e.g. ``255 → 1``), for the preprocess summary."""
+    from satseg.data.io import read_image
+
+    try:
+        array = read_image(mask).array
+    except Exception:  # noqa: BLE001 - a summary line only; validation reports unreadable masks properly
+        return None
+    if array.ndim == 2:
+        array = array[None]
+    labels = mask_to_labels(array)
+    before = sorted(np.unique(array).tolist())
+    after = sorted(np.unique(labels).tolist())
+    if array.shape[0] > 1 and not all(np.array_equal(array[0], array[c]) for c in range(1, array.shape[0])):
+        return "colour mask: any non-zero colour → 1"
+    if before == after:
+        return f"values kept as labels ({', '.join(map(str, after[:6]))})"
+    return ", ".join(f"{b} → {a}" for b, a in zip(before, after, strict=False))
 
 
 def mask_to_labels(array: np.ndarray) -> np.ndarray:

@@ -7,18 +7,20 @@ are what a user of the model gets.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from satseg.data.datasets import mask_to_labels
-from satseg.data.io import read_image, write_image
+from satseg.data.io import image_stem, is_supported_image, read_image, write_image
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.errors import ConfigError, DataError, look_up_option
 from satseg.evaluation.metrics import case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, gate_report, summarise, write_report
 from satseg.evaluation.visual_report import CaseView, WorstCases, case_dice
+from satseg.inference.batch import PICTURE_SUFFIXES, mask_for_picture
 from satseg.inference.segmenter import load_segmenter
-from satseg.paths import check_output
+from satseg.paths import check_output, safe_name
 from satseg.progress import ItemProgress
 
 __all__ = ["evaluate_model", "split_cases", "read_original_case"]
@@ -83,10 +85,14 @@ def evaluate_model(
             bar.item(case_id)
             image, ref, source = read_original_case(data_dir, case_id)
             seg = segmenter.segment(image, source=source, progress=bar.windows)
-            if save_predictions:
-                target = out_dir / "predictions" / f"{case_id}.nii.gz"  # case ids are checked plain names
+            if save_predictions:  # in the dataset's own format: PNG masks for a PNG set (0/255 when binary)
+                suffix = _label_suffix(data_dir, case_id)
+                target = out_dir / "predictions" / f"{case_id}{suffix}"  # case ids are checked plain names
                 check_output(target, inputs=[source], overwrite=True)  # an earlier prediction, never the scan
-                write_image(seg.labels, target, overwrite=True)
+                mask = seg.labels
+                if suffix in PICTURE_SUFFIXES + (".tif", ".tiff"):
+                    mask, _ = mask_for_picture(seg.labels, segmenter.labels)
+                write_image(mask, target, overwrite=True)
             scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
             case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
             view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
@@ -134,6 +140,19 @@ def read_original_case(data_dir: str | Path, case_id: str) -> tuple[Any, Any, st
     # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
     ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
     return image, ref, props["image_files"][0]
+
+
+def _label_suffix(data_dir: str | Path, case_id: str) -> str:
+    """The ending of the case's own label file (``.png``, ``.gif``, ``.nii.gz``…); ``.nii.gz`` when unknown."""
+    base = Path(data_dir) / "cases" / safe_name(case_id, "case id", Path(data_dir))
+    try:
+        label = json.loads(base.with_suffix(".json").read_text(encoding="utf-8")).get("label_file")
+    except (OSError, ValueError):
+        label = None
+    if not label:
+        return ".nii.gz"
+    suffix = Path(label).name[len(image_stem(Path(label))) :].lower()
+    return suffix if suffix and is_supported_image(Path(f"x{suffix}")) else ".nii.gz"
 
 
 def _stack(props: dict[str, Any]):

@@ -14,8 +14,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,23 @@ def _refusal(misfits: list[Misfit]) -> str:
     return "; ".join(str(m) for m in misfits if m.refuse)
 
 
+FORCEABLE = ("field of view",)
+"""Refusals ``--force`` may override with a meaningful result: a crop or a wider view of the same kind of
+scan can still show the structure. Other intensities (CT against MRI), other dimensions or far too many
+voxels cannot, so ``--force`` is not offered for them."""
+
+
+def _forceable(misfits: list[Misfit]) -> bool:
+    return all(m.what in FORCEABLE for m in misfits if m.refuse)
+
+
+def _train_hint(image: Image) -> str:
+    return (
+        f"it needs a model trained on scans like it ({describe_scan(image)}): satseg preprocess DATASET -o PP; "
+        "satseg train --data PP --out RUN; then --model RUN"
+    )
+
+
 def _segmenter_for(
     image: Image,
     source: Path,
@@ -235,7 +252,7 @@ def _segmenter_for(
         if _refusal(misfits) and not force:
             raise DataError(
                 f"does not fit model `{segmenter.name}`: {_refusal(misfits)}",
-                hint=f"it needs a model trained on scans like it ({describe_scan(image)}); or pass --force",
+                hint=_train_hint(image) + ("; or pass --force to try this model anyway" if _forceable(misfits) else ""),
             )
         return segmenter, misfits
     default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
@@ -247,12 +264,12 @@ def _segmenter_for(
             return segmenter, misfits
         tried.append((segmenter, misfits))
     if force:
-        return tried[0]
+        return next(((s, m) for s, m in tried if _forceable(m)), tried[0])
     reasons = "; ".join(f"`{s.name}` knows other scans: {_refusal(m)}" for s, m in tried)
+    closest = next((s for s, m in tried if _forceable(m)), None)
     raise DataError(
         f"no shipped model fits this {describe_scan(image)} ({reasons})",
-        hint="train a model on such scans (satseg preprocess, satseg train) and pass --model RUN; "
-        "or pass --force to segment with the closest shipped model anyway",
+        hint=_train_hint(image) + (f"; or pass --force to try `{closest.name}` anyway" if closest else ""),
     )
 
 
@@ -277,6 +294,7 @@ def segment_inputs(
     force: bool = False,
     lcc: bool | None = None,
     progress: bool = False,
+    on_done: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> SegmentReport:
     """Segment every input; see ``satseg segment --help`` for the options.
 
@@ -296,6 +314,8 @@ def segment_inputs(
         force: segment inputs that do not fit the model's training data (the differences are warnings).
         lcc: largest-component post-processing for every class (True), none (False) or as the run records.
         progress: show bars over the inputs and the current input's windows, with remaining time, on stderr.
+        on_done: called as each input finishes, with ``"result"`` or ``"failure"`` and its report entry (the
+            command line prints each file's line then, not at the end).
 
     Returns:
         A report with, per input, the files written, per-label volumes and timings, the failures and the
@@ -333,6 +353,7 @@ def segment_inputs(
                     probabilities = _extra_path(target, "_probabilities.nii.gz")
                     check_output(probabilities, inputs=sources, overwrite=overwrite or leftover)
                 image = read_image(source)
+                check_output_holds(target, image)  # `-o out.png` for a 3D scan: refused before inference
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force, amp)
                 for misfit in misfits:
                     logger.debug("%s: %s", source, misfit)  # the report prints it once
@@ -341,18 +362,17 @@ def segment_inputs(
                     image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
                     attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
                 )  # fmt: skip
-                written = _write_outputs(
+                written, mask_values = _write_outputs(
                     source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources,
                     resume=skip_existing,
                 )
             except SatsegError as error:
-                report.failures.append({"input": str(source), "error": error.message, "hint": error.hint})
-                logger.debug("%s: %s", source, error.message)  # the report prints it once, at the end
+                _fail(report, on_done, {"input": str(source), "error": error.message, "hint": error.hint})
                 continue
             except Exception as error:  # noqa: BLE001 - out of memory, ONNX Runtime, a full disk: this file failed, not the batch
                 message, hint = _unforeseen(error)
-                report.failures.append({"input": str(source), "error": message, "hint": hint})
                 logger.debug("%s: %s", source, message, exc_info=True)
+                _fail(report, on_done, {"input": str(source), "error": message, "hint": hint})
                 continue
             labels = seg.labels.array[0]
             report.results.append(
@@ -364,6 +384,7 @@ def segment_inputs(
                     "largest_component": seg.lcc,
                     "warnings": [str(m) for m in misfits],
                     "outputs": [str(p) for p in written],
+                    "mask_values": mask_values,
                     "shape": list(labels.shape),
                     "spacing": list(image.spacing),
                     "window": list(seg.window),
@@ -374,7 +395,44 @@ def segment_inputs(
                                 "total_s": round(time.perf_counter() - started, 4)},
                 }
             )  # fmt: skip
+            if on_done is not None:
+                on_done("result", report.results[-1])
     return report
+
+
+def _fail(report: SegmentReport, on_done: Callable | None, failure: dict[str, Any]) -> None:
+    """Record a failed input; it is reported once (by ``on_done``, or by whoever reads the report)."""
+    report.failures.append(failure)
+    if on_done is not None:
+        on_done("failure", failure)
+    else:
+        logger.debug("%s: %s", failure["input"], failure["error"])
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+"""Endings that hold one 2D picture only (TIFF may hold a stack, NIfTI/NRRD/MetaImage any grid)."""
+
+
+def check_output_holds(target: Path, image: Image) -> None:
+    """Refuse an output whose format cannot hold a mask on ``image``'s grid (a 3D mask as PNG)."""
+    suffix = target.suffix.lower()
+    if image.spatial_dims == 3 and suffix in PICTURE_SUFFIXES:
+        raise ConfigError(
+            f"`{target.name}`: a {suffix} picture cannot hold the 3D mask of this scan ({image.spatial_shape})",
+            hint=f"use -o {image_stem(target)}.nii.gz (or .nrrd, .mha)",
+        )
+
+
+def mask_for_picture(labels: Image, label_values: dict[str, int]) -> tuple[Image, dict[str, int]]:
+    """A binary mask as 0/255 (white on black in any viewer); other masks keep their label values.
+
+    Returns:
+        ``(the image to write, label name → value written)``.
+    """
+    if len(label_values) == 2 and set(label_values.values()) == {0, 1}:
+        scaled = (labels.array > 0).astype(np.uint8) * 255
+        return replace(labels, array=scaled), {name: 255 * value for name, value in label_values.items()}
+    return labels, dict(label_values)
 
 
 def _unforeseen(error: Exception) -> tuple[str, str]:
@@ -394,7 +452,7 @@ def _extra_path(target: Path, ending: str) -> Path:
 
 def _write_outputs(
     source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources, resume=False
-) -> list[Path]:
+) -> tuple[list[Path], dict[str, int]]:
     """Write the mask and the extras; refuse before writing anything when one of them exists or is an input."""
     stem = image_stem(target)[: -len("_seg")] if image_stem(target).endswith("_seg") else image_stem(target)
     # Probabilities and attention maps are floats: NIfTI, also for 2D pictures (a PNG would be lossy).
@@ -414,7 +472,10 @@ def _write_outputs(
         if extra is not None:
             write_image(extra, path, overwrite=overwrite or unfinished)
         else:
-            overlay_png(image.array, seg.labels.array[0], image.spacing, path)
+            overlay_png(image.array, seg.labels.array[0], image.spacing, path, segmenter.labels)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
-    write_image(seg.labels, target, overwrite=overwrite)
-    return [target, *(p for p, _ in extras)]
+    mask, values = seg.labels, dict(segmenter.labels)
+    if target.suffix.lower() in PICTURE_SUFFIXES + (".tif", ".tiff"):
+        mask, values = mask_for_picture(seg.labels, values)
+    write_image(mask, target, overwrite=overwrite)
+    return [target, *(p for p, _ in extras)], values

@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 from satseg.atomic import atomic_path
 
-__all__ = ["overlay_png", "outline_png", "REFERENCE_COLOUR", "PREDICTION_COLOUR"]
+__all__ = ["overlay_png", "outline_png", "label_colour", "REFERENCE_COLOUR", "PREDICTION_COLOUR", "LEGEND_ROW"]
 
 _COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
@@ -55,8 +55,30 @@ def _views(image: np.ndarray, masks: list[np.ndarray], spacing: tuple[float, ...
     ]
 
 
-def _save_panels(panels: list[np.ndarray], path: str | Path) -> Path:
-    """Panels side by side (4 px apart), enlarged to about 256 px tall, written atomically as PNG."""
+LEGEND_ROW = 16  # px per legend entry, below the panels
+
+
+def _with_legend(picture: PILImage.Image, legend: list[tuple[str, tuple[int, ...]]]) -> PILImage.Image:
+    """``picture`` with a strip below it: a colour swatch and the name of each entry, one per row."""
+    if not legend:
+        return picture
+    from PIL import ImageDraw
+
+    width = max(picture.width, 160)
+    out = PILImage.new("RGB", (width, picture.height + LEGEND_ROW * len(legend) + 4), (0, 0, 0))
+    out.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for row, (name, colour) in enumerate(legend):
+        top = picture.height + 4 + row * LEGEND_ROW
+        draw.rectangle((4, top, 15, top + 11), fill=tuple(int(c) for c in colour))
+        draw.text((20, top), name, fill=(255, 255, 255))
+    return out
+
+
+def _save_panels(
+    panels: list[np.ndarray], path: str | Path, legend: list[tuple[str, tuple[int, ...]]] | None = None
+) -> Path:
+    """Panels side by side (4 px apart), enlarged to about 256 px tall, with a legend below, written as PNG."""
     height = max(p.shape[0] for p in panels)
     canvas = np.zeros((height, sum(p.shape[1] for p in panels) + 4 * (len(panels) - 1), 3), np.uint8)
     left = 0
@@ -67,24 +89,40 @@ def _save_panels(panels: list[np.ndarray], path: str | Path) -> Path:
     scale = max(1, 256 // max(height, 1))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), PILImage.NEAREST)
+    picture = _with_legend(picture, legend or [])
     with atomic_path(path, suffix=".png") as tmp:
         picture.save(tmp, format="PNG")
     return Path(path)
 
 
-def overlay_png(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], path: str | Path) -> Path:
-    """Write a PNG of ``labels`` over ``image``.
+def label_colour(value: int) -> tuple[int, int, int]:
+    """The colour a label value is drawn in."""
+    return tuple(int(c) for c in _COLOURS[(int(value) - 1) % len(_COLOURS)])
+
+
+def overlay_png(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, ...],
+    path: str | Path,
+    names: dict[str, int] | None = None,
+) -> Path:
+    """Write a PNG of ``labels`` over ``image``, with a legend of the label names below.
 
     Args:
         image: ``(C, *S)`` intensities.
         labels: ``(*S)`` label map on the same grid.
         spacing: mm per array axis, for the panels' aspect ratio.
         path: the PNG to write (atomically).
+        names: label name → value (background left out of the legend); None: the values are the names.
 
     For 3D, three panels show the axial, coronal and sagittal slices through the mask's centre of mass
     (the volume's centre when the mask is empty).
     """
-    return _save_panels([_blend(im, masks[0], sp) for im, masks, sp in _views(image, [labels], spacing)], path)
+    values = names or {str(int(v)): int(v) for v in np.unique(labels) if v != 0}
+    legend = [(name, label_colour(value)) for name, value in sorted(values.items(), key=lambda kv: kv[1]) if value]
+    panels = [_blend(im, masks[0], sp) for im, masks, sp in _views(image, [labels], spacing)]
+    return _save_panels(panels, path, legend)
 
 
 REFERENCE_COLOUR = (60, 200, 75)  # green
@@ -129,4 +167,5 @@ def outline_png(
     if image is None:
         image = np.zeros((1, *reference.shape), np.float32)
     views = _views(image, [reference, prediction], spacing)
-    return _save_panels([_outlines(im, masks, sp) for im, masks, sp in views], path)
+    legend = [("reference", REFERENCE_COLOUR), ("prediction", PREDICTION_COLOUR)]
+    return _save_panels([_outlines(im, masks, sp) for im, masks, sp in views], path, legend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -9,7 +10,33 @@ from torch import Tensor, nn
 from satseg.errors import ConfigError
 from satseg.nn.gates import LEGACY_GATE_OPTIONS, SkipGate
 
-__all__ = ["SegmentationNet"]
+__all__ = ["SegmentationNet", "level_strides", "level_factor"]
+
+
+def level_strides(strides: Sequence[Sequence[int] | int] | None, levels: int, spatial_dims: int) -> tuple:
+    """Per-level, per-axis down-sampling factors: ``None`` is 2 on every axis at every level (the classic
+    net); otherwise one entry per level, each an int or one factor (1 or 2) per axis, e.g. ``[[1, 2, 2], 2]``
+    for a thick-slice volume whose first level pools in-plane only (nnU-Net's anisotropic plans).
+
+    Raises:
+        ConfigError: a wrong number of levels or axes, or a factor other than 1 or 2.
+    """
+    if strides is None:
+        return tuple((2,) * spatial_dims for _ in range(levels))
+    out = []
+    for entry in strides:
+        axes = (int(entry),) * spatial_dims if isinstance(entry, int | float) else tuple(int(s) for s in entry)
+        if len(axes) != spatial_dims or any(s not in (1, 2) for s in axes):
+            raise ConfigError(f"`strides` entry {entry!r}: need {spatial_dims} factors of 1 or 2")
+        out.append(axes)
+    if len(out) != levels:
+        raise ConfigError(f"`strides` needs {levels} levels (one per down-sampling), got {len(out)}")
+    return tuple(out)
+
+
+def level_factor(axes: tuple[int, ...]) -> int | tuple[int, ...]:
+    """A layer's kernel/stride: an int when every axis has the same factor (the modules of the classic net)."""
+    return axes[0] if len(set(axes)) == 1 else axes
 
 
 class SegmentationNet(nn.Module):
@@ -24,6 +51,8 @@ class SegmentationNet(nn.Module):
     """
 
     input_divisor: int = 1
+    input_divisors: tuple[int, ...] | None = None
+    """Per-axis divisors when the net pools axes differently (``strides``); ``input_divisor`` is their largest."""
     deep_supervision: bool = False
     legacy_options: dict[str, Any] = {"gate_options": LEGACY_GATE_OPTIONS}
     """Options whose default changed since satseg 0.1.0, with that release's values: every new checkpoint
@@ -46,6 +75,10 @@ class SegmentationNet(nn.Module):
         """Every skip gate with its qualified name, encoder order (long skips, then any inner ones)."""
         return [(name, m) for name, m in self.named_modules() if isinstance(m, SkipGate)]
 
+    def axis_divisors(self) -> tuple[int, ...]:
+        """What each input side must be divisible by (the product of that axis's down-sampling factors)."""
+        return self.input_divisors or (self.input_divisor,) * self.spatial_dims
+
     def keep_attention(self, keep: bool = True) -> None:
         """Make every attending gate keep its last attention map (see :attr:`SkipGate.last_attention`)."""
         for _, gate in self.skip_gates():
@@ -60,9 +93,11 @@ class SegmentationNet(nn.Module):
                 f"expected input (B, {self.in_channels}, {', '.join('S' * self.spatial_dims)}), got {tuple(x.shape)}"
             )
         sides = tuple(x.shape[2:])
-        if any(s % self.input_divisor for s in sides):
-            padded = tuple(-(-s // self.input_divisor) * self.input_divisor for s in sides)
+        divisors = self.axis_divisors()
+        if any(s % d for s, d in zip(sides, divisors, strict=True)):
+            padded = tuple(-(-s // d) * d for s, d in zip(sides, divisors, strict=True))
             raise ConfigError(
-                f"input sides {sides} must be divisible by {self.input_divisor}",
+                f"input sides {sides} must be divisible by "
+                f"{divisors[0] if len(set(divisors)) == 1 else divisors}",
                 hint=f"pad the input to {padded}",
             )

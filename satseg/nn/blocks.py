@@ -28,16 +28,22 @@ class ConvNormAct(nn.Sequential):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
+        kernel_size: int | tuple[int, ...] = 3,
+        stride: int | tuple[int, ...] = 1,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         bias: bool = True,
     ) -> None:
         conv = layer_type("conv", spatial_dims)(
-            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, bias=bias
+            in_channels, out_channels, kernel_size, stride=stride, padding=_same_padding(kernel_size), bias=bias
         )
         super().__init__(conv, make_norm(norm, spatial_dims, out_channels), make_act(act, out_channels))
+
+
+def _same_padding(kernel_size: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    if isinstance(kernel_size, int):
+        return (kernel_size - 1) // 2
+    return tuple((k - 1) // 2 for k in kernel_size)
 
 
 class DoubleConv(nn.Sequential):
@@ -58,9 +64,11 @@ class DoubleConv(nn.Sequential):
 
 
 class UpConv(nn.Module):
-    """Transposed convolution that doubles every side: ``(B, in, *S) -> (B, out, *2S)``."""
+    """Transposed convolution that multiplies every side by its factor: ``(B, in, *S) -> (B, out, *2S)``."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, factor: int = 2) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, factor: int | tuple[int, ...] = 2
+    ) -> None:
         super().__init__()
         self.up = layer_type("convtranspose", spatial_dims)(in_channels, out_channels, factor, stride=factor)
 

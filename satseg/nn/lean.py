@@ -202,7 +202,7 @@ class _LeanUNet(LeanNet):
         super().__init__(model)
         m = copy.deepcopy(model).eval()
         _fold_sequentials(m)
-        self.encoder, self.pool, self.head = m.encoder, m.pool, m.head
+        self.encoder, self.pools, self.head = m.encoder, m.pools, m.head
         self.gates = nn.ModuleList(LeanGate(g, prune) for g in m.gates)
         self.ups = m.ups
         align = getattr(m, "align_channels", False)
@@ -217,7 +217,7 @@ class _LeanUNet(LeanNet):
         held: list[Tensor | None] = []
         for level, block in enumerate(self.encoder):
             if level:
-                x = self.pool(x)
+                x = self.pools[level - 1](x)
             x = block(x)
             if level < len(self.gates):
                 held.append(self.gates[level](x))

@@ -24,13 +24,16 @@ class TrainConfig:
     """Everything that decides a training run, besides the data folder.
 
     Args:
-        net: backbone name (see :func:`satseg.nn.list_models`).
+        net: backbone name (see :func:`satseg.nn.list_models`); ``None``: a U-Net of the data's dimensionality.
         skip: skip gate, ``org``, ``st``, ``at`` or ``sat``.
         fold: which fold of ``splits.json`` to validate on (``-1``: train on all cases, no validation).
         epochs: number of epochs.
-        iters_per_epoch: training batches per epoch.
-        patch: patch size per array axis; ``None`` takes the plan's.
-        batch: patches per batch; ``None`` picks 2 for 3D and 12 for 2D.
+        iters_per_epoch: training batches per epoch; ``None``: planned so an epoch takes about two minutes on
+            the CPU, one on a GPU, at a nominal throughput (:mod:`satseg.training.planner`).
+        steps: total training steps (the load-independent budget): sets ``epochs`` to whole epochs of about
+            ``iters_per_epoch`` steps adding up to it; ``None``: ``epochs`` × ``iters_per_epoch``.
+        patch: patch size per array axis; ``None``: planned from the median case shape and the device's budget.
+        batch: patches per batch; ``None``: planned from the device's budget (at least 2).
         optimizer: ``adadelta`` (paper), ``adam`` or ``sgd`` (Nesterov momentum 0.99).
         lr: learning rate; ``None`` takes the optimizer's default (Adadelta 1.0, Adam 1e-3, SGD 1e-2).
         scheduler: ``poly`` (lr × (1 − epoch/epochs)^0.9) or ``constant`` (the paper: Adadelta with
@@ -59,7 +62,8 @@ class TrainConfig:
         deterministic: ask PyTorch for deterministic algorithms.
         val_every: validate every this many epochs (and at the last epoch).
         workers: data-loading worker processes (0: in the main process).
-        max_minutes: stop after the epoch that passes this wall-time budget (``None``: no budget).
+        max_minutes: stop after the first training step past this wall-time budget (``None``: no budget); the
+            stopped run's last checkpoint is the end of the last whole epoch, and its learning rate never annealed.
         select_l1: weight λ of an L1 term ``λ · Σ trelu(W)`` over every selection weight of every
             ``st``/``sat`` gate (Keras' ``l1(λ)`` regulariser convention: a sum), pushing channels off.
         select_lr_scale: learning-rate multiplier of the selection weights ``W`` (Adadelta moves a weight
@@ -67,11 +71,11 @@ class TrainConfig:
         model_options: extra backbone options, e.g. ``{"features": [16, 32, 64]}``.
     """
 
-    net: str = "unet3d"
+    net: str | None = None
     skip: str = "sat"
     fold: int = 0
     epochs: int = 50
-    iters_per_epoch: int = 100
+    iters_per_epoch: int | None = None
     patch: tuple[int, ...] | None = None
     batch: int | None = None
     optimizer: str = "adadelta"
@@ -99,6 +103,7 @@ class TrainConfig:
     select_l1: float = 0.0
     select_lr_scale: float = 1.0
     model_options: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):  # NaN passes every `<`/`>` check below: refuse it (and infinity) first
@@ -115,8 +120,8 @@ class TrainConfig:
         look_up_option(self.amp_dtype, AMP_DTYPES, "amp dtype")
         # an explicit True/False from the API means on/off (a run's recorded `true` is read by from_dict)
         object.__setattr__(self, "amp", amp_mode({True: "on", False: "off"}.get(self.amp, self.amp)))
-        for name in ("epochs", "iters_per_epoch", "val_every"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "iters_per_epoch", "val_every", "steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"`batch` must be at least 1, got {self.batch}")

@@ -20,7 +20,7 @@ __all__ = ["fold_run_dir", "train_runs", "RESUME_CHECKED"]
 
 RESUME_CHECKED = ("net", "skip", "fold", "optimizer", "loss", "scheduler", "select_l1", "select_lr_scale", "augment",
                   "elastic", "deep_supervision", "amp", "amp_dtype", "compile", "seed", "deterministic",
-                  "model_options")  # fmt: skip
+                  "model_options", "steps")  # fmt: skip
 """Settings a resumed run keeps: given again (typed on the command line), each is checked against the run's."""
 
 

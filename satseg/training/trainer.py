@@ -34,7 +34,7 @@ from satseg.errors import CheckpointError, ConfigError
 from satseg.nn import SegmentationNet, build_model, explicit_model_config, legacy_model_config
 from satseg.nn.registry import model_accepts
 from satseg.plots import write_progress_plot
-from satseg.progress import TrainProgress
+from satseg.progress import TrainProgress, note
 from satseg.runs import BEST, LAST, RUN_CONFIG, check_patch_size, load_checkpoint, save_checkpoint
 from satseg.training.augment import AugmentConfig, augment_batch
 from satseg.training.config import TrainConfig
@@ -42,6 +42,7 @@ from satseg.training.distributed import DistContext, init_distributed
 from satseg.training.ema import WeightEMA
 from satseg.training.losses import deep_supervision_loss
 from satseg.training.patches import PatchBatches, TrainingCase, make_training_case, to_device
+from satseg.training.planner import default_net, plan_training
 from satseg.training.validation import mean_per_class, validate_cases
 
 __all__ = [
@@ -84,6 +85,11 @@ class TrainResult:
     is_main: bool = True
     final_dice: float | None = None
     final_weights: str = "final"
+    stopped_by_budget: bool = False
+    epochs_planned: int | None = None
+    steps_done: int = 0
+    lr_at_stop: float | None = None
+    max_minutes: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """Plain-JSON summary for ``--json``."""
@@ -93,15 +99,28 @@ class TrainResult:
             "val_dice": self.final_dice,
             "val_dice_weights": self.final_weights,
             "best_dice": self.best_dice,
-            "best_epoch": self.best_epoch,
+            "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
+            "epochs_planned": self.epochs_planned,
+            "steps_done": self.steps_done,
+            "stopped_by_budget": self.stopped_by_budget,
+            "lr_fraction_at_stop": None if self.lr_at_stop is None else round(self.lr_at_stop, 3),
             "best_dice_note": "optimistic: the epoch was chosen on this same validation",
             "last_dice": self.last_dice,
             "seconds": round(self.seconds, 2),
         }
 
 
-def _default_batch(spatial_dims: int) -> int:
-    return 2 if spatial_dims == 3 else 12
+def _check_dimensions(model_cfg: dict[str, Any], spatial_dims: int, net: str, model: Any = None) -> None:
+    """Refuse a backbone of the wrong dimensionality before anything is planned or built for real."""
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(**model_cfg)
+    if int(model.spatial_dims) != spatial_dims:
+        raise ConfigError(
+            f"`--net {net}` is {model.spatial_dims}D but the dataset is {spatial_dims}D",
+            hint=f"leave --net out (a {spatial_dims}D U-Net is planned) or pick a {spatial_dims}D backbone, "
+            f"e.g. --net {default_net(spatial_dims)}",
+        )
 
 
 def mean_dice(per_class: dict[str, float]) -> float:
@@ -365,7 +384,18 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     spatial_dims = int(plan["spatial_dims"])
-    patch = check_patch_size(config.patch or plan["patch_size"])
+    labels: dict[str, int] = plan["labels"]
+    # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
+    # records every option whose default may change, so its checkpoints keep meaning the same model
+    train_plan = None
+    if payload is not None:
+        model_cfg = legacy_model_config(dict(payload["config"]["model"]))
+    else:
+        net = config.net or default_net(spatial_dims)
+        model_cfg = explicit_model_config(_model_config(replace(config, net=net), plan))
+        _check_dimensions(model_cfg, spatial_dims, net)
+        config, model_cfg, train_plan = plan_training(config, plan, ctx.device, model_cfg, set(config.model_options))
+    patch = check_patch_size(config.patch)
     if len(patch) != spatial_dims:
         raise ConfigError(f"`patch` needs {spatial_dims} sizes for this {spatial_dims}D dataset, got {patch}")
     largest = plan.get("median_shape") or patch
@@ -373,23 +403,19 @@ def train(
         logger.warning(
             "patch %s is over twice the median case shape %s: most of every patch is padding", patch, largest
         )
-    config = replace(config, patch=patch, batch=config.batch or _default_batch(spatial_dims))
-    labels: dict[str, int] = plan["labels"]
-    # a resumed run rebuilds exactly the model it saved (a 0.1.0 run: with 0.1.0's defaults); a new run
-    # records every option whose default may change, so its checkpoints keep meaning the same model
-    if payload is not None:
-        model_cfg = legacy_model_config(dict(payload["config"]["model"]))
-    else:
-        model_cfg = explicit_model_config(_model_config(config, plan))
     torch.manual_seed(config.seed)  # the initial weights, too, follow from the seed
     model = build_model(**model_cfg)
-    if int(model.spatial_dims) != spatial_dims:
-        raise ConfigError(f"`--net {config.net}` is {model.spatial_dims}D but the dataset is {spatial_dims}D")
-    if any(p % model.input_divisor for p in patch):
+    _check_dimensions(model_cfg, spatial_dims, config.net, model)
+    divisors = model.axis_divisors()
+    if any(p % d for p, d in zip(patch, divisors, strict=True)):
+        shown = divisors[0] if len(set(divisors)) == 1 else divisors
         raise ConfigError(
-            f"patch {patch} must be divisible by {model.input_divisor} for `{config.net}`",
-            hint=f"use --patch {' '.join(str(-(-p // model.input_divisor) * model.input_divisor) for p in patch)}",
+            f"patch {patch} must be divisible by {shown} for `{config.net}`",
+            hint=f"use --patch {' '.join(str(-(-p // d) * d) for p, d in zip(patch, divisors, strict=True))}",
         )
+    if train_plan is not None and progress and ctx.is_main:
+        for line in train_plan.lines():
+            note(line)
     run_config = {
         "satseg_version": __version__,
         "model": model_cfg,
@@ -397,6 +423,10 @@ def train(
         "plan": plan,
         "data_dir": str(data_dir.resolve()),
     }
+    if train_plan is not None:
+        run_config["train_plan"] = train_plan.to_dict()
+    elif payload is not None and "train_plan" in payload["config"]:
+        run_config["train_plan"] = payload["config"]["train_plan"]
 
     splits = load_splits(data_dir)
     if config.fold == -1:
@@ -504,11 +534,14 @@ def _run(
     if config.compile:
         step_model = torch.compile(step_model)
     batches_per_rank = math.ceil(config.iters_per_epoch / ctx.world_size)
+    budget_seconds = None if config.max_minutes is None else 60.0 * config.max_minutes
+    stopped = False
     aug_gen = torch.Generator(device=device)
     started = time.perf_counter()
     progress = TrainProgress(config.epochs, batches_per_rank, start_epoch, enabled=show_progress)
     last_dice: dict[str, float] = {}
-    epoch = start_epoch
+    epoch = epoch_stop = start_epoch
+    steps_done = 0
     with progress:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -542,6 +575,9 @@ def _run(
             losses = []
             progress.start_epoch(epoch)
             for image, label in loader:
+                if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
+                    stopped = True  # checked before every step, so a long epoch never overruns the budget
+                    break
                 image = image.to(device, non_blocking=True)
                 label = label.to(device, non_blocking=True)
                 if config.augment:
@@ -570,8 +606,19 @@ def _run(
                 losses.append(loss.item())
                 progress.step(losses[-1])
 
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses))}
-            validate_now = val_count and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            if ctx.distributed:  # every rank stops at the same step when one's clock has passed the budget
+                flag = torch.tensor([float(stopped)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stopped = bool(flag.item())
+            if not losses:  # the budget was spent before this epoch's first step
+                epoch_stop = epoch
+                progress.stop(f"stopped by --max-minutes {config.max_minutes:g} before epoch {epoch + 1}")
+                break
+            steps_done += len(losses)
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "steps": len(losses)}
+            validate_now = val_count and (
+                (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs or stopped
+            )
             shipped = ema.module if ema is not None else model  # the weights validated, saved and shipped
             if validate_now:
                 val_start = time.perf_counter()
@@ -605,19 +652,22 @@ def _run(
             ctx.barrier()
             for callback in callbacks:
                 callback(epoch, row)
-            elapsed = time.perf_counter() - started
-            # Stop when the next epoch would likely overrun the budget (epochs take about the same time).
-            if config.max_minutes is not None and elapsed * (epoch + 2 - start_epoch) / (epoch + 1 - start_epoch) > (
-                60 * config.max_minutes
-            ):
-                logger.info("stopping after epoch %d: the %.1f-minute budget is spent", epoch, config.max_minutes)
-                epoch += 1
+            if stopped:
+                epoch_stop = epoch + 1
+                progress.stop(f"stopped by --max-minutes {config.max_minutes:g} in epoch {epoch + 1}")
                 break
         else:
-            epoch = config.epochs
+            epoch_stop = config.epochs
+    epoch = epoch_stop
+    if stopped and ctx.is_main:
+        logger.info("stopped by the %.1f-minute budget after %d steps", config.max_minutes, steps_done)
+    annealing = stopped and config.scheduler == "poly"
+    lr_at_stop = _lr_at(config, epoch) / config.learning_rate if annealing else None
     final = history[-1] if history and int(history[-1]["epoch"]) == epoch - 1 else {}
     final_dice = float(final["dice_mean"]) if final.get("dice_mean") not in (None, "") else None
     return TrainResult(
         out_dir, epoch, best_dice, best_epoch, last_dice, time.perf_counter() - started, history, ctx.is_main,
-        final_dice, "ema" if ema is not None else "final",
+        final_dice, "ema" if ema is not None else "final", stopped_by_budget=stopped, epochs_planned=config.epochs,
+        steps_done=steps_done, lr_at_stop=lr_at_stop,
+        max_minutes=config.max_minutes,
     )  # fmt: skip

@@ -83,7 +83,9 @@ def test_several_label_folders_are_refused_and_explicit_folders_resolve_it(tmp_p
     result = runner.invoke(app, ["preprocess", *args, "-o", str(tmp_path / "pp"), "--folds", "2"])
     assert result.exit_code == 0, result.output
     shown = re.sub(r"[\s│]+", " ", result.output)  # the panel may wrap the line
-    assert "images/ ↔ 1st_manual/ by leading case id: 3 pairs, e.g. 21_training.png ↔ 21_manual1.png" in shown
+    assert "pairs: 3, images/ ↔ 1st_manual/ by leading case id e.g. 21_training.png ↔ 21_manual1.png" in shown
+    assert "mask values: 0 → 0, 255 → 1" in shown and "folders not used: images2/, mask/" in shown
+    assert "None" not in shown and "{" not in shown and "[" not in shown  # words, not Python reprs
     assert load_plan(tmp_path / "pp")["cases"] == ["21_training", "22_training", "23_training"]
 
 
@@ -100,3 +102,34 @@ def test_grey_pictures_are_recorded_as_grey_with_dataset_statistics(tmp_path):
     np.testing.assert_allclose([norm["mean"], norm["std"]], [pixels.mean(), pixels.std()], rtol=1e-9)
     image, _, _ = load_case(tmp_path / "pp", "0")
     assert abs(float(image.mean())) < 0.5  # z-scored with the dataset's statistics
+
+
+def _drive(root):
+    """DRIVE's training folder: images/, 1st_manual/ (vessels) and mask/ (the round field of view)."""
+    names = [(f"{i}_training.png", f"{i}_manual1.png") for i in (21, 22, 23)]
+    _picture_set(root, "images", "1st_manual", names)
+    (root / "mask").mkdir()
+    yy, xx = np.mgrid[0:20, 0:22]
+    disc = (((yy - 10) / 9.5) ** 2 + ((xx - 11) / 10.5) ** 2 <= 1).astype(np.uint8) * 255
+    for i in (21, 22, 23):
+        PILImage.fromarray(disc).save(root / "mask" / f"{i}_training_mask.png")
+
+
+def test_a_field_of_view_mask_folder_is_never_suggested_as_labels(tmp_path):
+    _drive(tmp_path / "drive" / "training")
+    with pytest.raises(DataError) as info:
+        discover_dataset(tmp_path / "drive" / "training")
+    assert "mask/ holds field-of-view masks" in info.value.message
+    assert "--labels 1st_manual" in info.value.hint and "--labels mask" not in info.value.hint
+    # the hint's command works: --labels NAME picks the folder inside the dataset
+    dataset = discover_dataset(tmp_path / "drive" / "training", label_dir="1st_manual")
+    assert [c.label.name for c in dataset.cases] == ["21_manual1.png", "22_manual1.png", "23_manual1.png"]
+
+
+def test_a_dataset_one_level_down_is_named(tmp_path):
+    _drive(tmp_path / "drive" / "training")
+    _drive(tmp_path / "drive" / "test")
+    with pytest.raises(DataError) as info:
+        discover_dataset(tmp_path / "drive")
+    assert "is not a dataset folder" in info.value.message
+    assert info.value.hint.endswith(f"`satseg preprocess {tmp_path / 'drive' / 'training'}`?")

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from satseg.evaluation.visual_report import CaseView, WorstCases, case_dice
-from satseg.inference.preview import PREDICTION_COLOUR, REFERENCE_COLOUR, outline_png
+from satseg.inference.preview import LEGEND_ROW, PREDICTION_COLOUR, REFERENCE_COLOUR, outline_png
 
 
 def _read(path) -> np.ndarray:
@@ -18,9 +18,14 @@ def test_outlines_sit_on_the_mask_borders_2d(tmp_path):
     prediction = np.zeros_like(reference)
     prediction[40:50, 40:60] = 1
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
-    pixels = _read(outline_png(image, reference, prediction, (1.0, 1.0), tmp_path / "case.png"))
+    whole = _read(outline_png(image, reference, prediction, (1.0, 1.0), tmp_path / "case.png"))
     scale = 256 // 64
-    assert pixels.shape == (64 * scale, 64 * scale, 3)
+    # the panel, then a legend below it: a swatch of each colour beside its name
+    assert whole.shape == (64 * scale + 2 * LEGEND_ROW + 4, 64 * scale, 3)
+    pixels, legend = whole[: 64 * scale], whole[64 * scale :]
+    for colour in (REFERENCE_COLOUR, PREDICTION_COLOUR):
+        assert np.all(legend == np.array(colour, np.uint8), axis=-1).sum() == 12 * 12
+    assert (legend.min(axis=-1) > 128).any()  # the names, in white
     at = lambda r, c: tuple(pixels[r * scale, c * scale])  # noqa: E731
     assert at(10, 20) == REFERENCE_COLOUR and at(29, 20) == REFERENCE_COLOUR and at(20, 10) == REFERENCE_COLOUR
     assert at(40, 50) == PREDICTION_COLOUR and at(45, 59) == PREDICTION_COLOUR
@@ -35,6 +40,7 @@ def test_outlines_of_a_3d_case_without_image_cut_through_both_masks(tmp_path):
     reference[2:6, 4:12, 4:12] = 2
     prediction = np.zeros_like(reference)  # a missed structure still shows: the slices go through the reference
     pixels = _read(outline_png(None, reference, prediction, (2.0, 1.0, 1.0), tmp_path / "case.png"))
+    pixels = pixels[: -(2 * LEGEND_ROW + 4)]  # the panels, without the legend's swatches
     assert np.any(np.all(pixels == np.array(REFERENCE_COLOUR, np.uint8), axis=-1))
     assert not np.any(np.all(pixels == np.array(PREDICTION_COLOUR, np.uint8), axis=-1))
 

@@ -124,7 +124,14 @@ def test_no_fitting_shipped_model_is_refused_within_seconds_unless_forced(tmp_pa
     assert failure["error"].startswith("no shipped model fits this 3D CT (HU), 180 x 150 x 165 mm")
     for what in ("`mri-crops`", "intensities", "field of view", "voxels"):
         assert what in failure["error"]
-    assert "--force" in failure["hint"] and not (tmp_path / "ct_seg.nii.gz").exists()
+    # a CT in an MRI model cannot give a meaningful mask: no --force offered, but how to train the right model
+    assert "--force" not in failure["hint"] and not (tmp_path / "ct_seg.nii.gz").exists()
+    assert "a model trained on scans like it (3D CT (HU)" in failure["hint"] and "satseg train" in failure["hint"]
+    # an MRI whose field of view alone differs (a wider crop of the same kind of scan) may be forced
+    wide = _write(_mri((36, 150, 105)), (1.0, 1.0, 1.0), tmp_path / "wide_mri.nii.gz")
+    (unfit,) = segment_inputs([wide], device="cpu").failures
+    assert "field of view" in unfit["error"] and "intensities" not in unfit["error"]
+    assert "--force to try `mri-crops`" in unfit["hint"]
 
     small = _write(_ct((12, 12, 12), (4.0, 4.0, 4.0)), (4.0, 4.0, 4.0), tmp_path / "small_ct.nii.gz")
     forced = segment_inputs([small], device="cpu", force=True)

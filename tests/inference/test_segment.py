@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +23,7 @@ from satseg.data.preprocess import preprocess_dataset
 from satseg.data.synthetic import synthetic_case, write_synthetic_msd
 from satseg.errors import CheckpointError
 from satseg.inference.batch import segment_inputs
+from satseg.inference.preview import LEGEND_ROW, label_colour
 from satseg.runs import load_run
 from satseg.training.config import TrainConfig
 from satseg.training.trainer import train
@@ -189,7 +191,7 @@ def test_mask_lies_exactly_on_the_input_grid(kind, model3d, model2d, tmp_path):
     out_path = tmp_path / name
     assert report.results[0]["outputs"] == [str(out_path)]
     labels = _assert_same_grid(out_path, path, atol)
-    assert set(np.unique(labels)) <= {0, 1}
+    assert set(np.unique(labels)) <= ({0, 255} if kind in ("png", "jpeg") else {0, 1})  # binary pictures: 0/255
     if kind.startswith("nifti"):
         _assert_same_nifti_header(out_path, path)
     if kind in ("png", "jpeg"):
@@ -259,6 +261,8 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
         strict=True,
     ):
         assert name in line and reason in line, line
+        # each error once (not logged, then listed again); progress-bar lines aside
+        assert len([x for x in result.stderr.splitlines() if name in x and "remaining" not in x]) == 1
     assert _tmp_leftovers(tmp_path) == []
 
     # the outputs exist now: without --overwrite each good input fails naming its output; the bad ones fail again
@@ -278,6 +282,25 @@ def test_batch_goes_on_after_failures_and_lists_them(model3d, tmp_path):
     assert replaced.exit_code == 1  # the three bad inputs still fail
     _assert_same_grid(out / "a_seg.nii.gz", batch / "a.nii.gz")
     assert _tmp_leftovers(tmp_path) == []
+
+
+def test_each_file_is_reported_as_it_finishes(model3d, tmp_path, monkeypatch):
+    from satseg.inference import batch as batch_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        sitk.WriteImage(_sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE), str(folder / f"{name}.nii.gz"))
+    (folder / "c_corrupt.nii.gz").write_bytes(b"not a NIfTI file")
+    events = []
+    reader = batch_module.read_image
+    monkeypatch.setattr(batch_module, "read_image", lambda p: events.append(("read", p.name)) or reader(p))
+    batch_module.segment_inputs(
+        [folder], output=tmp_path / "out", model=str(model3d[0]), device="cpu",
+        on_done=lambda kind, entry: events.append((kind, Path(entry["input"]).name)),
+    )  # fmt: skip
+    assert events == [("read", "a.nii.gz"), ("result", "a.nii.gz"), ("read", "b.nii.gz"), ("result", "b.nii.gz"),
+                      ("read", "c_corrupt.nii.gz"), ("failure", "c_corrupt.nii.gz")]  # fmt: skip
 
 
 def test_masks_written_beside_the_inputs_are_not_segmented_again(model3d, tmp_path):
@@ -329,10 +352,14 @@ def test_preview_png_colours_exactly_the_masked_voxels(model3d, tmp_path):
     assert 0 < labels.sum() < labels.size
     with PILImage.open(tmp_path / "cube_preview.png") as png:
         assert png.mode == "RGB"
-        picture = np.asarray(png).astype(int)
+        whole = np.asarray(png).astype(int)
     assert str(tmp_path / "cube_preview.png") in report.results[0]["outputs"]
     # three 16x16 panels 4 px apart, enlarged 16x; grey pixels have r == g == b, the overlay colour does not
-    assert picture.shape == (256, (3 * 16 + 2 * 4) * 16, 3)
+    assert whole.shape == (256 + LEGEND_ROW + 4, (3 * 16 + 2 * 4) * 16, 3)
+    picture, legend = whole[:256], whole[256:]
+    # the legend: the label's colour beside its name ("core")
+    assert np.all(legend == np.array(label_colour(1)), axis=-1).sum() == 12 * 12
+    assert (legend.min(axis=-1) > 128).any()  # the name, in white
     z = int(np.argwhere(labels > 0).mean(0).round()[0])
     axial = picture[8:256:16, 8:256:16]
     np.testing.assert_array_equal(axial[..., 0] != axial[..., 1], labels[z] > 0)
@@ -491,3 +518,48 @@ def test_evaluate_model_reads_picture_masks_as_labels(model2d, tmp_path):
         ref = np.asarray(PILImage.open(mask)) == 255
         row = rows[mask.stem]
         assert int(row["fn"]) + int(row["tp"]) == int(ref.sum()) > 0, mask.name
+
+
+def test_evaluate_model_writes_predictions_in_the_dataset_s_picture_format(model2d, tmp_path):
+    from satseg.evaluation.model import evaluate_model
+
+    run, data = model2d
+    evaluate_model(run, data, tmp_path / "eval", split="all", device="cpu")
+    with (tmp_path / "eval" / "per_case.csv").open() as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    predictions = sorted((tmp_path / "eval" / "predictions").iterdir())
+    assert [p.name for p in predictions] == ["c0.png", "c1.png", "c2.png"]  # PNG masks in, PNG masks out
+    for path in predictions:
+        mask = np.asarray(PILImage.open(path))
+        assert set(np.unique(mask).tolist()) <= {0, 255}  # white on black, not 0/1
+        row = rows[path.stem]
+        assert int((mask == 255).sum()) == int(row["tp"]) + int(row["fp"])
+
+
+def test_binary_png_mask_is_0_255_and_says_so(model2d, tmp_path):
+    run, _ = model2d
+    rgb, _ = _rgb_picture(np.random.default_rng(5))
+    source = tmp_path / "skin.png"
+    PILImage.fromarray(rgb).save(source)
+    args = ["segment", str(source), "--model", str(run), "--device", "cpu", "--backend", "torch"]
+    as_png = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m.png"), "--json"])
+    as_nifti = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m.nii.gz")])
+    assert as_png.exit_code == 0 and as_nifti.exit_code == 0, as_png.output + as_nifti.output
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz")))
+    png = np.asarray(PILImage.open(tmp_path / "m.png"))
+    assert np.array_equal(png, labels.reshape(png.shape).astype(np.uint8) * 255)
+    (result,) = json.loads(as_png.stdout)["results"]
+    assert sorted(result["mask_values"].values()) == [0, 255]
+
+
+def test_a_picture_output_for_a_3d_scan_is_refused_before_inference(model3d, tmp_path, monkeypatch):
+    from satseg.inference.segmenter import Segmenter
+
+    source = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(_sitk_volume((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE), str(source))
+    monkeypatch.setattr(Segmenter, "segment", lambda *a, **k: pytest.fail("inference ran"))
+    args = ["segment", str(source), "--model", str(model3d[0]), "-o", str(tmp_path / "o.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "a .png picture cannot hold the 3D mask" in result.stderr and "o.nii.gz" in result.stderr
+    assert not (tmp_path / "o.png").exists()

@@ -107,6 +107,7 @@ def test_run_folder_contents_and_safe_checkpoints(tmp_path):
         "deep_supervision": True,
         "gate_options": gate_options,
         "gate_levels": 1,
+        "strides": [[2, 2]],  # planned from the (isotropic) spacing
     }
     assert set(_rows(run)[0]) >= {"epoch", "lr", "train_loss", "dice_core", "dice_mean", "seconds"}
     # a checkpoint is plain data: it loads with weights_only=True (load_checkpoint enforces it)

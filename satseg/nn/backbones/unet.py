@@ -6,6 +6,8 @@ through a skip gate, so the decoder's input channels follow from what the gate t
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from satseg.errors import ConfigError, look_up_option
-from satseg.nn.base import SegmentationNet
+from satseg.nn.base import SegmentationNet, level_factor, level_strides
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, conv_fn, layer_type
@@ -49,6 +51,9 @@ class UNet(SegmentationNet):
             skip (the paper). Default 1: in satseg's convergence study one-map skips cost Dice mostly at the
             deep levels, which hold little of the skip memory (``benchmarks/README.md``). See
             :func:`satseg.nn.gates.build_level_gates`.
+        strides: down-sampling factor per level and axis (see :func:`satseg.nn.base.level_strides`); ``None``:
+            2 on every axis. A factor 1 leaves an axis (e.g. the thick one of a 5 × 1 × 1 mm scan) unpooled at
+            that level; the up-convolution of that level mirrors it.
         deep_supervision: add a 1×1 head to every decoder level but the last; in training mode the
             forward pass then returns ``[main, aux…]``, all full-size logits, aux from the finest scale to
             the coarsest (as DI2IN); eval mode returns the main logits only.
@@ -71,6 +76,7 @@ class UNet(SegmentationNet):
         transfer: str = "concat",
         deep_supervision: bool = False,
         gate_levels: int | str | None = 1,
+        strides: Sequence[Sequence[int] | int] | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         features = tuple(int(f) for f in features)
@@ -79,13 +85,16 @@ class UNet(SegmentationNet):
         self.features = features
         self.transfer = look_up_option(transfer, TRANSFERS, "transfer")
         self.align_channels = bool(align_channels)
-        self.input_divisor = 2 ** (len(features) - 1)
+        self.strides = level_strides(strides, len(features) - 1, spatial_dims)
+        self.input_divisors = tuple(math.prod(axis) for axis in zip(*self.strides, strict=True))
+        self.input_divisor = max(self.input_divisors)
         self.encoder = nn.ModuleList()
         in_ch = in_channels
         for width in features:
             self.encoder.append(DoubleConv(spatial_dims, in_ch, width, norm, act))
             in_ch = width
-        self.pool = layer_type("maxpool", spatial_dims)(2)
+        pool = layer_type("maxpool", spatial_dims)
+        self.pools = nn.ModuleList(pool(level_factor(s)) for s in self.strides)
         self.gates = build_level_gates(skip, spatial_dims, features[:-1], gate_levels, gate_options)
         if self.transfer == "modulate" and len({g.transfers_attention for g in self.gates}) > 1:
             raise ConfigError("`transfer='modulate'` needs every skip gated", hint="add `gate_levels=all`")
@@ -94,7 +103,7 @@ class UNet(SegmentationNet):
         for level in reversed(range(len(features) - 1)):
             width, transferred = features[level], self.gates[level].out_channels
             up_width = width - 1 if self.align_channels and transferred == 1 and width > 1 else width
-            self.ups.append(UpConv(spatial_dims, features[level + 1], up_width))
+            self.ups.append(UpConv(spatial_dims, features[level + 1], up_width, level_factor(self.strides[level])))
             self.decoder.append(DoubleConv(spatial_dims, up_width + transferred, width, norm, act))
         self.head = layer_type("conv", spatial_dims)(features[0], out_channels, 1)
         self.deep_supervision = bool(deep_supervision)
@@ -113,7 +122,7 @@ class UNet(SegmentationNet):
         skips = []
         for level, block in enumerate(self.encoder):
             if level:
-                x = self.pool(x)
+                x = self.pools[level - 1](x)
             x = block(x)
             if level < len(self.gates):
                 # Gate as soon as the level is computed: only the gate's output is kept for the decoder.
@@ -169,7 +178,7 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
         def unpack(t):
             if t is not None:
                 return t
-            with torch.no_grad(), torch.autocast(**autocast):
+            with torch.no_grad(), autocast:
                 return up(coarse)
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -182,14 +191,17 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
     return y
 
 
-def _autocast_state(device_type: str) -> dict[str, Any]:
-    """The autocast settings in force for ``device_type``, as keyword arguments of ``torch.autocast``."""
-    return {
-        "device_type": device_type,
-        "enabled": torch.is_autocast_enabled(device_type),
-        "dtype": torch.get_autocast_dtype(device_type),
-        "cache_enabled": torch.is_autocast_cache_enabled(),
-    }
+def _autocast_state(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that re-enters the autocast settings in force now for ``device_type`` (a no-op for devices
+    autocast does not know, such as ``meta``, on which the planner counts a step's memory)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=torch.is_autocast_cache_enabled(),
+    )
 
 
 register_dimensions(

@@ -14,6 +14,7 @@ what the SAT paper's Table 3 V-Net counts imply (its ``org`` − ``sat`` differe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from satseg.errors import ConfigError
-from satseg.nn.base import SegmentationNet
+from satseg.nn.base import SegmentationNet, level_factor, level_strides
 from satseg.nn.blocks import ConvNormAct
 from satseg.nn.gates import build_level_gates
 from satseg.nn.layers import LayerSpec, layer_type, make_act, make_norm
@@ -79,9 +80,9 @@ class ResidualStage(nn.Module):
 class _Down(nn.Module):
     """Stride-2 2×2(×2) conv–BN–act, then a residual stage: ``(B, Cin, *S) -> (B, Cout, *S/2)``."""
 
-    def __init__(self, dims: int, cin: int, cout: int, num_convs: int, kernel: int, norm, act) -> None:
+    def __init__(self, dims: int, cin: int, cout: int, num_convs: int, kernel: int, norm, act, factor=2) -> None:
         super().__init__()
-        self.down = ConvNormAct(dims, cin, cout, kernel_size=2, stride=2, norm=norm, act=act)
+        self.down = ConvNormAct(dims, cin, cout, kernel_size=factor, stride=factor, norm=norm, act=act)
         self.stage = ResidualStage(dims, cout, num_convs, kernel, norm, act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -91,10 +92,12 @@ class _Down(nn.Module):
 class _Up(nn.Module):
     """Up-conv–BN–act to ``width``, concat the gated skip (``g`` ch), residual stage ``width + g -> 2·width``."""
 
-    def __init__(self, dims: int, cin: int, width: int, gate_channels: int, num_convs: int, kernel, norm, act) -> None:
+    def __init__(
+        self, dims: int, cin: int, width: int, gate_channels: int, num_convs: int, kernel, norm, act, factor=2
+    ) -> None:
         super().__init__()
         self.up = nn.Sequential(
-            layer_type("convtranspose", dims)(cin, width, 2, stride=2),
+            layer_type("convtranspose", dims)(cin, width, factor, stride=factor),
             make_norm(norm, dims, width),
             make_act(act, width),
         )
@@ -129,6 +132,8 @@ class VNet(SegmentationNet):
             skip (the paper). Default 1: in satseg's convergence study one-map skips cost Dice mostly at the
             deep levels, which hold little of the skip memory (``benchmarks/README.md``). See
             :func:`satseg.nn.gates.build_level_gates`.
+        strides: down-sampling factor per stage and axis (see :func:`satseg.nn.base.level_strides`); ``None``:
+            2 on every axis.
     """
 
     legacy_options = {**SegmentationNet.legacy_options, "gate_levels": "all"}
@@ -147,6 +152,7 @@ class VNet(SegmentationNet):
         act: LayerSpec = "prelu",
         gate_options: Mapping[str, Any] | None = None,
         gate_levels: int | str | None = 1,
+        strides: Sequence[Sequence[int] | int] | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, skip)
         convs = tuple(int(n) for n in convs_per_stage)
@@ -158,7 +164,9 @@ class VNet(SegmentationNet):
             raise ConfigError(f"`kernel_size` must be odd and positive, got {kernel_size}")
         widths = [base_features * 2**s for s in range(len(convs))]
         self.widths = tuple(widths)
-        self.input_divisor = 2 ** (len(convs) - 1)
+        self.strides = level_strides(strides, len(convs) - 1, spatial_dims)
+        self.input_divisors = tuple(math.prod(axis) for axis in zip(*self.strides, strict=True))
+        self.input_divisor = max(self.input_divisors)
         self.input_conv = ConvNormAct(spatial_dims, in_channels, widths[0], kernel_size, norm=norm, act=act)
         self.input_act = make_act(act, widths[0])
         self.repeat = widths[0] // in_channels if widths[0] % in_channels == 0 else 0
@@ -168,14 +176,15 @@ class VNet(SegmentationNet):
             ResidualStage(spatial_dims, widths[0], convs[0] - 1, kernel_size, norm, act) if convs[0] > 1 else None
         )
         self.downs = nn.ModuleList(
-            _Down(spatial_dims, widths[s - 1], widths[s], convs[s], kernel_size, norm, act)
-            for s in range(1, len(convs))
+            _Down(spatial_dims, widths[s - 1], widths[s], convs[s], kernel_size, norm, act, level_factor(stride))
+            for s, stride in enumerate(self.strides, start=1)
         )
         self.gates = build_level_gates(skip, spatial_dims, widths[:-1], gate_levels, gate_options)
         self.ups = nn.ModuleList()
         cin = widths[-1]
         for s in reversed(range(len(convs) - 1)):
-            up = _Up(spatial_dims, cin, widths[s], self.gates[s].out_channels, convs[s], kernel_size, norm, act)
+            factor = level_factor(self.strides[s])
+            up = _Up(spatial_dims, cin, widths[s], self.gates[s].out_channels, convs[s], kernel_size, norm, act, factor)
             self.ups.append(up)
             cin = up.out_channels
         self.head = conv(cin, out_channels, 1)
