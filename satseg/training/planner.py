@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from satseg.device import autocast_dtype
 from satseg.nn import build_model
 from satseg.nn.registry import model_accepts
 from satseg.training.config import TrainConfig
@@ -154,7 +155,8 @@ def _measure(model_cfg: dict[str, Any], patch: Sequence[int], amp: bool) -> tupl
                 held[0] += t.numel()
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    x = torch.empty(1, int(model_cfg["in_channels"]), *patch, device="meta")
+    # two samples (train-mode BatchNorm refuses one value per channel at a 1-voxel bottleneck), halved below
+    x = torch.empty(2, int(model_cfg["in_channels"]), *patch, device="meta")
     counter = FlopCounterMode(display=False)
     with counter:
         model(x)
@@ -162,7 +164,7 @@ def _measure(model_cfg: dict[str, Any], patch: Sequence[int], amp: bool) -> tupl
         h.remove()
     # every layer's output is kept for backward; gradients of about as much again at the peak
     bytes_per_value = 2 if amp else 4
-    return float(counter.get_total_flops()), 2.0 * held[0] * bytes_per_value
+    return float(counter.get_total_flops()) / 2, held[0] * bytes_per_value
 
 
 def _round_up(value: float, divisor: int) -> int:
@@ -189,7 +191,7 @@ def plan_training(
     net = model_cfg["net"]
     spacing = plan.get("spacing") or (None if plan.get("size") else plan.get("median_spacing"))
     median = [float(s) for s in plan.get("median_shape") or plan["patch_size"]]
-    amp = device.type == "cuda" and config.amp
+    amp = autocast_dtype(device, config.to_dict()) is not None  # the precision this run will train in
     budget = _memory_budget(device)
     cpu = device.type != "cuda"
     step_budget = CPU_STEP_SECONDS[dims] * CPU_FLOPS if cpu else math.inf
