@@ -235,8 +235,8 @@ def _random_shape(shape, seed):
 )
 def test_surface_dice_agrees_with_the_reference_implementation(shape, spacing, seed):
     """MONAI's compute_surface_dice(use_subvoxels=True) reproduces Nikolov et al.'s surface-distance: the oracle."""
-    from monai import metrics as monai_metrics  # the reference, from the test extra
     import torch
+    from monai import metrics as monai_metrics  # the reference, from the test extra
 
     pred, ref = _random_shape(shape, seed), _random_shape(shape, seed + 100)
     for tolerance in (0.5, 1.0, 2.0):
