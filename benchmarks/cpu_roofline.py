@@ -89,7 +89,7 @@ def ort_session(path: Path, threads: int, tuned: bool, arena: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if tuned:
+    if tuned:  # as the torch rows: ``threads`` threads (``segment`` leaves ORT its default, the physical cores)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -130,10 +130,10 @@ def variants(volume, patch, batch, threads, workdir: Path, bf16: bool) -> tuple[
             return lean_cl(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
 
         segs = {
-            "segment_ort_default": lambda p=ort_session(path, threads, tuned=False): segment(p),
-            "segment_ort_tuned": lambda p=ort_session(path, threads, tuned=True): segment(p),
+            "segment_ort_2threads_default": lambda p=ort_session(path, threads, tuned=False): segment(p),
+            "segment_ort_1thread": lambda p=ort_session(path, threads, tuned=True): segment(p),
             "segment_torch_fp32": lambda lean=lean: segment(lean),
-            "segment_torch_fp32_cl": lambda: segment(lean_cl_predict),
+            "segment_torch_fp32_cl": lambda predict=lean_cl_predict: segment(predict),
         }
         if bf16:
             segs["segment_torch_bf16"] = lambda lean=lean: segment(lean, torch.bfloat16)
