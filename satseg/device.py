@@ -19,6 +19,8 @@ Runs saved before ``amp`` had three values recorded ``true`` for what is now ``a
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "amp_mode",
     "autocast_context",
     "autocast_dtype",
+    "cpu_has_native_bf16",
     "local_rank",
     "resolve_device",
 ]
@@ -41,6 +44,26 @@ AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.floa
 """The ``--amp-dtype`` names and the autocast dtypes they stand for."""
 AMP_MODES = ("auto", "on", "off")
 """``--amp`` settings: autocast on CUDA only, on every device, or never."""
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX). Elsewhere bf16 is emulated: a 512²
+    matmul ran at 0.2 GFLOP/s against 44 for float32 on an AVX2 CPU (benchmarks/results/cpu-roofline.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    log.warning(
+        "bf16 autocast on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated and far slower than "
+        "float32: run without --amp for speed"
+    )
 
 
 def local_rank() -> int:
@@ -98,7 +121,10 @@ def autocast_dtype(
     mode = amp_mode(train.get("amp")) if override is None else ("on" if override else "off")
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
-    return AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")]
+    dtype = AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")]
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        _warn_emulated_bf16()
+    return dtype
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -9,6 +9,7 @@ records (``satseg postprocess``) is applied to the labels.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from satseg.atomic import atomic_write_json
 from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
 from satseg.device import autocast_dtype, resolve_device
@@ -101,6 +103,9 @@ class Segmenter:
     parts: list[Segmenter] = field(default_factory=list)
     """An :func:`ensemble`'s members (empty for one model): the window must suit each of them."""
     amp: bool | None = None
+    voxel_bytes_file: Path | None = None
+    """Where :meth:`window_bytes_per_voxel` is kept between processes (beside the cached CPU export): measuring
+    it imports ``torch._dynamo`` (the dispatch mode's first use), which costs seconds of every ``segment``."""
 
     @property
     def plan(self) -> dict[str, Any]:
@@ -146,7 +151,9 @@ class Segmenter:
 
         An ensemble runs its members one after the other: the largest member's peak, plus the members'
         log-probabilities it stacks."""
-        if "_voxel_bytes" not in self.__dict__:
+        if "_voxel_bytes" not in self.__dict__ and self.voxel_bytes_file is not None:
+            self.__dict__["_voxel_bytes"] = _read_voxel_bytes(self.voxel_bytes_file)
+        if self.__dict__.get("_voxel_bytes") is None:
             if self.parts:
                 stacked = 4 * len(self.labels) * (len(self.parts) + 1)
                 voxel_bytes = max(part.window_bytes_per_voxel() for part in self.parts) + stacked
@@ -161,6 +168,11 @@ class Segmenter:
                 extra = 4 * (2 * model.out_channels + model.in_channels)
                 voxel_bytes = tracker.peak / side**model.spatial_dims + extra
             self.__dict__["_voxel_bytes"] = voxel_bytes
+            if self.voxel_bytes_file is not None:
+                try:
+                    atomic_write_json(self.voxel_bytes_file, {"window_bytes_per_voxel": voxel_bytes})
+                except OSError as err:  # a cache that cannot be written only costs time
+                    log.info("cannot cache the window memory in `%s`: %s", self.voxel_bytes_file, err)
         return self.__dict__["_voxel_bytes"]
 
     def window(
@@ -317,6 +329,17 @@ class Segmenter:
         return {name.replace(".", "_"): m for (name, _), m in zip(gates, restored, strict=True)}
 
 
+def _read_voxel_bytes(path: Path) -> float | None:
+    """The cached bytes per window voxel, or None when the file is missing or does not hold a positive number."""
+    try:
+        value = json.loads(path.read_text())["window_bytes_per_voxel"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
 # What must agree for several models to share one preprocessing of the scan and one set of classes.
 _PREPROCESSING_KEYS = ("spatial_dims", "num_channels", "labels", "spacing", "size", "normalization")
 
@@ -454,11 +477,12 @@ def _load_one(
         onnx_path = cached_onnx_export(net, config)
         if onnx_path is not None:
             predictor = OnnxPredictor(onnx_path, device="cpu")
-            return Segmenter(predictor, config, str(model), "onnx", torch_device, net, lcc)
+            voxel_bytes = onnx_path.with_suffix(".window.json")  # keyed like the export: same weights and code
+            return Segmenter(
+                predictor, config, str(model), "onnx", torch_device, net, lcc, voxel_bytes_file=voxel_bytes
+            )
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
     lean = make_lean(net)
     predictor = torch_predictor(lean, torch_device)
     return Segmenter(predictor, config, str(model), "torch", torch_device, net, lcc, amp=amp)
-
-

@@ -99,3 +99,20 @@ def test_export_code_digest_reads_the_lean_rewrite_and_the_exporter(tmp_path, mo
     (package / "rewrite.py").write_text("SCALE = 2\n")
     assert backends.export_code_digest.__wrapped__(("fake_export_code",)) != before
     assert set(backends.EXPORT_CODE) >= {"satseg.nn", "satseg.export"}  # lean.py and export/onnx.py live there
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_autocast_warns_only_where_bf16_is_emulated(monkeypatch, caplog, native):
+    import satseg.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    device._warn_emulated_bf16.cache_clear()
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger="satseg.device"):
+        assert device.autocast_dtype(cpu, {"amp": "on", "amp_dtype": "bf16"}) is torch.bfloat16
+        assert device.autocast_dtype(cpu, {"amp": "on", "amp_dtype": "fp16"}) is torch.float16
+        assert device.autocast_dtype(cpu, {"amp": "auto"}) is None  # float32 on the CPU: nothing to warn about
+        assert device.autocast_dtype(cpu, {"amp": "off"}, override=True) is torch.bfloat16  # --amp
+    warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)  # once per process, not once per call
+    device._warn_emulated_bf16.cache_clear()

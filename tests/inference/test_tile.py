@@ -167,3 +167,37 @@ def test_cli_tile_is_a_list_option(segmenter, tmp_path, tile):
     assert result.exit_code == 0, result.output
     [entry] = json.loads(result.stdout)["results"]
     assert entry["window"] == [8, 16, 12] and entry["backend"] == "onnx"
+
+
+def test_window_memory_is_measured_once_and_kept_beside_the_cached_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("SATSEG_CACHE", str(tmp_path / "cache"))
+    arch = {"net": "unet3d", "skip": "sat", "in_channels": 1, "out_channels": 2, "features": [4, 8]}
+    plan = {
+        "spatial_dims": 3, "num_channels": 1, "channel_names": ["MRI"], "modality": "mri",
+        "labels": {"background": 0, "a": 1}, "spacing": None, "size": None,
+        "normalization": [{"scheme": "zscore", "modality": "mri"}], "patch_size": [8, 8, 8],
+    }  # fmt: skip
+    model = build_model(**arch).eval()
+    save_checkpoint(tmp_path / LAST, model=model, run_config={"model": model.config, "plan": plan})
+    first = load_segmenter(tmp_path, device="cpu")
+    assert first.backend == "onnx" and first.voxel_bytes_file.parent == tmp_path / "cache" / "onnx"
+    measured = first.window_bytes_per_voxel()
+    assert json.loads(first.voxel_bytes_file.read_text()) == {"window_bytes_per_voxel": measured}
+
+    # A new process reads it back and never measures (the measurement's first use imports torch._dynamo).
+    class NoMeasuring:
+        def __init__(self):
+            raise AssertionError("measured again")
+
+    monkeypatch.setattr(segmenter_module, "LiveTensorBytes", NoMeasuring)
+    second = load_segmenter(tmp_path, device="cpu")
+    assert second.window_bytes_per_voxel() == measured
+    assert second.window((20, 30, 9), "auto", 0.5, 4) == first.window((20, 30, 9), "auto", 0.5, 4)
+
+    # A corrupt or nonsensical cache entry is measured again and rewritten, never trusted.
+    monkeypatch.undo()
+    monkeypatch.setenv("SATSEG_CACHE", str(tmp_path / "cache"))
+    for bad in ["{", '{"window_bytes_per_voxel": -1}', '{"window_bytes_per_voxel": "NaN"}', "[]"]:
+        first.voxel_bytes_file.write_text(bad)
+        assert load_segmenter(tmp_path, device="cpu").window_bytes_per_voxel() == measured
+        assert json.loads(first.voxel_bytes_file.read_text()) == {"window_bytes_per_voxel": measured}
