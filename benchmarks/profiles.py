@@ -16,7 +16,15 @@ __all__ = [
     "FRONTIER_SKIPS",
     "FRONTIER_WIDTHS",
     "frontier_nets",
-    "DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS", "Variant", "VARIANTS"]
+    "DatasetSpec",
+    "NetSpec",
+    "Profile",
+    "PROFILES",
+    "SKIPS",
+    "TABLE3_NETS",
+    "Variant",
+    "VARIANTS",
+]
 
 SKIPS = ("org", "at", "st", "sat")
 """Skip gates of Table 1, in the paper's row order."""
@@ -247,9 +255,7 @@ FRONTIER_SKIPS = ("org", "sat", "sat-fine1", "sat-k2-bn-lin")
 
 def frontier_nets(widths: tuple[int, ...] = FRONTIER_WIDTHS) -> dict[str, NetSpec]:
     """One U-Net per base width, keyed ``unet-w<width>``, every skip gated unless a variant says otherwise."""
-    return {
-        f"unet-w{w}": NetSpec("unet", {"features": [w, 2 * w, 4 * w, 8 * w], "gate_levels": "all"}) for w in widths
-    }
+    return {f"unet-w{w}": NetSpec("unet", {"features": [w, 2 * w, 4 * w, 8 * w], "gate_levels": "all"}) for w in widths}
 
 
 PROFILES["frontier"] = replace(
