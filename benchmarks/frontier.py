@@ -48,7 +48,16 @@ from scipy.stats import wilcoxon  # noqa: E402
 
 from satseg.atomic import atomic_path, atomic_write_text  # noqa: E402
 
-__all__ = ["IO", "REFERENCE_SIDE", "architectures", "measure_cost", "frontier_rows", "frontier_markdown", "main"]
+__all__ = [
+    "IO",
+    "REFERENCE_SIDE",
+    "activation_bytes",
+    "architectures",
+    "measure_cost",
+    "frontier_rows",
+    "frontier_markdown",
+    "main",
+]
 
 IO = {"ph2": (2, 3, 2), "hippocampus": (3, 1, 3)}
 """dataset -> (spatial dims, input channels, classes) of its models."""
@@ -102,6 +111,25 @@ def static_cost(spec: dict[str, Any]) -> dict[str, Any]:
 
     measured = measure_variant(_build(spec), [spec["side"]] * spec["dims"], flops=False, memory=False)
     return {k: measured[k] for k in ("params", "skip_bytes", "skip_channels")}
+
+
+ACTIVATION_SIDE = {2: 128, 3: 32}
+"""Side on which the lean model's live activations are tracked (then scaled to the reference volume)."""
+
+
+def activation_bytes(spec: dict[str, Any]) -> int:
+    """Peak bytes of activations alive at once in one lean forward (PyTorch, tracked at the dispatcher),
+    on a small volume scaled by voxels to the reference volume, as ``Segmenter.window_bytes_per_voxel``
+    sizes windows: a load-free measure without ONNX Runtime's arena, which rounds its growth up."""
+    from satseg.nn.lean import make_lean
+    from satseg.nn.params import LiveTensorBytes
+
+    side, dims = ACTIVATION_SIDE[spec["dims"]], spec["dims"]
+    lean = make_lean(_build(spec))
+    tracker = LiveTensorBytes()
+    with torch.no_grad(), tracker:
+        lean(torch.zeros(1, spec["in_channels"], *[side] * dims))
+    return int(tracker.peak * (spec["side"] / side) ** dims)
 
 
 def _peak_rss() -> int:
@@ -193,7 +221,7 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
             "dice_half": float(np.mean(halves)) if halves else math.nan,
             "steps": sorted({r["steps_done"] for r in group}), "commits": sorted({r["commit"] for r in group}),
             "peak_bytes": cost.get("peak_bytes"), "seconds": cost.get("seconds"), "params": cost.get("params"),
-            "skip_bytes": cost.get("skip_bytes"),
+            "skip_bytes": cost.get("skip_bytes"), "activation_bytes": cost.get("activation_bytes"),
         }  # fmt: skip
         row["half_to_full"] = row["dice"][0] - row["dice_half"] if halves else math.nan
         org = agg.get((ds, net, "org"))
@@ -231,13 +259,15 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
         *[f"- {n}" for n in profile.notes],
         "",
         "Peak memory and time: one ONNX Runtime forward (lean model, one thread) of a 1024² (PH2) or 256³ "
-        "(hippocampus) volume, peak-RSS rise in a fresh process. Skip bytes on the same volume, fp32. "
+        "(hippocampus) volume, peak-RSS rise in a fresh process (ONNX Runtime's arena rounds it up); activations: "
+        "the lean forward's peak of live tensors (PyTorch, scaled from a small volume). Skip bytes on the same "
+        "volume, fp32. "
         "Tests: two-sided Wilcoxon signed-rank on seed-averaged per-case Dice (Δ, p, cases up/down); "
         "against `org` of the same width on the seeds both have, and against the `org` of nearest peak memory.",
         "",
         "| data | width | variant | seeds | Dice | half → full | vs `org` same width | nearest-memory `org` "
-        "| peak MiB | time s | params | skip MiB |",
-        "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        "| peak MiB | activations MiB | time s | params | skip MiB |",
+        "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mean, std = r["dice"]
@@ -247,7 +277,7 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
         lines.append(
             f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {mean:.3f} ± {std:.3f} "
             f"| {half} | {_test(r.get('vs_org_same_width'))} | {near} | {_mib(r['peak_bytes'])} "
-            f"| {seconds} | {r['params'] or '–'} | {_mib(r['skip_bytes'])} |"
+            f"| {_mib(r.get('activation_bytes'))} | {seconds} | {r['params'] or '–'} | {_mib(r['skip_bytes'])} |"
         )
     commits = sorted({c for r in rows for c in r["commits"]})
     lines += ["", f"Runs from commit(s): {', '.join(c[:10] for c in commits)}.", ""]
@@ -260,7 +290,7 @@ _COLOURS = {"org": (0, 0, 0), "sat": (214, 39, 40), "sat-fine1": (31, 119, 180),
 _PANEL = (760, 320, 70, 30, 150, 40)  # width, height, margins left, top, right (legend), bottom
 
 
-def _frontier_panel(ds: str, points: list[dict[str, Any]]):
+def _frontier_panel(ds: str, points: list[dict[str, Any]], x_key: str, x_title: str):
     """One dataset's panel: a curve per variant over log2 peak MiB, ± std over seeds as bars."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -269,7 +299,7 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]]):
     draw, font = ImageDraw.Draw(panel), ImageFont.load_default()
     x0, y0, x1, y1 = left, top, width - right, height - bottom
     draw.rectangle((x0, y0, x1, y1), outline=(90, 90, 90))
-    mems = [math.log2(r["peak_bytes"] / 2**20) for r in points]
+    mems = [math.log2(r[x_key] / 2**20) for r in points]
     lo_x, hi_x = min(mems) - 0.2, max(mems) + 0.2
     ys = [r["dice"][0] + s * r["dice"][1] for r in points for s in (-1, 1)]
     lo_y, hi_y = min(ys) - 0.005, max(ys) + 0.005
@@ -277,19 +307,19 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]]):
     def px(mib_log2: float, dice: float) -> tuple[float, float]:
         return x0 + (mib_log2 - lo_x) / (hi_x - lo_x) * (x1 - x0), y1 - (dice - lo_y) / (hi_y - lo_y) * (y1 - y0)
 
-    draw.text((x0, 8), f"{ds}: test Dice vs peak inference memory (lean, ONNX Runtime, CPU)", fill="black", font=font)
+    draw.text((x0, 8), f"{ds}: test Dice vs {x_title}", fill="black", font=font)
     for value in (lo_y, hi_y):
         draw.text((6, px(lo_x, value)[1] - 6), f"{value:.3f}", fill="black", font=font)
     for e in range(math.ceil(lo_x), math.floor(hi_x) + 1):
         x, _ = px(e, lo_y)
         draw.line((x, y1, x, y1 + 4), fill="black")
         draw.text((x - 10, y1 + 6), f"{2**e:g}", fill="black", font=font)
-    draw.text((x1 - 90, y1 + 20), "peak MiB (log)", fill="black", font=font)
+    draw.text((x1 - 90, y1 + 20), "MiB (log)", fill="black", font=font)
     variants = [v for v in _COLOURS if any(r["variant"] == v for r in points)]
     for k, v in enumerate(variants):
         colour = _COLOURS[v]
-        curve = sorted((r for r in points if r["variant"] == v), key=lambda r: r["peak_bytes"])
-        pixels = [px(math.log2(r["peak_bytes"] / 2**20), r["dice"][0]) for r in curve]
+        curve = sorted((r for r in points if r["variant"] == v), key=lambda r: r[x_key])
+        pixels = [px(math.log2(r[x_key] / 2**20), r["dice"][0]) for r in curve]
         if len(pixels) > 1:
             draw.line(pixels, fill=colour, width=2)
         for r, (x, y) in zip(curve, pixels, strict=True):
@@ -301,15 +331,24 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]]):
     return panel
 
 
-def frontier_png(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Dice against peak inference memory (log axis), one curve per variant, ± std over seeds; a panel per dataset."""
+X_AXES = {
+    "peak_bytes": "peak inference memory (lean, ONNX Runtime, CPU)",
+    "activation_bytes": "peak live activations (lean forward)",
+}
+"""Memory measures the figure can put on its x axis."""
+
+
+def frontier_png(rows: list[dict[str, Any]], path: Path, x_key: str = "peak_bytes") -> Path:
+    """Dice against a memory measure (log axis), one curve per variant, ± std over seeds; a panel per dataset."""
     from PIL import Image
 
-    datasets = sorted({r["dataset"] for r in rows if r["peak_bytes"]})
+    title = X_AXES[x_key]  # KeyError for a measure the rows do not have
+    datasets = sorted({r["dataset"] for r in rows if r.get(x_key)})
     picture = Image.new("RGB", (_PANEL[0], _PANEL[1] * max(len(datasets), 1)), "white")
     for index, ds in enumerate(datasets):
         picture.paste(
-            _frontier_panel(ds, [r for r in rows if r["dataset"] == ds and r["peak_bytes"]]), (0, index * _PANEL[1])
+            _frontier_panel(ds, [r for r in rows if r["dataset"] == ds and r.get(x_key)], x_key, title),
+            (0, index * _PANEL[1]),
         )
     with atomic_path(path, suffix=".png") as tmp:
         picture.save(tmp, format="PNG")
@@ -320,11 +359,16 @@ def write_report(profile: Profile, out: Path) -> list[dict[str, Any]]:
     runs, _ = load_runs(out / "runs")
     cost_file = out / "cost.json"
     costs = json.loads(cost_file.read_text())["entries"] if cost_file.is_file() else {}
+    specs = architectures(profile, list(profile.datasets), list(profile.skips or ()))
+    for spec in specs:  # computed here, not measured: the same on every machine
+        if spec["key"] in costs:
+            costs[spec["key"]] = costs[spec["key"]] | {"activation_bytes": activation_bytes(spec)}
     rows = frontier_rows(runs, costs)
     write_json(out / "frontier.json", {"profile": profile.name, "rows": rows})
     atomic_write_text(out / "frontier.md", frontier_markdown(rows, profile))
     if any(r["peak_bytes"] for r in rows):
         frontier_png(rows, out / "frontier.png")
+        frontier_png(rows, out / "frontier-activations.png", "activation_bytes")
     return rows
 
 

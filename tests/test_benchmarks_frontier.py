@@ -108,8 +108,19 @@ def test_frontier_rows_pair_against_same_width_and_nearest_memory_org(tmp_path):
     near = sat["vs_org_nearest_memory"]
     assert (near["wins"], near["losses"], near["p"]) == (5, 0, pytest.approx(2 / 32))
     frontier.frontier_png(list(rows.values()), tmp_path / "f.png")
+    with pytest.raises(KeyError):  # a measure the rows lack draws no empty figure silently
+        frontier.frontier_png(list(rows.values()), tmp_path / "g.png", "not_a_measure")
     from PIL import Image
 
     assert Image.open(tmp_path / "f.png").size == (frontier._PANEL[0], frontier._PANEL[1])
     md = frontier.frontier_markdown(list(rows.values()), PROFILES["frontier"])
     assert "| ph2 | 8 | `sat` | 2 |" in md and "w4: +0." in md
+
+
+def test_activation_bytes_scale_the_small_volume_peak_to_the_reference_volume():
+    spec = frontier.architectures(PROFILES["frontier"], ["ph2"], ["org"])[0]
+    side = frontier.ACTIVATION_SIDE[2]
+    at_small = frontier.activation_bytes(spec | {"side": side})
+    assert frontier.activation_bytes(spec | {"side": 2 * side}) == 4 * at_small
+    # the input's first conv output (4 channels, fp32) alone is alive at some point: a lower bound
+    assert at_small >= 4 * 4 * side**2
