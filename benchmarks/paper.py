@@ -48,27 +48,31 @@ def plan_jobs(
     seed_from: int = 0,
 ) -> list[tuple]:
     """Every configuration of the profile, seed-major (all variants of seed 0 first, then seed 1, …),
-    so a suite stopped early still has the same seeds for every variant. Timing jobs come first.
+    so a suite stopped early still has the same seeds for every variant; with ``profile.net_major`` every
+    seed of a net comes before the next net (a complete comparison per net first). Timing jobs come first.
     """
     jobs: list[tuple] = []
     for ds in datasets:
         for net_key in profile.nets[ds]:
             if only and net_key not in only:
                 continue
-            if timing:
+            if timing and profile.timing:
                 jobs.append(("timing", ds, net_key, profile.tiramisu_skips if net_key == "tiramisu" else SKIPS, None))
-    max_seeds = profile.seeds
-    for seed in range(seed_from, max_seeds):
+    trains: list[tuple] = []
+    for seed in range(seed_from, profile.seeds):
         for ds in datasets:
             for net_key, spec in profile.nets[ds].items():
                 if only and net_key not in only:
                     continue
                 if seed >= (spec.seeds or profile.seeds):
                     continue
-                default = profile.tiramisu_skips if net_key == "tiramisu" else SKIPS
+                default = profile.tiramisu_skips if net_key == "tiramisu" else profile.skips or SKIPS
                 for skip in skips or default:
-                    jobs.append(("train", ds, net_key, skip, seed))
-    return jobs
+                    trains.append(("train", ds, net_key, skip, seed))
+    if profile.net_major:  # stable: within a net, still seed by seed
+        nets = [(ds, n) for ds in datasets for n in profile.nets[ds]]
+        trains.sort(key=lambda job: nets.index((job[1], job[2])))
+    return jobs + trains
 
 
 def job_file(runs: Path, job: tuple) -> Path:
@@ -81,6 +85,11 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
     runs = out / "runs"
     cache = Path(args.cache)
     commit = git_commit(ROOT)
+    if profile.require_clean and commit.endswith("+dirty") and not args.allow_dirty:
+        raise SystemExit(
+            f"profile {profile.name}: the working tree has uncommitted changes; commit them first "
+            "(every run records the commit it ran from), or pass --allow-dirty for a trial"
+        )
     prepared = {ds: prepare_dataset(profile.datasets[ds], Path(args.data), cache) for ds in args.datasets}
     jobs = plan_jobs(profile, args.datasets, args.only, args.skips, not args.no_timing, args.seed_from)
     todo = [j for j in jobs if not job_file(runs, j).is_file()]
@@ -156,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=str(HERE / ".cache"), help="preprocessed data and checkpoints")
     parser.add_argument("--data", default=str(default_data_root()), help="folder holding the datasets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="train even from uncommitted changes (recorded as +dirty)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, 2 test cases: checks the pipeline")
     parser.add_argument("--report", action="store_true", help="aggregate finished runs into tables and figures")
     parser.add_argument("--parallel", type=int, default=1, help="run the jobs in this many processes at once")

@@ -12,7 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DatasetSpec", "NetSpec", "Profile", "PROFILES", "SKIPS", "TABLE3_NETS", "Variant", "VARIANTS"]
+__all__ = [
+    "FRONTIER_SKIPS",
+    "FRONTIER_WIDTHS",
+    "frontier_nets",
+    "DatasetSpec",
+    "NetSpec",
+    "Profile",
+    "PROFILES",
+    "SKIPS",
+    "TABLE3_NETS",
+    "Variant",
+    "VARIANTS",
+]
 
 SKIPS = ("org", "at", "st", "sat")
 """Skip gates of Table 1, in the paper's row order."""
@@ -113,6 +125,10 @@ class Profile:
     timing_repeats: int = 5
     tiramisu_skips: tuple[str, ...] = ("org", "sat")
     notes: list[str] = field(default_factory=list)
+    skips: tuple[str, ...] | None = None  # default variants (None: Table 1's SKIPS)
+    net_major: bool = False  # run order: every seed of a net before the next net (else seed-major)
+    timing: bool = True  # plan the side-by-side timing sets
+    require_clean: bool = False  # refuse to train from a working tree with uncommitted changes
 
 
 _HIPPO = "msd_hippocampus"
@@ -226,6 +242,40 @@ PROFILES["cpu-long"] = replace(
     notes=[
         "A convergence check, not a full profile: four times the `cpu` budget (600 steps on hippocampus, "
         "960 on PH2) for a few ORG/SAT pairs with one seed, to see whether the gap of the `cpu` profile closes.",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
+
+FRONTIER_WIDTHS = (4, 6, 8, 12, 16)
+"""Base widths of the `frontier` study's U-Nets (features w-2w-4w-8w)."""
+
+FRONTIER_SKIPS = ("org", "sat", "sat-fine1", "sat-k2-bn-lin")
+"""`frontier` variants: plain, the paper's gate on every skip, today's default (finest skip), the best light one."""
+
+
+def frontier_nets(widths: tuple[int, ...] = FRONTIER_WIDTHS) -> dict[str, NetSpec]:
+    """One U-Net per base width, keyed ``unet-w<width>``, every skip gated unless a variant says otherwise."""
+    return {f"unet-w{w}": NetSpec("unet", {"features": [w, 2 * w, 4 * w, 8 * w], "gate_levels": "all"}) for w in widths}
+
+
+PROFILES["frontier"] = replace(
+    PROFILES["cpu-conv-long"],
+    name="frontier",
+    nets={"ph2": frontier_nets(), "hippocampus": frontier_nets()},
+    datasets={"ph2": PROFILES["cpu"].datasets["ph2"], "hippocampus": PROFILES["cpu"].datasets["hippocampus"]},
+    train={"ph2": PROFILES["cpu-conv"].train["ph2"], "hippocampus": PROFILES["cpu-conv-long"].train["hippocampus"]},
+    seeds=3,
+    skips=FRONTIER_SKIPS,
+    net_major=True,
+    timing=False,
+    require_clean=True,
+    notes=[
+        "Dice against inference memory (issue 23): U-Net at base widths 4, 6, 8, 12, 16 (doubling per level) x "
+        "`org`, the paper's `sat` (every skip), the default (`sat-fine1`) and `sat-k2-bn-lin`, 3 seeds. Budget: "
+        "`cpu-conv`'s 2,400 steps on PH2 (64 x 64, batch 8) and `cpu-conv-long`'s 6,000 on hippocampus (patch "
+        "24 x 32 x 24, batch 2); each run is also scored at half its budget (the convergence check). Runs go "
+        "width by width, narrowest first, so complete comparisons arrive first. Inference cost per architecture: "
+        "`benchmarks/frontier.py --cost`.",
         *PROFILES["cpu"].notes[1:],
     ],
 )

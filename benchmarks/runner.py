@@ -192,7 +192,7 @@ def run_config(
     """
     variant = VARIANTS[variant_name]
     net_spec = profile.nets[spec.name][net_key]
-    net = model_name(net_key, spec.spatial_dims)
+    net = model_name(net_spec.key, spec.spatial_dims)  # the profile's key may name a width: unet-w8
     budget = profile.train[spec.name]
     options = dict(net_spec.options) | variant.model | ({"gate_options": dict(variant.gate)} if variant.gate else {})
     config = TrainConfig(
