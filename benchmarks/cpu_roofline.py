@@ -13,7 +13,6 @@ step); every figure is a fraction of the fp32 matmul reference. Variants run int
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from satseg.atomic import atomic_write_json, atomic_write_text
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model
 from satseg.nn.lean import make_lean
@@ -220,9 +220,9 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu-roofline.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(args.out / "cpu-roofline.json", result)
     text = markdown(result)
-    (args.out / "cpu-roofline.md").write_text(text)
+    atomic_write_text(args.out / "cpu-roofline.md", text)
     print(text)
     return 0
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from satseg.atomic import atomic_write_json, atomic_write_text
+
 FEATURES = (24, 48, 96, 192)
 CLASSES = 3
 PATCH = (48, 64, 48)
@@ -109,8 +111,8 @@ def main(argv=None) -> int:
             f"| {row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] / org['peak_rss_mib']:.3f} | {row['windows_s']:.1f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu-rss.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "cpu-rss.md").write_text("\n".join(lines) + "\n")
+    atomic_write_json(args.out / "cpu-rss.json", result)
+    atomic_write_text(args.out / "cpu-rss.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
