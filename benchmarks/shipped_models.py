@@ -9,7 +9,10 @@ decoder and the forward's peak tensor memory (``satseg params``'s code).
     python benchmarks/shipped_models.py --name hippocampus-unet3d-sat --data hippo_pp \\
         --run sat=/work/r22/runs/hippo-sat-w8 --run org=/work/r22/runs/hippo-org-w8
 
-Results: ``benchmarks/results/shipped/<name>.json`` and ``<name>.md`` (the card's table).
+Results: ``benchmarks/results/shipped/<name>.json`` and ``<name>.md`` (the card's table). With
+``--ship-to models/<name>`` the `sat` run's final weights (``checkpoint_last.pt``: the end of the poly schedule,
+not an epoch picked on the validation cases) are written there as ``checkpoint.pt``, without the optimizer state
+and with the training machine's data path replaced by ``(training machine)``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,22 @@ def architecture(run: Path) -> dict[str, Any]:
     return {"patch": patch, **measure_variant(model.float().cpu().eval(), patch)}
 
 
+def ship_checkpoint(run: Path, target: Path) -> Path:
+    """Write ``run``'s final checkpoint as a shipped model's ``target/checkpoint.pt`` (weights and config only)."""
+    import torch
+
+    from satseg.atomic import atomic_path
+    from satseg.runs import load_checkpoint
+
+    payload = load_checkpoint(run / "checkpoint_last.pt")
+    config = {**payload["config"], "data_dir": "(training machine)"}
+    shipped = {key: payload[key] for key in ("format", "satseg_version", "model", "epoch") if key in payload}
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target / "checkpoint.pt") as tmp:
+        torch.save({**shipped, "config": config}, tmp)
+    return target / "checkpoint.pt"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the shipped model's name (file stem of the results)")
@@ -79,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", action="append", required=True, metavar="GATE=RUN", help="a run, e.g. sat=runs/x")
     parser.add_argument("--scans", type=int, default=5, help="validation scans segmented for the cost figures")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "shipped")
+    parser.add_argument("--ship-to", type=Path, help="write the sat run's final weights here as checkpoint.pt")
     args = parser.parse_args(argv)
     from runner import git_commit, machine_info
 
@@ -108,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(args.out / f"{args.name}.json", record)
     atomic_write_text(args.out / f"{args.name}.md", card_table(record))
     print(card_table(record))
+    if args.ship_to:
+        print(f"wrote {ship_checkpoint(Path(runs['sat']), args.ship_to)}")
 
 
 def card_table(record: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -28,7 +29,8 @@ def test_card_figures_of_a_sat_run_and_its_org_companion(tmp_path):
         train(tmp_path / "pp", tmp_path / gate, config, progress=False)
         runs[gate] = tmp_path / gate
     main(["--name", "tiny", "--data", str(tmp_path / "pp"), "--run", f"sat={runs['sat']}",
-          "--run", f"org={runs['org']}", "--scans", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+          "--run", f"org={runs['org']}", "--scans", "1", "--out", str(tmp_path / "out"),
+          "--ship-to", str(tmp_path / "models" / "tiny")])  # fmt: skip
     record = json.loads((tmp_path / "out" / "tiny.json").read_text())
     sat, org = record["runs"]["sat"], record["runs"]["org"]
     # One skip (features 2, 4: one pooling) at the finest level, 16³ fp32: org hands over its 2 channels,
@@ -40,5 +42,15 @@ def test_card_figures_of_a_sat_run_and_its_org_companion(tmp_path):
         assert Path(case["scan"]).is_file() and case["result"]["input"] == case["scan"]
         (dice,) = [entry["dice"] for entry in run["validation"]["summary"]["classes"].values()]
         assert dice["n"] == 2 and 0.0 <= dice["mean"] <= 1.0  # fold 0 of 2 holds back 2 of the 4 cases
+    # the shipped checkpoint: the sat run's final weights, loadable, without optimizer state or the data path
+    from satseg.runs import load_checkpoint, load_run
+
+    shipped = load_checkpoint(tmp_path / "models" / "tiny" / "checkpoint.pt")
+    last = load_checkpoint(runs["sat"] / "checkpoint_last.pt")
+    assert "optimizer" in last and not {"optimizer", "scheduler"} & set(shipped)
+    assert shipped["config"]["data_dir"] == "(training machine)" and shipped["config"]["model"]["skip"] == "sat"
+    assert all(torch.equal(shipped["model"][k], v) for k, v in last["model"].items())
+    model, _ = load_run(tmp_path / "models" / "tiny" / "checkpoint.pt")
+    assert model.skip == "sat"
     table = (tmp_path / "out" / "tiny.md").read_text()
     assert "| sat |" in table and "(0.50×)" in table
