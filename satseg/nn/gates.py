@@ -32,7 +32,6 @@ __all__ = [
     "SELECT_INITS",
     "ATTEND_ACTIVATIONS",
     "DEFAULT_GATE_OPTIONS",
-    "LEGACY_GATE_OPTIONS",
 ]
 
 
@@ -249,15 +248,9 @@ DEFAULT_GATE_OPTIONS: dict[str, Any] = {
     "attend_norm": False,
     "attend_activation": "sigmoid",
 }
-"""The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint)."""
+"""The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint); satseg
+0.1.0, which recorded none, built these too."""
 
-LEGACY_GATE_OPTIONS: dict[str, Any] = {
-    "select_init": 0.5,
-    "attend_channels": 1,
-    "attend_norm": False,
-    "attend_activation": "sigmoid",
-}
-"""What satseg 0.1.0 built, for checkpoints saved before gate options were recorded."""
 
 
 def gate_option_names() -> tuple[str, ...]:
