@@ -977,7 +977,7 @@ def postprocess(
 
     Writes `postprocess.json` into every run; `satseg segment` then applies it (`--lcc/--no-lcc` overrides).
     """
-    from satseg.inference.postprocess import decide_lcc
+    from satseg.evaluation.postprocess import decide_lcc
 
     record = decide_lcc(runs, data, device=device, amp=amp, overwrite=overwrite, progress=True)
     if as_json:
