@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from satseg.errors import ConfigError, look_up_option
-from satseg.nn.layers import conv_fn
+from satseg.nn.layers import conv_fn, layer_type
 
 __all__ = [
     "SkipGate",
@@ -186,9 +186,8 @@ class _Attending(SkipGate):
         if int(attend_channels) < 1:
             raise ConfigError(f"`attend_channels` must be at least 1, got {attend_channels}")
         self.attend_channels = int(attend_channels)
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.attend = conv(channels, self.attend_channels, kernel_size=1)
-        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        self.attend = layer_type("conv", spatial_dims)(channels, self.attend_channels, kernel_size=1)
+        norm = layer_type("batchnorm", spatial_dims)
         self.attend_norm = norm(self.attend_channels) if attend_norm else None
 
     def _attention(self, u: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet, level_factor, level_strides
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_level_gates
-from satseg.nn.layers import LayerSpec, conv_fn, layer_type
+from satseg.nn.layers import LayerSpec, conv_fn, interpolation_mode, layer_type
 from satseg.nn.registry import register_dimensions
 
 __all__ = ["UNet", "TRANSFERS"]
@@ -144,7 +144,7 @@ class UNet(SegmentationNet):
         main = self.head(x)
         if not supervise:
             return main
-        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        mode = interpolation_mode(self.spatial_dims)
         size = tuple(main.shape[2:])
         return [main, *(F.interpolate(a, size=size, mode=mode, align_corners=False) for a in aux)]
 
