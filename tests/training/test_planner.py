@@ -86,7 +86,7 @@ def test_train_without_net_plans_a_3d_unet_with_in_plane_pooling_and_records_it(
 def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(
     thick_slices, tmp_path, monkeypatch, capsys
 ):
-    from satseg.cli import _train_summary_lines
+    from satseg.cli.train import train_summary_lines
     from satseg.training import trainer
 
     clock = iter(range(0, 10**6, 10))  # a fake clock: every reading is 10 s later than the one before
@@ -101,7 +101,7 @@ def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(
     assert len(rows) == 2 and "dice_mean" in rows[0]  # the stopped epoch is validated and saved
     summary = result.summary()
     assert summary["lr_fraction_at_stop"] == pytest.approx((1 - 1 / 3) ** 0.9, abs=1e-3)
-    lines = _train_summary_lines(summary)
+    lines = train_summary_lines(summary)
     assert any("never annealed" in line for line in lines) and all(len(line) <= 80 for line in lines[1:])
 
 

@@ -75,7 +75,8 @@ def test_train_cli_gate_options_reach_the_run(tmp_path):
 
     from typer.testing import CliRunner
 
-    from satseg.cli import app, parse_settings
+    from satseg.cli import app
+    from satseg.cli.options import parse_settings
 
     assert parse_settings(["attend_channels=2,attend_norm=true", "select_init=keras-glorot"]) == {
         "attend_channels": 2,
