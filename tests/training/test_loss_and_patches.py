@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
+from torch.nn import functional as F
 
 from satseg.training.losses import deep_supervision_loss, segmentation_loss, soft_dice_loss
 from satseg.training.patches import PatchBatches, make_training_case
@@ -34,7 +35,7 @@ def test_dice_ce_is_monai_s_without_the_background(classes, spatial):
     theirs = _monai("dice+ce")(logits, target.unsqueeze(1))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(segmentation_loss(logits, target, "dice"), _monai("dice")(logits, target.unsqueeze(1)))
-    torch.testing.assert_close(segmentation_loss(logits, target, "ce"), torch.nn.functional.cross_entropy(logits, target))
+    torch.testing.assert_close(segmentation_loss(logits, target, "ce"), F.cross_entropy(logits, target))
     # the background is left out of the Dice: with it, MONAI's figure differs (so this test can tell)
     with_background = _monai("dice", include_background=True)(logits, target.unsqueeze(1))
     assert abs(float(soft_dice_loss(logits, target)) - float(with_background)) > 1e-3
