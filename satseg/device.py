@@ -32,6 +32,7 @@ __all__ = [
     "AMP_MODES",
     "amp_mode",
     "autocast_context",
+    "autocast_in_force",
     "autocast_dtype",
     "cpu_has_native_bf16",
     "local_rank",
@@ -142,3 +143,19 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def autocast_in_force(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that re-enters the autocast settings in force now for ``device_type``, for a recomputation
+    that runs later (during backward), as ``torch.utils.checkpoint`` does; a no-op for devices autocast does
+    not know, such as ``meta``, on which the planner counts a step's memory."""
+    import torch
+
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=torch.is_autocast_cache_enabled(),
+    )
