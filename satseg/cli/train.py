@@ -18,11 +18,11 @@ import typer
 from satseg.cli.options import LIST, out, parse_settings, parse_sizes, print_json, registry_choice
 from satseg.cli.params import net_option
 from satseg.errors import ConfigError
-from satseg.training.config import DATA, MODEL, RUN, TrainConfig
+from satseg.training.config import DATA, HARDWARE, MODEL, OPTIM, RUN, TrainConfig
 
 __all__ = ["train", "config_parameters", "train_summary_lines"]
 
-PANELS = (DATA, MODEL, "Optimisation", "Hardware", RUN)
+PANELS = (DATA, MODEL, OPTIM, HARDWARE, RUN)
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _CLI_TYPES: dict[str, Any] = {"fold": str, "patch": list[str] | None, "amp": bool | None}
 """Fields read from another type than they are stored in: ``--fold all``, ``--patch 96 96``, ``--amp/--no-amp``."""
