@@ -101,68 +101,6 @@ class TrainResult:
         }
 
 
-def mean_dice(per_class: dict[str, float]) -> float:
-    """Mean over the classes with a defined Dice (NaN: no validation case scored it); NaN if none."""
-    values = [v for v in per_class.values() if not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def is_improvement(score: float | None, best: float | None) -> bool:
-    """Whether ``score`` beats ``best``, NaN and None counting as −inf (so a NaN never freezes the best)."""
-
-    def key(value: float | None) -> float:
-        return -math.inf if value is None or math.isnan(value) else value
-
-    return score is not None and not math.isnan(score) and key(score) > key(best)
-
-
-def _augment_config(config: TrainConfig, spatial_dims: int) -> AugmentConfig:
-    degrees = config.rotation_deg if config.rotation_deg is not None else DEFAULT_ROTATION_DEG[spatial_dims]
-    return AugmentConfig(rotate_max_deg=degrees, elastic=0.2 if config.elastic else 0.0)
-
-
-def _data_spacing(plan: dict) -> list[float] | None:
-    """mm per array axis of the preprocessed cases (None when each case keeps its own, e.g. 2D resizes)."""
-    if plan.get("spacing"):
-        return list(plan["spacing"])
-    return None if plan.get("size") else plan.get("median_spacing")
-
-
-def _resident(config: TrainConfig, device: torch.device, cases: Sequence[TrainingCase]) -> bool:
-    if config.resident is not None:
-        return config.resident
-    if device.type != "cuda" or config.workers:
-        return False
-    nbytes = sum(c.image.nbytes + c.label.nbytes for c in cases)
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= free / 4
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    torch.manual_seed(int(np.random.default_rng([seed, epoch, rank, 99]).integers(2**62)))
-
-
-def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
-    """Rows of an earlier ``metrics.csv`` for epochs already checkpointed (later rows were lost work)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [row for row in csv.DictReader(fh) if int(row["epoch"]) < before_epoch]
-
-
-def _write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-
-
 def run_loop(
     model: SegmentationNet,
     run_config: dict[str, Any],
@@ -448,3 +386,64 @@ def _result(run: _Session, epoch: int, stopped: bool, steps_done: int, last_dice
         run.ctx.is_main, final_dice, "ema" if run.ema is not None else "final", stopped_by_budget=stopped,
         epochs_planned=config.epochs, steps_done=steps_done, lr_at_stop=lr_at_stop, max_minutes=config.max_minutes,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- helpers of the steps
+def mean_dice(per_class: dict[str, float]) -> float:
+    """Mean over the classes with a defined Dice (NaN: no validation case scored it); NaN if none."""
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def is_improvement(score: float | None, best: float | None) -> bool:
+    """Whether ``score`` beats ``best``, NaN and None counting as −inf (so a NaN never freezes the best)."""
+
+    def key(value: float | None) -> float:
+        return -math.inf if value is None or math.isnan(value) else value
+
+    return score is not None and not math.isnan(score) and key(score) > key(best)
+
+
+def _augment_config(config: TrainConfig, spatial_dims: int) -> AugmentConfig:
+    degrees = config.rotation_deg if config.rotation_deg is not None else DEFAULT_ROTATION_DEG[spatial_dims]
+    return AugmentConfig(rotate_max_deg=degrees, elastic=0.2 if config.elastic else 0.0)
+
+
+def _data_spacing(plan: dict) -> list[float] | None:
+    """mm per array axis of the preprocessed cases (None when each case keeps its own, e.g. 2D resizes)."""
+    if plan.get("spacing"):
+        return list(plan["spacing"])
+    return None if plan.get("size") else plan.get("median_spacing")
+
+
+def _resident(config: TrainConfig, device: torch.device, cases: Sequence[TrainingCase]) -> bool:
+    if config.resident is not None:
+        return config.resident
+    if device.type != "cuda" or config.workers:
+        return False
+    nbytes = sum(c.image.nbytes + c.label.nbytes for c in cases)
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free / 4
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    torch.manual_seed(int(np.random.default_rng([seed, epoch, rank, 99]).integers(2**62)))
+
+
+def _read_history(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    """Rows of an earlier ``metrics.csv`` for epochs already checkpointed (later rows were lost work)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if int(row["epoch"]) < before_epoch]
+
+
+def _write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
