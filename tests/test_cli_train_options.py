@@ -73,3 +73,14 @@ def test_help_shows_the_config_s_defaults():
     assert re.search(r"--epochs INT\s+Epochs\. \[default: 50\]", text)
     assert re.search(r"--foreground-fraction NUMBER\s+Share of patches .*\[default: 0\.33\]", text)
     assert "[default: 1 adadelta, 0.001 adam, 0.01 sgd]" in text
+
+
+def test_building_the_cli_imports_no_torch():
+    """The options come from TrainConfig, yet `satseg --version` and `--help` stay light: no torch until a
+    command runs (device.py imports torch where it is used)."""
+    import subprocess
+    import sys
+
+    code = "import sys; import satseg.cli, typer; typer.main.get_command(satseg.cli.app); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
