@@ -25,7 +25,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -236,11 +236,12 @@ def _sitk_error(err: Exception) -> str:
     return text.removeprefix("sitk::ERROR:").strip()
 
 
-def read_image(path: str | Path) -> Image:
+def read_image(path: str | Path, page: int | None = None) -> Image:
     """Read a NIfTI, NRRD, MetaImage, 2D picture or DICOM series folder.
 
     Args:
         path: an image file, or a folder holding one DICOM series.
+        page: pictures only: the page of a multipage TIFF stack (ISBI-2012's ``train-volume.tif``), from 0.
 
     Returns:
         The image, channel first (see the module docstring for axis order).
@@ -257,6 +258,8 @@ def read_image(path: str | Path) -> Image:
         raise DataError(f"`{path}` does not exist")
     if not path.is_dir():
         check_regular_file(path)  # a FIFO or device would block or never end: refused before it is opened
+    if page is not None and _suffix(path) not in _PICTURES:
+        raise DataError(f"`{path}`: only pictures (TIFF stacks) have pages")
     try:
         if path.is_dir():
             return formats.read_dicom(path)
@@ -276,7 +279,7 @@ def read_image(path: str | Path) -> Image:
             check_claimed_size(path, voxels, 1, data_file.stat().st_size, compressed=compressed)
             return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
-            return formats.read_picture(path)
+            return formats.read_picture(path, page)
     except DataError as err:
         if f"`{path}`" in err.message:
             raise
@@ -544,7 +547,13 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> None:
+def write_image(
+    image: Image,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+) -> None:
     """Write ``image`` atomically; the format follows the ending (no ending: a DICOM series folder).
 
     NIfTI: if the image still has the grid of the NIfTI header it was read with, that header is reused (same
@@ -555,6 +564,8 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         path: ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``, ``.png``/``.jpg``/``.bmp``/``.tif``, or
             a folder path without ending (DICOM series, integer 3D images only).
         overwrite: replace an existing output.
+        palette: pictures only: write a label map as palette indices, label ``i`` in colour ``palette[i]``
+            (visible in any viewer; reading it back gives the labels).
 
     Raises:
         ConfigError: the path exists and ``overwrite`` is False.
@@ -571,7 +582,7 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         elif suffix in _NIFTI + _ITK:
             sitk.WriteImage(to_sitk(image), str(tmp), useCompression=suffix != ".nii")
         elif suffix in _PICTURES:
-            formats.write_picture(image, tmp)
+            formats.write_picture(image, tmp, palette)
         else:
             formats.write_dicom(image, tmp)
 

@@ -135,22 +135,27 @@ def read_original_case(data_dir: str | Path, case_id: str) -> tuple[Any, Any, st
     _, _, props = load_case(data_dir, case_id)
     if not props.get("label_file"):
         raise DataError(f"case `{case_id}` has no label to score against")
-    image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
-    reference = read_image(props["label_file"])
+    page = props.get("page")  # a page of a TIFF stack (ISBI-2012): image and label are read from their stacks
+    image = read_image(props["image_files"][0], page) if len(props["image_files"]) == 1 else _stack(props)
+    reference = read_image(props["label_file"], page)
     # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
     ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
     return image, ref, props["image_files"][0]
 
 
 def _label_suffix(data_dir: str | Path, case_id: str) -> str:
-    """The ending of the case's own label file (``.png``, ``.gif``, ``.nii.gz``…); ``.nii.gz`` when unknown."""
+    """The ending of the case's own label file (``.png``, ``.gif``, ``.nii.gz``…); ``.nii.gz`` when unknown;
+    ``.png`` for a page of a TIFF stack."""
     base = Path(data_dir) / "cases" / safe_name(case_id, "case id", Path(data_dir))
     try:
-        label = json.loads(base.with_suffix(".json").read_text(encoding="utf-8")).get("label_file")
-    except (OSError, ValueError):
-        label = None
+        props = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        label = props.get("label_file")
+    except (OSError, ValueError, AttributeError):
+        props, label = {}, None
     if not label:
         return ".nii.gz"
+    if props.get("page") is not None:  # one page of a TIFF stack: a PNG that any viewer opens
+        return ".png"
     suffix = Path(label).name[len(image_stem(Path(label))) :].lower()
     return suffix if suffix and is_supported_image(Path(f"x{suffix}")) else ".nii.gz"
 
