@@ -15,7 +15,7 @@ from PIL import ImageSequence
 from satseg.data.io import Image, from_sitk, to_sitk, with_array
 from satseg.errors import DataError
 
-__all__ = ["read_dicom", "write_dicom", "read_picture", "write_picture", "picture_pages", "write_picture_stack"]
+__all__ = ["read_dicom", "write_dicom", "read_picture", "write_picture", "write_picture_stack", "picture_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def read_picture(path: Path, page: int | None = None) -> Image:
         if page is None and frames > 1:
             raise DataError(
                 f"`{path}` is a stack of {frames} pages; satseg reads single 2D pictures",
-                hint="a folder holding X-volume.tif (+ X-labels.tif) stacks is a dataset for `satseg preprocess`; "
-                "to segment a stack, save its pages as pictures",
+                hint="`satseg segment` takes a stack whole (page by page); a folder of X-volume.tif + X-labels.tif "
+                "stacks is a dataset for `satseg preprocess`",
             )
         if page is not None and not 0 <= page < frames:
             raise DataError(f"`{path}` has {frames} page(s); page {page} does not exist")
@@ -122,6 +122,23 @@ def write_picture(image: Image, path: Path, palette: Sequence[tuple[int, int, in
     A palette picture shows each label in its colour in any viewer, and :func:`read_picture` gives back the
     indices (a palette with colours is never read as grey).
     """
+    _save(_picture(image, path, palette), path, image)
+
+
+def write_picture_stack(pages: Sequence[Image], path: Path, palette: Sequence[tuple[int, int, int]] | None = None):
+    """Write 2D pictures as the pages of one multipage TIFF (as ISBI-2012's ``train-labels.tif``)."""
+    pictures = [_picture(page, path, palette) for page in pages]
+    _save(pictures[0], path, pages[0], save_all=True, append_images=pictures[1:])
+
+
+def _save(pic: PILImage.Image, path: Path, image: Image, **options) -> None:
+    try:
+        pic.save(path, **options)
+    except OSError as err:
+        raise DataError(f"`{path.name}`: cannot store {image.array.dtype} data in this format: {err}") from err
+
+
+def _picture(image: Image, path: Path, palette: Sequence[tuple[int, int, int]] | None) -> PILImage.Image:
     if image.spatial_dims != 2 or image.num_channels not in (1, 3):
         raise DataError(f"`{path.name}`: pictures hold 2D grey or RGB images, got array {image.array.shape}")
     array = image.array
@@ -131,20 +148,18 @@ def write_picture(image: Image, path: Path, palette: Sequence[tuple[int, int, in
     allowed = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.float32)}
     if array.dtype not in allowed or (array.shape[0] == 3 and array.dtype != np.uint8):
         raise DataError(f"`{path.name}`: cannot store {array.dtype} data with {array.shape[0]} channel(s) as a picture")
-    pic = PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
     if palette is not None:
-        pic = _palette_picture(array, palette, path)
-    try:
-        pic.save(path)
-    except OSError as err:
-        raise DataError(f"`{path.name}`: cannot store {array.dtype} data in this format: {err}") from err
+        return _palette_picture(array, palette, path)
+    return PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
 
 
 def _palette_picture(array: np.ndarray, palette: Sequence[tuple[int, int, int]], path: Path) -> PILImage.Image:
     """A label map ``(1, y, x)`` as a mode ``P`` picture whose colour ``i`` is ``palette[i]``."""
     if array.shape[0] != 1 or array.dtype != np.uint8 or (array.size and int(array.max()) >= len(palette)):
         top = int(array.max()) if array.size else 0
-        raise DataError(f"`{path.name}`: a palette picture holds labels 0..{len(palette) - 1}, got {array.dtype} up to {top}")
+        raise DataError(
+            f"`{path.name}`: a palette picture holds labels 0..{len(palette) - 1}, got {array.dtype} up to {top}"
+        )
     pic = PILImage.fromarray(array[0]).convert("P")  # grey L to P keeps each value as its index
     pic.putpalette([int(c) for colour in palette for c in colour])
     return pic

@@ -51,6 +51,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_VOXELS",
     "check_image_path",
+    "page_count",
+    "write_stack",
 ]
 
 log = logging.getLogger(__name__)
@@ -585,6 +587,43 @@ def write_image(
             formats.write_picture(image, tmp, palette)
         else:
             formats.write_dicom(image, tmp)
+
+
+def page_count(path: str | Path) -> int:
+    """The number of pages of a multipage TIFF stack; 1 for any other image (and for a file pillow cannot open:
+    :func:`read_image` then says what is wrong with it)."""
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff") or not path.is_file():
+        return 1
+    from satseg.data import formats
+
+    try:
+        return len(formats.picture_pages(path))
+    except Exception:  # noqa: BLE001 - reported by read_image, in its words
+        return 1
+
+
+def write_stack(
+    pages: Sequence[Image],
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+) -> None:
+    """Write 2D pictures as the pages of one multipage TIFF stack, atomically (see :func:`write_image`).
+
+    Raises:
+        ConfigError: ``path`` is not a ``.tif``/``.tiff``, or exists and ``overwrite`` is False.
+        DataError: a page is not a 2D grey or RGB picture.
+    """
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff"):
+        raise ConfigError(f"`{path}`: a stack of pages is written as one .tif", hint=f"use {image_stem(path)}.tif")
+    from satseg.data import formats
+
+    pages = [replace(page, array=_storable(np.asarray(page.array))) for page in pages]
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        formats.write_picture_stack(pages, tmp, palette)
 
 
 def _header_fits(image: Image) -> bool:

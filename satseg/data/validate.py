@@ -112,7 +112,8 @@ def _load(case: Case, dataset: Dataset) -> tuple[Image, np.ndarray | None]:
     if expected is not None and image.num_channels != expected:
         shape = "x".join(map(str, image.spatial_shape))
         kind = f"{image.spatial_dims + 1}D ({shape} x {image.num_channels})" if image.num_channels > 1 else "3D"
-        raise _Bad(_where(case.images[0], case.page), f"image is {kind} but dataset.json declares {expected} channel(s)")
+        declared = f"image is {kind} but dataset.json declares {expected} channel(s)"
+        raise _Bad(_where(case.images[0], case.page), declared)
     if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
         raise _Bad(_where(case.images[0], case.page), "image holds NaN or Inf values")
     if case.label is None:

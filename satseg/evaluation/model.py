@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from satseg.data.datasets import mask_to_labels
-from satseg.data.io import image_stem, is_supported_image, read_image, write_image
+from satseg.data.io import image_stem, is_supported_image, read_image
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.errors import ConfigError, DataError, look_up_option
 from satseg.evaluation.metrics import case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, gate_report, summarise, write_report
 from satseg.evaluation.visual_report import CaseView, WorstCases, case_dice
-from satseg.inference.batch import PICTURE_SUFFIXES, mask_for_picture
+from satseg.inference.batch import write_mask
 from satseg.inference.segmenter import load_segmenter
 from satseg.paths import check_output, safe_name
 from satseg.progress import ItemProgress
@@ -85,14 +85,11 @@ def evaluate_model(
             bar.item(case_id)
             image, ref, source = read_original_case(data_dir, case_id)
             seg = segmenter.segment(image, source=source, progress=bar.windows)
-            if save_predictions:  # in the dataset's own format: PNG masks for a PNG set (0/255 when binary)
+            if save_predictions:  # the dataset's own format (a PNG per page of a TIFF stack), 0/255 or palette
                 suffix = _label_suffix(data_dir, case_id)
                 target = out_dir / "predictions" / f"{case_id}{suffix}"  # case ids are checked plain names
                 check_output(target, inputs=[source], overwrite=True)  # an earlier prediction, never the scan
-                mask = seg.labels
-                if suffix in PICTURE_SUFFIXES + (".tif", ".tiff"):
-                    mask, _ = mask_for_picture(seg.labels, segmenter.labels)
-                write_image(mask, target, overwrite=True)
+                write_mask(seg.labels, target, segmenter.labels, overwrite=True)
             scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
             case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
             view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
