@@ -810,6 +810,8 @@ def _preprocess_lines(summary: dict[str, Any], plan: dict[str, Any]) -> list[str
             lines.append(f"  mask values: {pairing['mask_values']}")
         if pairing.get("ignored_folders"):
             lines.append(f"  folders not used: {', '.join(pairing['ignored_folders'])}")
+    if plan.get("test_cases"):
+        lines.append(f"  without labels: {len(plan['test_cases'])} case(s), preprocessed but not trained on")
     if summary["skipped_bad"]:
         lines.append(f"  skipped: {', '.join(summary['skipped_bad'])}")
     return lines

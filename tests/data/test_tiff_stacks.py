@@ -67,12 +67,13 @@ def test_each_page_is_a_2d_case_with_its_label_mapped_like_a_png_mask(tmp_path):
     assert props["grid"] == props["original"]
 
 
-def test_the_summary_names_the_stacks_and_the_mapping(tmp_path):
-    _isbi(tmp_path / "isbi", test_pages=0)
+def test_the_summary_names_the_stacks_the_mapping_and_the_unlabelled_pages(tmp_path):
+    _isbi(tmp_path / "isbi", test_pages=2)
     result = runner.invoke(app, ["preprocess", str(tmp_path / "isbi"), "-o", str(tmp_path / "pp"), "--folds", "3"])
     assert result.exit_code == 0, result.output
     assert "pairs: 3, train-volume.tif ↔ train-labels.tif by page" in result.output
     assert "mask values: 0 → 0, 255 → 1" in result.output and "2D grey" in result.output
+    assert "without labels: 2 case(s), preprocessed but not trained on" in result.output
 
 
 def test_a_page_is_read_on_its_own_and_a_whole_stack_is_refused_as_one_picture(tmp_path):
@@ -89,7 +90,7 @@ def test_a_page_is_read_on_its_own_and_a_whole_stack_is_refused_as_one_picture(t
     ("label_shapes", "expected"),
     [
         ([SHAPE, SHAPE], r"`[^`]*train-labels\.tif` has 2 page\(s\) but `train-volume\.tif` has 3"),
-        ([SHAPE, (20, 25), SHAPE], r"`[^`]*train-labels\.tif`: page 1 is 20×25 but page 1 of `train-volume\.tif` is 20×24"),
+        ([SHAPE, (20, 25), SHAPE], r"`[^`]*train-labels\.tif`: page 1 is 20×25 but page 1 of `train-volume\.tif` is 20×24"),  # noqa: E501
     ],
 )
 def test_stacks_that_do_not_match_page_for_page_are_refused_in_one_line(tmp_path, label_shapes, expected):

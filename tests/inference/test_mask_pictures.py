@@ -139,9 +139,10 @@ def test_segment_of_a_stack_writes_a_stack_whose_pages_are_the_pages_masks(stack
     area = 0
     for k, page in enumerate(pages):  # the reference: each page segmented on its own, as a PNG
         page.save(tmp_path / f"page{k}.png")
-        single = segment_inputs([tmp_path / f"page{k}.png"], output=tmp_path / f"page{k}_seg.png", model=run, device="cpu")
+        single_mask = tmp_path / f"page{k}_seg.png"
+        single = segment_inputs([tmp_path / f"page{k}.png"], output=single_mask, model=run, device="cpu")
         assert single.ok, single.failures
-        np.testing.assert_array_equal(masks[k], np.asarray(PILImage.open(tmp_path / f"page{k}_seg.png")))
+        np.testing.assert_array_equal(masks[k], np.asarray(PILImage.open(single_mask)))
         assert set(np.unique(masks[k]).tolist()) <= {0, 255}
         area += int((masks[k] == 255).sum())
     assert result["volumes"] == {"foreground": float(area)} and result["unit"] == "px"
