@@ -86,10 +86,13 @@ def read_picture(path: Path, page: int | None = None) -> Image:
     with PILImage.open(path) as pic:
         frames = getattr(pic, "n_frames", 1)
         if page is None and frames > 1:
+            tiff = path.suffix.lower() in (".tif", ".tiff")
             raise DataError(
                 f"`{path}` is a stack of {frames} pages; satseg reads single 2D pictures",
-                hint="`satseg segment` takes a stack whole (page by page); a folder of X-volume.tif + X-labels.tif "
-                "stacks is a dataset for `satseg preprocess`",
+                hint="`satseg segment` takes a TIFF stack whole (page by page); a folder of X-volume.tif + "
+                "X-labels.tif stacks is a dataset for `satseg preprocess`"
+                if tiff
+                else "save the frame you mean as a picture of its own",
             )
         if page is not None and not 0 <= page < frames:
             raise DataError(f"`{path}` has {frames} page(s); page {page} does not exist")
