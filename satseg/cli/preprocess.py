@@ -94,7 +94,7 @@ def _preprocess_lines(summary: dict[str, Any], plan: dict[str, Any]) -> list[str
     ]
     pairing = plan.get("pairing")
     if pairing:
-        folders = f"{Path(pairing['images']).name}/ ↔ {Path(pairing['labels']).name}/"
+        folders = " ↔ ".join(Path(p).name + "/" * Path(p).is_dir() for p in (pairing["images"], pairing["labels"]))
         lines.append(f"  pairs: {pairing['pairs']}, {folders} by {pairing['by']}")
         if pairing.get("example"):
             lines.append(f"    e.g. {pairing['example'][0]} ↔ {pairing['example'][1]}")
@@ -102,6 +102,8 @@ def _preprocess_lines(summary: dict[str, Any], plan: dict[str, Any]) -> list[str
             lines.append(f"  mask values: {pairing['mask_values']}")
         if pairing.get("ignored_folders"):
             lines.append(f"  folders not used: {', '.join(pairing['ignored_folders'])}")
+    if plan.get("test_cases"):
+        lines.append(f"  without labels: {len(plan['test_cases'])} case(s), preprocessed but not trained on")
     if summary["skipped_bad"]:
         lines.append(f"  skipped: {', '.join(summary['skipped_bad'])}")
     return lines
