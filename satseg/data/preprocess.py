@@ -255,7 +255,6 @@ def restore_argmax(probs: np.ndarray, props: dict) -> np.ndarray:
     return labels
 
 
-# ---------------------------------------------------------------- reading back
 # ---------------------------------------------------------------- whole datasets
 @dataclass
 class PreprocessReport:

@@ -164,7 +164,7 @@ def output_path(
         ext = _OUTPUT_SUFFIX.get(ext.lower(), ext)
     name = f"{image_stem(source)}{suffix}{ext}"
     if output is None:
-        return (source.parent if not source.is_dir() else source.parent) / name
+        return source.parent / name  # a DICOM series folder's mask goes beside the folder, too
     if multiple or from_folder is not None or output.is_dir() or not output.suffix:
         return output / name
     return output
