@@ -23,9 +23,7 @@ import functools
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from satseg.errors import ConfigError, look_up_option
 
@@ -34,14 +32,19 @@ __all__ = [
     "AMP_MODES",
     "amp_mode",
     "autocast_context",
+    "autocast_in_force",
     "autocast_dtype",
     "cpu_has_native_bf16",
     "local_rank",
     "resolve_device",
 ]
 
-AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""The ``--amp-dtype`` names and the autocast dtypes they stand for."""
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, so that settings (TrainConfig) and the CLI's --help need no torch.
+AMP_DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16"}
+"""The ``--amp-dtype`` names and the autocast dtypes they stand for (``torch.bfloat16``, ``torch.float16``)."""
 AMP_MODES = ("auto", "on", "off")
 """``--amp`` settings: autocast on CUDA only, on every device, or never."""
 
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX). Elsewhere bf16 is emulated: a 512²
     matmul ran at 0.2 GFLOP/s against 44 for float32 on an AVX2 CPU (benchmarks/results/cpu-roofline.md)."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -78,6 +83,8 @@ def resolve_device(spec: str, rank: int | None = None) -> torch.device:
         spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         rank: the GPU that ``auto`` and ``cuda`` mean; default :func:`local_rank`.
     """
+    import torch
+
     rank = local_rank() if rank is None else rank
     if spec == "auto":
         return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -121,7 +128,9 @@ def autocast_dtype(
     mode = amp_mode(train.get("amp")) if override is None else ("on" if override else "off")
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
-    dtype = AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")]
+    import torch
+
+    dtype = getattr(torch, AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")])
     if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
         _warn_emulated_bf16()
     return dtype
@@ -129,6 +138,24 @@ def autocast_dtype(
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast to ``dtype`` on ``device`` (CPU or CUDA); a no-op when ``dtype`` is None (float32)."""
+    import torch
+
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def autocast_in_force(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that re-enters the autocast settings in force now for ``device_type``, for a recomputation
+    that runs later (during backward), as ``torch.utils.checkpoint`` does; a no-op for devices autocast does
+    not know, such as ``meta``, on which the planner counts a step's memory."""
+    import torch
+
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=torch.is_autocast_cache_enabled(),
+    )

@@ -8,7 +8,6 @@ from the file.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import zipfile
@@ -246,12 +245,3 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[SegmentationNet,
         raise CheckpointError(f"`{run_dir}`: no such run folder or checkpoint")
     payload = load_checkpoint(path)
     return model_from_checkpoint(payload, path), payload["config"]
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder."""
-    path = Path(run_dir) / RUN_CONFIG
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"`{path}`: cannot read the run configuration ({err})") from err

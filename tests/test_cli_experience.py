@@ -5,13 +5,15 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from satseg.cli import app, gather_list_values, parse_sizes, split_items
+from satseg.cli import app
+from satseg.cli.options import parse_sizes, split_items
 from satseg.nn import list_gates, list_models
 from satseg.nn.params import compare_models
 from satseg.tables import demo_table, fit_table, gate_table, params_table, summary_table
@@ -20,8 +22,11 @@ runner = CliRunner()
 FAST = ["--no-flops", "--no-memory"]
 
 
-def _command_params(name: str) -> list:
-    return typer.main.get_command(app).commands[name].params
+def _parsed(name: str, args: list[str]) -> dict:
+    """What the command's parser makes of ``args`` (required options may be missing)."""
+    command = typer.main.get_command(app).commands[name]
+    with command.make_context(name, list(args), resilient_parsing=True) as ctx:
+        return ctx.params
 
 
 @pytest.mark.parametrize(
@@ -47,28 +52,24 @@ def test_params_net_and_patch_take_lists_too():
     assert result.stdout.count('"skip": "org"') == 2
 
 
-def test_gathering_keeps_positional_arguments_and_other_options():
-    params = _command_params("preprocess")
-    args = ["--spacing", "1", "2.5", "1", "Task04", "-o", "out", "--size", "64,64"]
-    assert gather_list_values(args, params) == [
-        "--spacing", "1", "--spacing", "2.5", "--spacing", "1", "Task04", "-o", "out", "--size", "64,64",
-    ]  # fmt: skip
+def test_list_options_keep_positional_arguments_and_other_options():
+    parsed = _parsed("preprocess", ["--spacing", "1", "2.5", "1", "Task04", "-o", "out", "--size", "64,64"])
+    assert parsed["spacing"] == ["1", "2.5", "1"] and parsed["size"] == ["64,64"]
+    assert parsed["dataset"] == Path("Task04") and parsed["output"] == Path("out")
     # a dataset named after the option's value is not swallowed when it is not a number
-    assert gather_list_values(["--spacing", "auto", "data"], params) == ["--spacing", "auto", "data"]
-    # everything after `--` is left as it is
-    assert gather_list_values(["--", "--spacing", "1", "2"], params) == ["--", "--spacing", "1", "2"]
+    parsed = _parsed("preprocess", ["--spacing", "auto", "data"])
+    assert parsed["spacing"] == ["auto"] and parsed["dataset"] == Path("data")
+    # `--` ends the list: what follows is an argument, a number too
+    parsed = _parsed("preprocess", ["--spacing", "1", "--", "2"])
+    assert parsed["spacing"] == ["1"] and parsed["dataset"] == Path("2")
 
 
-def test_train_and_evaluate_list_options_gather_all_values():
-    train = _command_params("train")
-    args = ["--features", "4", "8", "--patch", "16x16", "--net", "unet2d"]
-    gathered = gather_list_values(args, train)
-    assert gathered == ["--features", "4", "--features", "8", "--patch", "16x16", "--net", "unet2d"]
+def test_train_and_evaluate_list_options_take_all_values():
+    parsed = _parsed("train", ["--features", "4", "8", "--patch", "16x16", "--net", "unet2d", "--gate=a=1", "b=2"])
+    assert parsed["features"] == ["4", "8"] and parsed["patch"] == ["16x16"] and parsed["net"] == "unet2d"
+    assert parsed["gate"] == ["a=1", "b=2"]
     assert parse_sizes(["4", "8"]) == (4, 8) == parse_sizes("4,8") == parse_sizes("4x8")
-    evaluate = _command_params("evaluate")
-    assert gather_list_values(["--labels", "liver=1", "tumour=2"], evaluate) == [
-        "--labels", "liver=1", "--labels", "tumour=2",
-    ]  # fmt: skip
+    assert _parsed("evaluate", ["--labels", "liver=1", "tumour=2"])["labels"] == ["liver=1", "tumour=2"]
     assert split_items(["liver=1", "tumour=2"]) == split_items("liver=1,tumour=2") == ["liver=1", "tumour=2"]
     assert split_items([]) is None
 

@@ -347,12 +347,12 @@ def test_all_empty_masks_are_refused_and_a_ghost_class_stays_out_of_the_foregrou
 
 
 def test_evaluate_model_file_without_output_writes_beside_the_file(tmp_path, monkeypatch):
-    from satseg.cli import _evaluation_folder
+    from satseg.cli.evaluate import evaluation_folder
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    assert _evaluation_folder(model, "val") == tmp_path / "m.onnx_eval_val"
-    assert _evaluation_folder(tmp_path, "val") == tmp_path / "eval_val"
+    assert evaluation_folder(model, "val") == tmp_path / "m.onnx_eval_val"
+    assert evaluation_folder(tmp_path, "val") == tmp_path / "eval_val"
 
 
 # ---------------------------------------------------------------- 5/6. robustness and messages of outputs

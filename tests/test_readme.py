@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from satseg.cli import app
-from satseg.data.synthetic import write_synthetic_msd
+from satseg.data.synthetic import write_synthetic_isbi, write_synthetic_msd
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keep README training commands short here: a single-value option given twice takes the last value.
@@ -92,6 +92,7 @@ def test_readme_workflow_commands_run(tmp_path, monkeypatch):
     shutil.copy(dataset / "imagesTr" / "synth_000.nii.gz", dataset / "imagesTs" / "hippocampus_118.nii.gz")
     shutil.copy(dataset / "imagesTr" / "synth_001.nii.gz", tmp_path / "scan.nii.gz")
     _drive_like(tmp_path / "drive" / "training")
+    write_synthetic_isbi(tmp_path / "isbi2012", pages=6, size=(32, 32), test_pages=2)  # the stacks as downloaded
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     ran = []
@@ -110,12 +111,14 @@ def test_readme_workflow_commands_run(tmp_path, monkeypatch):
             assert args[0] == "satseg", command
             args = args[1:]
             if args[0] == "train":
-                args += FAST_TRAIN if "drive_pp" not in args else [*FAST_TRAIN[:-4], "--patch", "16,16"]
+                pictures = "drive_pp" in args or "isbi_pp" in args  # 2D
+                args += FAST_TRAIN if not pictures else [*FAST_TRAIN[:-4], "--patch", "16,16"]
             if args[0] == "params":
                 args += ["--no-flops", "--no-memory"]
             result = runner.invoke(app, args)
             assert result.exit_code == 0, f"{command}\n{result.output[-2000:]}"
         ran.append(command)
     assert (tmp_path / "scan_seg.nii.gz").is_file()
+    assert (tmp_path / "isbi_pp" / "cases" / "train-volume_05.npz").is_file()
     assert (tmp_path / "onnx_out" / "hippocampus_118_seg.nii.gz").is_file()
     assert len(ran) >= 8

@@ -12,6 +12,10 @@
   image and one mask; an id shared by several files is refused rather than guessed. ``Dataset.pairing`` says how
   the pairs were formed. A ``dataset.json`` with ``labels`` is optional (default
   ``{"background": 0, "foreground": 1}``).
+* **TIFF stacks** (ISBI-2012 as downloaded): ``X-volume.tif`` multipage stacks of 2D images, each with its
+  ``X-labels.tif`` beside it (same number of pages, page for page the same size); every page is one 2D case
+  ``X-volume_00``, ``X-volume_01``, … (``Case.page``). A stack without labels (``test-volume.tif``) gives
+  unlabelled cases, as ``imagesTs/`` does; a folder holding no labelled stack is refused.
 
 Masks of 2D picture sets are turned into label indices by :func:`mask_to_labels`.
 """
@@ -20,21 +24,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from satseg.data.io import IMAGE_SUFFIXES, image_stem
+from satseg.data.pairing import pair_files
 from satseg.errors import DataError
 
-__all__ = ["Case", "Dataset", "discover_dataset", "mask_to_labels", "MASK_SUFFIXES", "MODALITIES"]
+__all__ = ["Case", "Dataset", "discover_dataset", "mask_to_labels", "MODALITIES"]
 
 log = logging.getLogger(__name__)
 
-MASK_SUFFIXES: tuple[str, ...] = ("_segmentation", "_mask", "_lesion", "_seg", "_label")
 MODALITIES: tuple[str, ...] = ("ct", "mri", "rgb", "grey")
 IMAGE_DIRS: tuple[str, ...] = ("images", "image", "imgs", "img")
 LABEL_DIRS: tuple[str, ...] = (
@@ -51,12 +53,14 @@ class Case:
         images: the image file(s): one file holding all channels, or one file per channel (nnU-Net).
         label: the label file, or None for unlabelled (test) cases.
         problem: a structural problem found while listing (e.g. a missing channel file), reported by validation.
+        page: TIFF stacks: the page of ``images[0]`` (and of ``label``) this case is, from 0; None otherwise.
     """
 
     case_id: str
     images: tuple[Path, ...]
     label: Path | None
     problem: str | None = None
+    page: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,13 @@ class Dataset:
 
     Attributes:
         root: the folder.
-        layout: ``"msd"``, ``"nnunet"`` or ``"paired"``.
+        layout: ``"msd"``, ``"nnunet"``, ``"paired"`` or ``"stacks"``.
         cases: labelled cases first, then unlabelled ones.
         labels: label name -> value, background 0 included.
         channel_names: one name per channel (None when the layout does not say; validation fills it in).
         modalities: normalisation family per channel (``ct``, ``mri``, ``rgb``), None where unknown.
         mask_pictures: True when labels are 2D picture masks (0/255 or RGB) to convert with :func:`mask_to_labels`.
-        pairing: paired folders only: how images and masks were paired (folders, rule, an example pair).
+        pairing: paired folders and stacks: how images and masks were paired (folders or files, rule, an example).
     """
 
     root: Path
@@ -234,6 +238,9 @@ def discover_dataset(
     elif not _files(root):
         raise DataError(f"`{root}` is empty", hint="expected imagesTr/ + labelsTr/ + dataset.json, or images/ + masks/")
     else:
+        stacks = _stack_files(root)
+        if stacks:
+            return _stacks(root, stacks)
         inside = [p for p in _files(root) if p.is_dir() and ((p / "imagesTr").is_dir() or _named_dirs(p, IMAGE_DIRS))]
         inside.sort(key=lambda p: not p.name.lower().startswith("train"))  # the training set first
         if inside:
@@ -242,16 +249,11 @@ def discover_dataset(
                 f"`{root}` is not a dataset folder, but {names} inside it may be",
                 hint=f"did you mean `satseg preprocess {inside[0]}`?",
             )
-        hint = (
-            "expected imagesTr/ + labelsTr/ (+ dataset.json), images/ + masks/ (or image/ + label/), "
-            "or give --images DIR --labels DIR"
+        raise DataError(
+            f"`{root}` is not a dataset folder: found neither `imagesTr/` nor `images/` nor `X-volume.tif` stacks",
+            hint="expected imagesTr/ + labelsTr/ (+ dataset.json), images/ + masks/ (or image/ + label/), "
+            "X-volume.tif + X-labels.tif stacks, or give --images DIR --labels DIR",
         )
-        if (root / "train-volume.tif").is_file():  # ISBI-2012 as downloaded: two multipage TIFF stacks
-            hint = (
-                "train-volume.tif/train-labels.tif are stacks of 2D slices; save each slice as a picture in "
-                "images/ and labels/ (same names), then give this folder"
-            )
-        raise DataError(f"`{root}` is not a dataset folder: found neither `imagesTr/` nor `images/`", hint=hint)
     if not dataset.cases:
         raise DataError(f"`{root}` holds no images in its {dataset.layout} layout")
     return dataset
@@ -368,74 +370,9 @@ def field_of_view_share(folder: Path) -> float | None:
     return share if share > FIELD_OF_VIEW_SHARE else None
 
 
-def _mask_stem(mask: Path) -> str:
-    stem = image_stem(mask)
-    for suffix in MASK_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-def _leading_token(stem: str) -> str | None:
-    """``21_training`` → ``21``; ``case-07 left`` → ``case``: the stem up to its first separator."""
-    token = re.split(r"[_\-. ]", stem, maxsplit=1)[0]
-    return token or None
-
-
-def _first_number(stem: str) -> str | None:
-    """``case_007_img`` → ``7``: the first run of digits, without leading zeros."""
-    match = re.search(r"\d+", stem)
-    return str(int(match.group())) if match else None
-
-
-_CASE_IDS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
-    ("leading case id", _leading_token),
-    ("first number in the name", _first_number),
-)
-
-
-def _pair_by(key: Callable[[str], str | None], images: list[Path], masks: list[Path]):
-    """Pairs of images and masks that share ``key``; and the keys that name several images or masks."""
-    by_key: dict[str, tuple[list[Path], list[Path]]] = {}
-    for image in images:
-        if (k := key(image_stem(image))) is not None:
-            by_key.setdefault(k, ([], []))[0].append(image)
-    for mask in masks:
-        if (k := key(_mask_stem(mask))) is not None and k in by_key:
-            by_key[k][1].append(mask)
-    pairs = {ims[0]: ms[0] for ims, ms in by_key.values() if len(ims) == 1 and len(ms) == 1}
-    ambiguous = {k: (ims, ms) for k, (ims, ms) in by_key.items() if ms and (len(ims) > 1 or len(ms) > 1)}
-    return pairs, ambiguous
-
-
-def _pair_files(images: list[Path], masks: list[Path], image_dir: Path, mask_dir: Path) -> tuple[dict, str]:
-    """Pair images with masks: by name, or else by a case id when that pairs more (and unambiguously)."""
-    named = {_mask_stem(m): m for m in masks}
-    pairs = {im: named[image_stem(im)] for im in images if image_stem(im) in named}
-    rule = "file name"
-    if len(pairs) < len(images):
-        clashes = []
-        for name, key in _CASE_IDS:
-            by_id, ambiguous = _pair_by(key, images, masks)
-            if ambiguous:
-                clashes.append((name, ambiguous))
-            elif len(by_id) > len(pairs):
-                return by_id, name
-        if clashes and not pairs:
-            name, ambiguous = clashes[0]
-            k, (ims, ms) = next(iter(ambiguous.items()))
-            files = ", ".join(f"`{p.name}`" for p in [*ims, *ms][:4])
-            raise DataError(
-                f"`{image_dir}` and `{mask_dir}`: cannot pair images with masks: their names differ, and by "
-                f"{name} `{k}` names {len(ims)} image(s) and {len(ms)} mask(s) ({files})",
-                hint="give each image one mask with the same name or the same leading case id",
-            )
-    return pairs, rule
-
-
 def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
     images, masks = _images(image_dir), _images(mask_dir)
-    pairs, rule = _pair_files(images, masks, image_dir, mask_dir)
+    pairs, rule = pair_files(images, masks, image_dir, mask_dir)
     cases = []
     for image in images:
         stem = image_stem(image)
@@ -460,25 +397,105 @@ def _paired(root: Path, image_dir: Path, mask_dir: Path) -> Dataset:
     if example:
         log.info("paired %d image(s) in `%s/` with masks in `%s/` by %s (e.g. `%s` ↔ `%s`)", len(pairs),
                  image_dir.name, mask_dir.name, rule, example[0].name, example[1].name)  # fmt: skip
+    return Dataset(root, "paired", tuple(cases), _picture_labels(root), None, None, mask_pictures=True, pairing=pairing)
+
+
+def _picture_labels(root: Path) -> dict[str, int]:
+    """The labels of a picture set: ``dataset.json``'s ``labels`` if it has one, else background 0, foreground 1."""
     meta_path = root / "dataset.json"
     meta = _load_json(meta_path) if meta_path.is_file() else {}
-    labels = {"background": 0, "foreground": 1}
-    if "labels" in meta:
-        raw = _as_mapping(meta, "labels", meta_path, '"labels": {"background": 0, "lesion": 1}')
-        first = next(iter(raw), "0")
-        try:
-            labels = _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
-        except (TypeError, ValueError) as err:
-            raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
-    return Dataset(root, "paired", tuple(cases), labels, None, None, mask_pictures=True, pairing=pairing)
+    if "labels" not in meta:
+        return {"background": 0, "foreground": 1}
+    raw = _as_mapping(meta, "labels", meta_path, '"labels": {"background": 0, "lesion": 1}')
+    first = next(iter(raw), "0")
+    try:
+        return _labels_from_msd(meta, root) if str(first).isdigit() else {str(k): int(v) for k, v in raw.items()}
+    except (TypeError, ValueError) as err:
+        raise DataError(f"`{meta_path}`: `labels` must map names to integer values: {err}") from err
 
 
-def _mask_mapping(mask: Path) -> str | None:
+_STACK_ENDINGS = (".tif", ".tiff")
+_VOLUME, _LABELS = "volume", "labels"
+
+
+def _stack_files(root: Path) -> list[Path]:
+    """The image stacks of a folder: ``*volume.tif`` files (ISBI-2012: ``train-volume.tif``, ``test-volume.tif``)."""
+    return [
+        p for p in _images(root) if p.suffix.lower() in _STACK_ENDINGS and image_stem(p).lower().endswith(_VOLUME)
+    ]
+
+
+def _stack_label(volume: Path) -> Path | None:
+    """``X-labels.tif`` (or ``.tiff``) beside ``X-volume.tif``, if there is one."""
+    stem = image_stem(volume)[: -len(_VOLUME)]
+    found = [volume.parent / f"{stem}{_LABELS}{ending}" for ending in _STACK_ENDINGS]
+    return next((p for p in found if p.is_file()), None)
+
+
+def _pages(stack: Path) -> list[tuple[int, int]]:
+    from satseg.data.formats import picture_pages
+
+    try:
+        return picture_pages(stack)
+    except Exception as err:  # noqa: BLE001 - pillow raises many kinds for a broken file: one line naming it
+        raise DataError(f"`{stack}` cannot be read as a TIFF stack: {err}", hint="download or export it again") from err
+
+
+def _stacks(root: Path, volumes: list[Path]) -> Dataset:
+    """The cases of ``X-volume.tif`` (+ ``X-labels.tif``) stacks, one 2D case per page."""
+    cases: list[Case] = []
+    pairing: dict | None = None
+    labelled_pages = 0
+    for volume in volumes:
+        label = _stack_label(volume)
+        pages = _pages(volume)
+        if label is not None:
+            label_pages = _pages(label)
+            if len(label_pages) != len(pages):
+                raise DataError(
+                    f"`{label}` has {len(label_pages)} page(s) but `{volume.name}` has {len(pages)}: "
+                    "each image page needs its label page",
+                    hint=f"use the labels made for `{volume.name}`",
+                )
+            for k, (size, label_size) in enumerate(zip(pages, label_pages, strict=True)):
+                if size != label_size:
+                    raise DataError(
+                        f"`{label}`: page {k} is {label_size[0]}×{label_size[1]} but page {k} of `{volume.name}` "
+                        f"is {size[0]}×{size[1]} (height × width)",
+                        hint=f"use the labels made for `{volume.name}`",
+                    )
+            labelled_pages += len(pages)
+            if pairing is None:
+                pairing = {
+                    "images": str(volume),
+                    "labels": str(label),
+                    "by": "page",
+                    "pairs": 0,
+                    "example": [f"{volume.name} page 0", f"{label.name} page 0"],
+                    "mask_values": _mask_mapping(label, page=0),
+                    "ignored_folders": sorted(f"{p.name}/" for p in _files(root) if p.is_dir()),
+                }
+        digits = max(2, len(str(len(pages) - 1)))
+        stem = image_stem(volume)
+        cases += [Case(f"{stem}_{k:0{digits}d}", (volume,), label, page=k) for k in range(len(pages))]
+    if pairing is None:
+        names = ", ".join(f"`{v.name}`" for v in volumes)
+        raise DataError(
+            f"`{root}`: {names} hold(s) images without labels (no `{image_stem(volumes[0])[: -len(_VOLUME)]}"
+            f"{_LABELS}.tif` beside it); there is nothing to train on",
+            hint="put the labels stack beside it (ISBI-2012: train-volume.tif with train-labels.tif)",
+        )
+    pairing["pairs"] = labelled_pages
+    cases.sort(key=lambda c: c.label is None)  # labelled cases first
+    return Dataset(root, "stacks", tuple(cases), _picture_labels(root), None, None, mask_pictures=True, pairing=pairing)
+
+
+def _mask_mapping(mask: Path, page: int | None = None) -> str | None:
     """How the example mask's values become labels, in words (e.g. ``255 → 1``), for the preprocess summary."""
     from satseg.data.io import read_image
 
     try:
-        array = read_image(mask).array
+        array = read_image(mask, page).array
     except Exception:  # noqa: BLE001 - a summary line only; validation reports unreadable masks properly
         return None
     if array.ndim == 2:

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image as PILImage
+from PIL import ImageSequence
 
 from satseg.data.io import Image, from_sitk, to_sitk, with_array
 from satseg.errors import DataError
 
-__all__ = ["read_dicom", "write_dicom", "read_picture", "write_picture"]
+__all__ = ["read_dicom", "write_dicom", "read_picture", "write_picture", "write_picture_stack", "picture_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,32 @@ def _check_slice_spacing(folder: Path, files: Sequence[str]) -> None:
         )
 
 
-def read_picture(path: Path) -> Image:
+def picture_pages(path: Path) -> list[tuple[int, int]]:
+    """``(height, width)`` of every page of a picture (one for most files; a multipage TIFF stack has several).
+
+    Pages are listed with pillow's ImageSequence from the file's headers; no pixels are decoded.
+    """
     with PILImage.open(path) as pic:
-        if getattr(pic, "n_frames", 1) > 1:
-            raise DataError(f"`{path}` has {pic.n_frames} frames; only single-frame 2D pictures are supported")
+        return [(frame.height, frame.width) for frame in ImageSequence.Iterator(pic)]
+
+
+def read_picture(path: Path, page: int | None = None) -> Image:
+    """One 2D picture; ``page`` picks a page of a multipage TIFF stack (a stack without ``page`` is refused)."""
+    with PILImage.open(path) as pic:
+        frames = getattr(pic, "n_frames", 1)
+        if page is None and frames > 1:
+            tiff = path.suffix.lower() in (".tif", ".tiff")
+            raise DataError(
+                f"`{path}` is a stack of {frames} pages; satseg reads single 2D pictures",
+                hint="`satseg segment` takes a TIFF stack whole (page by page); a folder of X-volume.tif + "
+                "X-labels.tif stacks is a dataset for `satseg preprocess`"
+                if tiff
+                else "save the frame you mean as a picture of its own",
+            )
+        if page is not None and not 0 <= page < frames:
+            raise DataError(f"`{path}` has {frames} page(s); page {page} does not exist")
+        if page is not None:
+            pic = ImageSequence.Iterator(pic)[page]
         pic.load()
         if pic.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
             pic = pic.convert("RGB")
@@ -96,7 +119,29 @@ def _grey_palette(pic: PILImage.Image) -> bool:
     return bool(len(palette)) and bool(np.all(palette == palette[:, :1]))
 
 
-def write_picture(image: Image, path: Path) -> None:
+def write_picture(image: Image, path: Path, palette: Sequence[tuple[int, int, int]] | None = None) -> None:
+    """Write a 2D grey or RGB picture; with ``palette``, a label map as palette indices (PIL mode ``P``).
+
+    A palette picture shows each label in its colour in any viewer, and :func:`read_picture` gives back the
+    indices (a palette with colours is never read as grey).
+    """
+    _save(_picture(image, path, palette), path, image)
+
+
+def write_picture_stack(pages: Sequence[Image], path: Path, palette: Sequence[tuple[int, int, int]] | None = None):
+    """Write 2D pictures as the pages of one multipage TIFF (as ISBI-2012's ``train-labels.tif``)."""
+    pictures = [_picture(page, path, palette) for page in pages]
+    _save(pictures[0], path, pages[0], save_all=True, append_images=pictures[1:])
+
+
+def _save(pic: PILImage.Image, path: Path, image: Image, **options) -> None:
+    try:
+        pic.save(path, **options)
+    except OSError as err:
+        raise DataError(f"`{path.name}`: cannot store {image.array.dtype} data in this format: {err}") from err
+
+
+def _picture(image: Image, path: Path, palette: Sequence[tuple[int, int, int]] | None) -> PILImage.Image:
     if image.spatial_dims != 2 or image.num_channels not in (1, 3):
         raise DataError(f"`{path.name}`: pictures hold 2D grey or RGB images, got array {image.array.shape}")
     array = image.array
@@ -106,11 +151,21 @@ def write_picture(image: Image, path: Path) -> None:
     allowed = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.float32)}
     if array.dtype not in allowed or (array.shape[0] == 3 and array.dtype != np.uint8):
         raise DataError(f"`{path.name}`: cannot store {array.dtype} data with {array.shape[0]} channel(s) as a picture")
-    pic = PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
-    try:
-        pic.save(path)
-    except OSError as err:
-        raise DataError(f"`{path.name}`: cannot store {array.dtype} data in this format: {err}") from err
+    if palette is not None:
+        return _palette_picture(array, palette, path)
+    return PILImage.fromarray(np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0])
+
+
+def _palette_picture(array: np.ndarray, palette: Sequence[tuple[int, int, int]], path: Path) -> PILImage.Image:
+    """A label map ``(1, y, x)`` as a mode ``P`` picture whose colour ``i`` is ``palette[i]``."""
+    if array.shape[0] != 1 or array.dtype != np.uint8 or (array.size and int(array.max()) >= len(palette)):
+        top = int(array.max()) if array.size else 0
+        raise DataError(
+            f"`{path.name}`: a palette picture holds labels 0..{len(palette) - 1}, got {array.dtype} up to {top}"
+        )
+    pic = PILImage.fromarray(array[0]).convert("P")  # grey L to P keeps each value as its index
+    pic.putpalette([int(c) for colour in palette for c in colour])
+    return pic
 
 
 def write_dicom(image: Image, folder: Path) -> None:

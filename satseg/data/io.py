@@ -25,7 +25,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +51,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_VOXELS",
     "check_image_path",
+    "page_count",
+    "write_stack",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,11 +238,12 @@ def _sitk_error(err: Exception) -> str:
     return text.removeprefix("sitk::ERROR:").strip()
 
 
-def read_image(path: str | Path) -> Image:
+def read_image(path: str | Path, page: int | None = None) -> Image:
     """Read a NIfTI, NRRD, MetaImage, 2D picture or DICOM series folder.
 
     Args:
         path: an image file, or a folder holding one DICOM series.
+        page: pictures only: the page of a multipage TIFF stack (ISBI-2012's ``train-volume.tif``), from 0.
 
     Returns:
         The image, channel first (see the module docstring for axis order).
@@ -257,6 +260,8 @@ def read_image(path: str | Path) -> Image:
         raise DataError(f"`{path}` does not exist")
     if not path.is_dir():
         check_regular_file(path)  # a FIFO or device would block or never end: refused before it is opened
+    if page is not None and _suffix(path) not in _PICTURES:
+        raise DataError(f"`{path}`: only pictures (TIFF stacks) have pages")
     try:
         if path.is_dir():
             return formats.read_dicom(path)
@@ -276,7 +281,7 @@ def read_image(path: str | Path) -> Image:
             check_claimed_size(path, voxels, 1, data_file.stat().st_size, compressed=compressed)
             return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
-            return formats.read_picture(path)
+            return formats.read_picture(path, page)
     except DataError as err:
         if f"`{path}`" in err.message:
             raise
@@ -544,7 +549,13 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> None:
+def write_image(
+    image: Image,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+) -> None:
     """Write ``image`` atomically; the format follows the ending (no ending: a DICOM series folder).
 
     NIfTI: if the image still has the grid of the NIfTI header it was read with, that header is reused (same
@@ -555,6 +566,8 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         path: ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``, ``.png``/``.jpg``/``.bmp``/``.tif``, or
             a folder path without ending (DICOM series, integer 3D images only).
         overwrite: replace an existing output.
+        palette: pictures only: write a label map as palette indices, label ``i`` in colour ``palette[i]``
+            (visible in any viewer; reading it back gives the labels).
 
     Raises:
         ConfigError: the path exists and ``overwrite`` is False.
@@ -571,9 +584,46 @@ def write_image(image: Image, path: str | Path, *, overwrite: bool = False) -> N
         elif suffix in _NIFTI + _ITK:
             sitk.WriteImage(to_sitk(image), str(tmp), useCompression=suffix != ".nii")
         elif suffix in _PICTURES:
-            formats.write_picture(image, tmp)
+            formats.write_picture(image, tmp, palette)
         else:
             formats.write_dicom(image, tmp)
+
+
+def page_count(path: str | Path) -> int:
+    """The number of pages of a multipage TIFF stack; 1 for any other image (and for a file pillow cannot open:
+    :func:`read_image` then says what is wrong with it)."""
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff") or not path.is_file():
+        return 1
+    from satseg.data import formats
+
+    try:
+        return len(formats.picture_pages(path))
+    except Exception:  # noqa: BLE001 - reported by read_image, in its words
+        return 1
+
+
+def write_stack(
+    pages: Sequence[Image],
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+) -> None:
+    """Write 2D pictures as the pages of one multipage TIFF stack, atomically (see :func:`write_image`).
+
+    Raises:
+        ConfigError: ``path`` is not a ``.tif``/``.tiff``, or exists and ``overwrite`` is False.
+        DataError: a page is not a 2D grey or RGB picture.
+    """
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff"):
+        raise ConfigError(f"`{path}`: a stack of pages is written as one .tif", hint=f"use {image_stem(path)}.tif")
+    from satseg.data import formats
+
+    pages = [replace(page, array=_storable(np.asarray(page.array))) for page in pages]
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        formats.write_picture_stack(pages, tmp, palette)
 
 
 def _header_fits(image: Image) -> bool:

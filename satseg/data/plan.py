@@ -88,7 +88,7 @@ def suggest_patch_size(median_shape: Sequence[float]) -> list[int]:
 def _modalities(dataset: Dataset, option: str, num_channels: int) -> list[str]:
     if option != "auto":
         return [option] * num_channels
-    if dataset.layout == "paired":  # pictures: colour or grey, named for what they are
+    if dataset.layout in ("paired", "stacks"):  # pictures: colour or grey, named for what they are
         return ["rgb" if num_channels == 3 else "grey"] * num_channels
     if dataset.modalities and len(dataset.modalities) == num_channels:
         return [m or "mri" for m in dataset.modalities]

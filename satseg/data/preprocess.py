@@ -255,7 +255,6 @@ def restore_argmax(probs: np.ndarray, props: dict) -> np.ndarray:
     return labels
 
 
-# ---------------------------------------------------------------- reading back
 # ---------------------------------------------------------------- whole datasets
 @dataclass
 class PreprocessReport:
@@ -284,6 +283,8 @@ def _write_case(case: Case, dataset: Dataset, plan: dict, cases_dir: Path) -> st
         "shape": list(array.shape[1:]),
         "label_values": [] if out_label is None else np.unique(out_label).tolist(),
     }
+    if case.page is not None:  # a page of a TIFF stack: image_files[0] and label_file are the stacks
+        props["page"] = case.page
     arrays = {"image": array} if out_label is None else {"image": array, "label": out_label}
     with atomic_path(cases_dir / f"{case.case_id}.npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)

@@ -71,11 +71,16 @@ def _same_grid(a: Image, b: Image) -> str | None:
     return None
 
 
-def _read(path: Path) -> Image:
+def _read(path: Path, page: int | None = None) -> Image:
+    """The image at ``path`` (``page`` of a TIFF stack); a problem is a :class:`_Bad` naming the file (and page)."""
     try:
-        return read_image(path)
+        return read_image(path, page)
     except DataError as err:
-        raise _Bad(path, err.message.replace(f"`{path}`", "").strip(" :") or err.message) from err
+        raise _Bad(_where(path, page), err.message.replace(f"`{path}`", "").strip(" :") or err.message) from err
+
+
+def _where(path: Path, page: int | None) -> str:
+    return str(path) if page is None else f"{path} (page {page})"
 
 
 def load_case_pair(case: Case, dataset: Dataset) -> tuple[Image, np.ndarray | None]:
@@ -93,7 +98,7 @@ def load_case_pair(case: Case, dataset: Dataset) -> tuple[Image, np.ndarray | No
 def _load(case: Case, dataset: Dataset) -> tuple[Image, np.ndarray | None]:
     if case.problem:
         raise _Bad(case.images[0], case.problem)
-    images = [_read(p) for p in case.images]
+    images = [_read(p, case.page) for p in case.images]
     image = images[0]
     for path, other in zip(case.images[1:], images[1:], strict=True):
         if other.num_channels != 1 or other.spatial_dims != image.spatial_dims:
@@ -107,33 +112,35 @@ def _load(case: Case, dataset: Dataset) -> tuple[Image, np.ndarray | None]:
     if expected is not None and image.num_channels != expected:
         shape = "x".join(map(str, image.spatial_shape))
         kind = f"{image.spatial_dims + 1}D ({shape} x {image.num_channels})" if image.num_channels > 1 else "3D"
-        raise _Bad(case.images[0], f"image is {kind} but dataset.json declares {expected} channel(s)")
+        declared = f"image is {kind} but dataset.json declares {expected} channel(s)"
+        raise _Bad(_where(case.images[0], case.page), declared)
     if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
-        raise _Bad(case.images[0], "image holds NaN or Inf values")
+        raise _Bad(_where(case.images[0], case.page), "image holds NaN or Inf values")
     if case.label is None:
         return image, None
-    label_image = _read(case.label)
+    label_image = _read(case.label, case.page)
+    label_file = _where(case.label, case.page)
     if dataset.mask_pictures and label_image.spatial_dims == 2:
         label_image = with_array(label_image, mask_to_labels(label_image.array))
     if label_image.num_channels != 1 or label_image.spatial_dims != image.spatial_dims:
         raise _Bad(
-            case.label, f"label is {label_image.spatial_dims}D with {label_image.num_channels} channels, expected one"
+            label_file, f"label is {label_image.spatial_dims}D with {label_image.num_channels} channels, expected one"
         )
     problem = _same_grid(image, label_image) if not dataset.mask_pictures else None
     if dataset.mask_pictures and label_image.spatial_shape != image.spatial_shape:
         problem = f"shape {list(label_image.spatial_shape)} differs from the image's {list(image.spatial_shape)}"
     if problem:
-        raise _Bad(case.label, f"label grid differs: {problem}")
+        raise _Bad(label_file, f"label grid differs: {problem}")
     label = label_image.array[0]
     if np.issubdtype(label.dtype, np.floating):
         if not np.isfinite(label).all() or np.any(np.mod(label, 1) != 0):
-            raise _Bad(case.label, "label holds non-integer values")
+            raise _Bad(label_file, "label holds non-integer values")
     values = set(np.unique(label).astype(np.int64).tolist())
     unknown = sorted(values - set(dataset.labels.values()))
     if unknown:
-        raise _Bad(case.label, f"label values {unknown} are not declared (labels: {sorted(dataset.labels.values())})")
+        raise _Bad(label_file, f"label values {unknown} are not declared (labels: {sorted(dataset.labels.values())})")
     if max(values, default=0) > 255 or min(values, default=0) < 0:
-        raise _Bad(case.label, "label values must lie in 0..255")
+        raise _Bad(label_file, "label values must lie in 0..255")
     return image, label.astype(np.uint8)
 
 

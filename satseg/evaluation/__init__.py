@@ -9,6 +9,7 @@ __getattr__, __all__ = lazy_exports(
         "metrics": ["METRICS", "case_metrics", "dice"],
         "folders": ["evaluate_folders"],
         "model": ["evaluate_model"],
+        "postprocess": ["decide_lcc"],
         "report": ["EvaluationReport", "summarise", "gate_report"],
     },
 )

@@ -31,7 +31,7 @@ Conventions (also in the README):
   prediction, recall with an empty reference) is NaN. NaN values are left out of means and counted
   separately (see :func:`satseg.evaluation.report.summarise`). This is satseg's one Dice convention:
   validation during training (:mod:`satseg.training.validation`) and the post-processing decision
-  (:mod:`satseg.inference.postprocess`) score with :func:`dice` too.
+  (:mod:`satseg.evaluation.postprocess`) score with :func:`dice` too.
 
 Distances are computed on the union bounding box of the two masks only (exact: every surface voxel lies
 inside it and everything outside it is background), so large volumes with small structures stay fast.

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from satseg.data.datasets import mask_to_labels
-from satseg.data.io import image_stem, is_supported_image, read_image, write_image
+from satseg.data.io import image_stem, is_supported_image, read_image
 from satseg.data.store import load_case, load_plan, load_splits
 from satseg.errors import ConfigError, DataError, look_up_option
 from satseg.evaluation.metrics import case_metrics
 from satseg.evaluation.report import EvaluationReport, absent_classes, gate_report, summarise, write_report
 from satseg.evaluation.visual_report import CaseView, WorstCases, case_dice
-from satseg.inference.batch import PICTURE_SUFFIXES, mask_for_picture
+from satseg.inference.batch import write_mask
 from satseg.inference.segmenter import load_segmenter
 from satseg.paths import check_output, safe_name
 from satseg.progress import ItemProgress
@@ -85,14 +85,11 @@ def evaluate_model(
             bar.item(case_id)
             image, ref, source = read_original_case(data_dir, case_id)
             seg = segmenter.segment(image, source=source, progress=bar.windows)
-            if save_predictions:  # in the dataset's own format: PNG masks for a PNG set (0/255 when binary)
+            if save_predictions:  # the dataset's own format (a PNG per page of a TIFF stack), 0/255 or palette
                 suffix = _label_suffix(data_dir, case_id)
                 target = out_dir / "predictions" / f"{case_id}{suffix}"  # case ids are checked plain names
                 check_output(target, inputs=[source], overwrite=True)  # an earlier prediction, never the scan
-                mask = seg.labels
-                if suffix in PICTURE_SUFFIXES + (".tif", ".tiff"):
-                    mask, _ = mask_for_picture(seg.labels, segmenter.labels)
-                write_image(mask, target, overwrite=True)
+                write_mask(seg.labels, target, segmenter.labels, overwrite=True)
             scores = case_metrics(seg.labels.array[0], ref, labels, image.spacing, tolerance_mm)
             case_rows = [{"case": case_id, "class": n, "label": labels[n], **v} for n, v in scores.items()]
             view = CaseView(image.array, ref, seg.labels.array[0], tuple(image.spacing))
@@ -135,22 +132,27 @@ def read_original_case(data_dir: str | Path, case_id: str) -> tuple[Any, Any, st
     _, _, props = load_case(data_dir, case_id)
     if not props.get("label_file"):
         raise DataError(f"case `{case_id}` has no label to score against")
-    image = read_image(props["image_files"][0]) if len(props["image_files"]) == 1 else _stack(props)
-    reference = read_image(props["label_file"])
+    page = props.get("page")  # a page of a TIFF stack (ISBI-2012): image and label are read from their stacks
+    image = read_image(props["image_files"][0], page) if len(props["image_files"]) == 1 else _stack(props)
+    reference = read_image(props["label_file"], page)
     # Picture masks (0/255, colour) become label indices exactly as `satseg preprocess` read them.
     ref = mask_to_labels(reference.array) if reference.source_format == "picture" else reference.array[0]
     return image, ref, props["image_files"][0]
 
 
 def _label_suffix(data_dir: str | Path, case_id: str) -> str:
-    """The ending of the case's own label file (``.png``, ``.gif``, ``.nii.gz``…); ``.nii.gz`` when unknown."""
+    """The ending of the case's own label file (``.png``, ``.gif``, ``.nii.gz``…); ``.nii.gz`` when unknown;
+    ``.png`` for a page of a TIFF stack."""
     base = Path(data_dir) / "cases" / safe_name(case_id, "case id", Path(data_dir))
     try:
-        label = json.loads(base.with_suffix(".json").read_text(encoding="utf-8")).get("label_file")
-    except (OSError, ValueError):
-        label = None
+        props = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        label = props.get("label_file")
+    except (OSError, ValueError, AttributeError):
+        props, label = {}, None
     if not label:
         return ".nii.gz"
+    if props.get("page") is not None:  # one page of a TIFF stack: a PNG that any viewer opens
+        return ".png"
     suffix = Path(label).name[len(image_stem(Path(label))) :].lower()
     return suffix if suffix and is_supported_image(Path(f"x{suffix}")) else ".nii.gz"
 

@@ -10,6 +10,6 @@ __getattr__, __all__ = lazy_exports(
         "segmenter": ["Segmenter", "Segmentation", "load_segmenter"],
         "batch": ["segment_inputs", "SegmentReport"],
         "input_guard": ["check_fit"],
-        "postprocess": ["keep_largest_components", "decide_lcc"],
+        "postprocess": ["keep_largest_components", "read_lcc"],
     },
 )

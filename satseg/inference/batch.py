@@ -22,10 +22,19 @@ from typing import Any
 import numpy as np
 
 from satseg.atomic import remove_stale_temporaries
-from satseg.data.io import Image, check_image_path, image_stem, is_supported_image, read_image, write_image
+from satseg.data.io import (
+    Image,
+    check_image_path,
+    image_stem,
+    is_supported_image,
+    page_count,
+    read_image,
+    write_image,
+    write_stack,
+)
 from satseg.errors import ConfigError, DataError, SatsegError
 from satseg.inference.input_guard import Misfit, check_fit, describe_scan
-from satseg.inference.preview import overlay_png
+from satseg.inference.preview import label_palette, overlay_png
 from satseg.inference.segmenter import Segmenter, load_segmenter
 from satseg.paths import check_name_length, check_output
 from satseg.progress import ItemProgress
@@ -40,6 +49,7 @@ __all__ = [
     "label_volumes",
     "parse_shard",
     "shard_inputs",
+    "write_mask",
 ]
 
 logger = logging.getLogger("satseg.segment")
@@ -154,7 +164,7 @@ def output_path(
         ext = _OUTPUT_SUFFIX.get(ext.lower(), ext)
     name = f"{image_stem(source)}{suffix}{ext}"
     if output is None:
-        return (source.parent if not source.is_dir() else source.parent) / name
+        return source.parent / name  # a DICOM series folder's mask goes beside the folder, too
     if multiple or from_folder is not None or output.is_dir() or not output.suffix:
         return output / name
     return output
@@ -352,20 +362,32 @@ def segment_inputs(
                     leftover = skip_existing and not target.exists()  # an unfinished earlier run's (see below)
                     probabilities = _extra_path(target, "_probabilities.nii.gz")
                     check_output(probabilities, inputs=sources, overwrite=overwrite or leftover)
-                image = read_image(source)
+                pages = page_count(source)  # a multipage TIFF stack (ISBI-2012) is segmented page by page
+                if pages > 1:
+                    _check_stack_output(source, target, save_probabilities, save_attention, preview)
+                images = [read_image(source, k) for k in range(pages)] if pages > 1 else [read_image(source)]
+                image = images[0]
                 check_output_holds(target, image)  # `-o out.png` for a 3D scan: refused before inference
                 segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force, amp)
                 for misfit in misfits:
                     logger.debug("%s: %s", source, misfit)  # the report prints it once
                 report.models[str(source)] = segmenter.name
-                seg = segmenter.segment(
-                    image, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
-                    attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
-                )  # fmt: skip
-                written, mask_values = _write_outputs(
-                    source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources,
-                    resume=skip_existing,
-                )
+                segs = [
+                    segmenter.segment(
+                        page, overlap=overlap, sw_batch=sw_batch, tta=tta, probabilities=save_probabilities,
+                        attention=save_attention, tile=tile, source=source, lcc=lcc, progress=bar.windows,
+                    )
+                    for page in images
+                ]  # fmt: skip
+                seg = segs[0]
+                if pages > 1:
+                    mask_values = write_mask([s.labels for s in segs], target, segmenter.labels, overwrite=overwrite)
+                    written = [target]
+                else:
+                    written, mask_values = _write_outputs(
+                        source, target, image, seg, segmenter, preview, save_probabilities, overwrite, sources,
+                        resume=skip_existing,
+                    )  # fmt: skip
             except SatsegError as error:
                 _fail(report, on_done, {"input": str(source), "error": error.message, "hint": error.hint})
                 continue
@@ -375,6 +397,8 @@ def segment_inputs(
                 _fail(report, on_done, {"input": str(source), "error": message, "hint": hint})
                 continue
             labels = seg.labels.array[0]
+            volumes = [label_volumes(s.labels.array[0], image.spacing, segmenter.labels) for s in segs]
+            timings = {k: sum(s.timings.get(k, 0.0) for s in segs) for k in seg.timings}
             report.results.append(
                 {
                     "input": str(source),
@@ -385,13 +409,13 @@ def segment_inputs(
                     "warnings": [str(m) for m in misfits],
                     "outputs": [str(p) for p in written],
                     "mask_values": mask_values,
-                    "shape": list(labels.shape),
+                    "shape": ([len(segs)] if len(segs) > 1 else []) + list(labels.shape),  # pages first
                     "spacing": list(image.spacing),
                     "window": list(seg.window),
                     # a picture has no physical spacing: its areas are pixel counts, not mm²
                     "unit": "px" if image.source_format == "picture" else "ml" if labels.ndim == 3 else "mm2",
-                    "volumes": label_volumes(labels, image.spacing, segmenter.labels),
-                    "timings": {**{k: round(v, 4) for k, v in seg.timings.items()},
+                    "volumes": {name: sum(v[name] for v in volumes) for name in volumes[0]},  # all pages
+                    "timings": {**{k: round(v, 4) for k, v in timings.items()},
                                 "total_s": round(time.perf_counter() - started, 4)},
                 }
             )  # fmt: skip
@@ -435,6 +459,48 @@ def mask_for_picture(labels: Image, label_values: dict[str, int]) -> tuple[Image
     return labels, dict(label_values)
 
 
+def write_mask(
+    labels: Image | Sequence[Image], target: Path, label_values: dict[str, int], *, overwrite: bool
+) -> dict[str, int]:
+    """Write a predicted label map at ``target``, in the format of its ending; a list of 2D label maps as the
+    pages of one TIFF stack (the mask of a stack).
+
+    Pictures are made for viewers: a binary mask as 0/255; more classes as palette indices (PIL mode ``P``), each
+    class in its preview colour, so the classes are visible and reading the file gives back the label values.
+
+    Returns:
+        Label name → value written.
+    """
+    pages = list(labels) if isinstance(labels, Sequence) else None
+    if pages is None and target.suffix.lower() not in PICTURE_SUFFIXES + (".tif", ".tiff"):
+        write_image(labels, target, overwrite=overwrite)
+        return dict(label_values)
+    binary = len(label_values) == 2 and set(label_values.values()) == {0, 1}
+    palette = None if binary else label_palette(max(label_values.values()) + 1)  # several classes: i in colour i
+    written = [mask_for_picture(page, label_values) for page in (pages or [labels])]
+    masks = [replace(mask, array=mask.array.astype(np.uint8)) for mask, _ in written]
+    if pages is not None:
+        write_stack(masks, target, overwrite=overwrite, palette=palette)
+    else:
+        write_image(masks[0], target, overwrite=overwrite, palette=palette)
+    return written[0][1]
+
+
+def _check_stack_output(source: Path, target: Path, probabilities: bool, attention: bool, preview: bool) -> None:
+    """The mask of a TIFF stack is a TIFF stack (same pages, 0/255 or palette); the extras are for single images."""
+    if target.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(
+            f"`{source}` is a stack of pages; its mask is a stack too, not `{target.name}`",
+            hint=f"use -o {image_stem(target)}.tif",
+        )
+    if probabilities or attention or preview:
+        raise ConfigError(
+            f"`{source}` is a stack of pages: --save-probabilities, --save-attention and --preview are for single "
+            "images",
+            hint="leave them out, or save the pages as pictures",
+        )
+
+
 def _unforeseen(error: Exception) -> tuple[str, str]:
     """One-line message and hint for an exception satseg did not raise on purpose."""
     if isinstance(error, MemoryError):
@@ -474,8 +540,5 @@ def _write_outputs(
         else:
             overlay_png(image.array, seg.labels.array[0], image.spacing, path, segmenter.labels)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
-    mask, values = seg.labels, dict(segmenter.labels)
-    if target.suffix.lower() in PICTURE_SUFFIXES + (".tif", ".tiff"):
-        mask, values = mask_for_picture(seg.labels, values)
-    write_image(mask, target, overwrite=overwrite)
+    values = write_mask(seg.labels, target, segmenter.labels, overwrite=overwrite)
     return [target, *(p for p, _ in extras)], values

@@ -3,6 +3,7 @@ reports, the outlines of a reference and a prediction over the image."""
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ from PIL import Image as PILImage
 
 from satseg.atomic import atomic_path
 
-__all__ = ["overlay_png", "outline_png", "label_colour", "REFERENCE_COLOUR", "PREDICTION_COLOUR", "LEGEND_ROW"]
+__all__ = [
+    "overlay_png", "outline_png", "label_colour", "label_palette",
+    "REFERENCE_COLOUR", "PREDICTION_COLOUR", "LEGEND_ROW",
+]  # fmt: skip
 
 _COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
@@ -96,8 +100,25 @@ def _save_panels(
 
 
 def label_colour(value: int) -> tuple[int, int, int]:
-    """The colour a label value is drawn in."""
-    return tuple(int(c) for c in _COLOURS[(int(value) - 1) % len(_COLOURS)])
+    """The colour a label value is drawn in (in previews, and in palette masks: :func:`label_palette`)."""
+    if 1 <= int(value) <= len(_COLOURS):
+        return tuple(int(c) for c in _COLOURS[int(value) - 1])
+    return label_palette(int(value) + 1)[int(value)] if value > 0 else (0, 0, 0)
+
+
+def label_palette(count: int) -> list[tuple[int, int, int]]:
+    """``count`` distinct colours for the label values ``0 … count-1``: black for the background, the preview
+    colours, then hues spaced by the golden angle at alternating saturation and brightness (none grey)."""
+    colours = [(0, 0, 0), *(tuple(int(c) for c in rgb) for rgb in _COLOURS[: max(0, count - 1)])]
+    step = 0
+    while len(colours) < count:
+        hue = (step * 0.618033988749895) % 1.0
+        saturation, value = 0.9 - 0.35 * (step % 2), 0.95 - 0.3 * ((step // 2) % 2)
+        colour = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+        if colour not in colours:
+            colours.append(colour)
+        step += 1
+    return colours[:count]
 
 
 def overlay_png(

@@ -33,6 +33,7 @@ from satseg.inference.backends import BACKENDS, OnnxPredictor, cached_onnx_expor
 from satseg.inference.postprocess import keep_largest_components, read_lcc
 from satseg.inference.sliding_window import sliding_window_inference, throughput_tile
 from satseg.nn import SegmentationNet, build_model
+from satseg.nn.layers import interpolation_mode
 from satseg.nn.lean import make_lean
 from satseg.nn.params import LiveTensorBytes
 from satseg.runs import BEST, LAST, MAX_PATCH_VOXELS, check_patch_size, check_run_config, load_run
@@ -303,7 +304,7 @@ class Segmenter:
         gates = [(name, g) for name, g in model.skip_gates() if g.transfers_attention]
         if not gates:
             return {}
-        mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
+        mode = interpolation_mode(model.spatial_dims)
 
         def maps_of(x: Tensor) -> Tensor:
             """``(B, C, *P) -> (B, 1 + gates, *P)``: a zero channel, then every gate's map at window size."""

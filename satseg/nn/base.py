@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from satseg.errors import ConfigError
-from satseg.nn.gates import LEGACY_GATE_OPTIONS, SkipGate
+from satseg.nn.gates import DEFAULT_GATE_OPTIONS, SkipGate
 
 __all__ = ["SegmentationNet", "level_strides", "level_factor"]
 
@@ -54,7 +54,7 @@ class SegmentationNet(nn.Module):
     input_divisors: tuple[int, ...] | None = None
     """Per-axis divisors when the net pools axes differently (``strides``); ``input_divisor`` is their largest."""
     deep_supervision: bool = False
-    legacy_options: dict[str, Any] = {"gate_options": LEGACY_GATE_OPTIONS}
+    legacy_options: dict[str, Any] = {"gate_options": DEFAULT_GATE_OPTIONS}
     """Options whose default changed since satseg 0.1.0, with that release's values: every new checkpoint
     records them explicitly; one that does not predates them and is rebuilt with these values."""
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from satseg.errors import ConfigError, look_up_option
-from satseg.nn.layers import conv_fn
+from satseg.nn.layers import conv_fn, layer_type
 
 __all__ = [
     "SkipGate",
@@ -32,7 +32,6 @@ __all__ = [
     "SELECT_INITS",
     "ATTEND_ACTIVATIONS",
     "DEFAULT_GATE_OPTIONS",
-    "LEGACY_GATE_OPTIONS",
 ]
 
 
@@ -187,9 +186,8 @@ class _Attending(SkipGate):
         if int(attend_channels) < 1:
             raise ConfigError(f"`attend_channels` must be at least 1, got {attend_channels}")
         self.attend_channels = int(attend_channels)
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.attend = conv(channels, self.attend_channels, kernel_size=1)
-        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        self.attend = layer_type("conv", spatial_dims)(channels, self.attend_channels, kernel_size=1)
+        norm = layer_type("batchnorm", spatial_dims)
         self.attend_norm = norm(self.attend_channels) if attend_norm else None
 
     def _attention(self, u: Tensor) -> Tensor:
@@ -249,15 +247,9 @@ DEFAULT_GATE_OPTIONS: dict[str, Any] = {
     "attend_norm": False,
     "attend_activation": "sigmoid",
 }
-"""The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint)."""
+"""The gate options a model gets unless it says otherwise (recorded explicitly in every new checkpoint); satseg
+0.1.0, which recorded none, built these too."""
 
-LEGACY_GATE_OPTIONS: dict[str, Any] = {
-    "select_init": 0.5,
-    "attend_channels": 1,
-    "attend_norm": False,
-    "attend_activation": "sigmoid",
-}
-"""What satseg 0.1.0 built, for checkpoints saved before gate options were recorded."""
 
 
 def gate_option_names() -> tuple[str, ...]:

@@ -14,7 +14,16 @@ from torch.nn import functional as F
 
 from satseg.errors import ConfigError, look_up_option
 
-__all__ = ["layer_type", "conv_fn", "make_norm", "make_act", "LayerSpec", "init_glorot_uniform"]
+__all__ = [
+    "layer_type",
+    "layer_types",
+    "conv_fn",
+    "interpolation_mode",
+    "make_norm",
+    "make_act",
+    "LayerSpec",
+    "init_glorot_uniform",
+]
 
 LayerSpec = str | tuple[str, dict[str, Any]] | None
 """A layer named by a string, or ``(name, kwargs)``, or ``None`` for no layer."""
@@ -26,9 +35,11 @@ _LAYERS: dict[str, dict[int, type[nn.Module]]] = {
     "instancenorm": {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
     "maxpool": {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d},
     "avgpool": {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d},
+    "dropout": {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d},
 }
 
 _CONV_FN: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 _NORMS = {"batch": "batchnorm", "instance": "instancenorm"}
 _ACTS: dict[str, type[nn.Module]] = {
@@ -47,6 +58,18 @@ def layer_type(kind: str, spatial_dims: int) -> type[nn.Module]:
     if spatial_dims not in _LAYERS[kind]:
         raise ConfigError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
     return _LAYERS[kind][spatial_dims]
+
+
+def layer_types(kind: str) -> tuple[type[nn.Module], ...]:
+    """Every class of ``kind`` (1, 2 and 3 dims), for ``isinstance`` checks."""
+    return tuple(_LAYERS[look_up_option(kind, _LAYERS, "layer kind")].values())
+
+
+def interpolation_mode(spatial_dims: int) -> str:
+    """The (multi)linear mode of ``F.interpolate`` for 1, 2 or 3 dims: ``linear``, ``bilinear``, ``trilinear``."""
+    if spatial_dims not in _INTERPOLATION:
+        raise ConfigError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
+    return _INTERPOLATION[spatial_dims]
 
 
 def conv_fn(spatial_dims: int) -> Callable[..., Tensor]:
@@ -94,7 +117,7 @@ def make_act(spec: LayerSpec, channels: int | None = None) -> nn.Module:
 
 def init_glorot_uniform(module: nn.Module) -> None:
     """Glorot (Xavier) uniform weights and zero biases for every conv, as the paper trains with."""
-    conv_types = tuple(_LAYERS["conv"].values()) + tuple(_LAYERS["convtranspose"].values())
+    conv_types = layer_types("conv") + layer_types("convtranspose")
     for m in module.modules():
         if isinstance(m, conv_types):
             nn.init.xavier_uniform_(m.weight)

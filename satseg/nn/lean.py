@@ -35,13 +35,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.gates import AttendGate, IdentityGate, SelectAttendGate, SelectGate, SkipGate, trelu
-from satseg.nn.layers import conv_fn
+from satseg.nn.layers import conv_fn, layer_types
 
 __all__ = ["make_lean", "prune_report", "fold_bn", "LeanNet", "LeanGate", "LeanSkipConv"]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV, _CONVT, _BN = layer_types("conv"), layer_types("convtranspose"), layer_types("batchnorm")
 
 
 @torch.no_grad()
@@ -341,7 +339,7 @@ class _LeanGeneric(LeanNet):
             else:
                 setattr(parent, key, _FoldedAttention(gate))
         for name, mod in list(m.named_modules()):
-            if isinstance(mod, nn.Dropout | nn.Dropout2d | nn.Dropout3d) and name:
+            if isinstance(mod, (nn.Dropout, *layer_types("dropout"))) and name:
                 parent = m.get_submodule(name.rpartition(".")[0]) if "." in name else m
                 setattr(parent, name.rpartition(".")[2], nn.Identity())  # an attribute or a Sequential's item
         self.m = m

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from satseg.device import resolve_device
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn import build_model, list_gates, list_models
 from satseg.nn.base import SegmentationNet
@@ -160,7 +161,7 @@ def compare_variants(
         out_channels: classes.
         flops: count forward FLOPs.
         memory: measure the peak memory of one forward pass.
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`satseg.device.resolve_device`).
         **options: backbone options passed to :func:`satseg.nn.build_model`.
 
     Returns:
@@ -178,8 +179,7 @@ def compare_variants(
     patch = tuple(int(p) for p in (default_patch(net) if patch is None else patch))
     if len(patch) != dims or min(patch) < 1:
         raise ConfigError(f"`patch` for {net} needs {dims} positive sides, got {list(patch)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device `{device}` requested but CUDA is not available", hint="use --device cpu")
+    device = str(resolve_device(device))  # the one device policy: refuses cuda without a GPU
 
     def build(skip: str) -> SegmentationNet:
         return build_model(net, skip, in_channels, out_channels, **options).to(device)

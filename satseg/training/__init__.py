@@ -7,7 +7,9 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "config": ["TrainConfig"],
-        "trainer": ["TrainResult", "train", "prepare_run"],
+        "trainer": ["train"],
+        "loop": ["TrainResult"],
+        "resume": ["prepare_run"],
         "crossval": ["train_runs"],
     },
 )

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from satseg.nn.layers import interpolation_mode
+
 __all__ = ["AugmentConfig", "augment_batch", "rotation_axes", "ANISOTROPY_RATIO"]
 
 ANISOTROPY_RATIO = 3.0
@@ -142,7 +144,7 @@ def _spatial(
     theta[:, :, :dims] = theta_arr.flip(1).flip(2)  # grid coordinates are (x, y[, z]): reversed array order
     grid = F.affine_grid(theta.to(image.device), list(image.shape), align_corners=False)
     if bool(elastic.any()) and cfg.elastic_max_voxels > 0:
-        mode = "bilinear" if dims == 2 else "trilinear"
+        mode = interpolation_mode(dims)
         field = F.interpolate(coarse, size=tuple(label.shape[1:]), mode=mode, align_corners=True)
         field = field / field.flatten(1).abs().amax(1).clamp_min(1e-6).view(b, *([1] * (dims + 1)))
         strength = _uniform(b, 0.0, cfg.elastic_max_voxels, gen, dev) * elastic

@@ -10,13 +10,25 @@ from typing import Any
 from satseg.device import AMP_DTYPES, amp_mode
 from satseg.errors import ConfigError, look_up_option
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "LOSSES", "SCHEDULERS"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "LOSSES", "SCHEDULERS", "DEFAULT_LR", "DEFAULT_ROTATION_DEG"]
 
 OPTIMIZERS = ("adadelta", "adam", "sgd")
 LOSSES = ("dice+ce", "dice", "ce")
 SCHEDULERS = ("poly", "constant")
 # Paper defaults for Adadelta (lr 1.0, rho 0.95, eps 1e-8); common defaults for the others.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "sgd": 1e-2}
+DEFAULT_ROTATION_DEG = {2: 180.0, 3: 30.0}
+"""``rotation_deg`` when not given, by spatial dims (nnU-Net's)."""
+
+DATA, MODEL, OPTIM, HARDWARE, RUN = "Data", "Model", "Optimisation", "Hardware", "Run control"
+"""Groups of settings (the panels of ``satseg train --help``)."""
+
+
+def _setting(default: Any, group: str, help: str, **cli: Any) -> Any:
+    """A field with its default and the short help ``satseg train`` shows for it (``metadata``): the one place
+    both are written. ``cli`` holds presentation hints: ``flag`` (the option's name when it is not the field's),
+    ``metavar``, ``switch`` (a lone ``--flag``, no ``--no-flag``)."""
+    return field(default=default, metadata={"panel": group, "help": help, **cli})
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class TrainConfig:
         foreground_fraction: share of patches centred on a foreground voxel.
         augment: on-the-fly augmentation on the training device (mirroring, 90° and continuous rotations
             respecting anisotropy, scaling, intensity scale/shift, gamma, noise; see :mod:`satseg.training.augment`).
-        rotation_deg: largest continuous rotation in degrees (0: none); ``None``: 180 in 2D, 30 in 3D (nnU-Net's).
+        rotation_deg: largest continuous rotation in degrees (0: none); ``None``: :data:`DEFAULT_ROTATION_DEG`.
         elastic: add a cheap elastic deformation (a smooth random field of up to 3 voxels) to the augmentation.
         deep_supervision: train the auxiliary heads of backbones that have them (U-Net, DI2IN).
         ema: keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate,
@@ -71,39 +83,60 @@ class TrainConfig:
         model_options: extra backbone options, e.g. ``{"features": [16, 32, 64]}``.
     """
 
-    net: str | None = None
-    skip: str = "sat"
-    fold: int = 0
-    epochs: int = 50
-    iters_per_epoch: int | None = None
-    patch: tuple[int, ...] | None = None
-    batch: int | None = None
-    optimizer: str = "adadelta"
-    lr: float | None = None
-    scheduler: str = "poly"
-    loss: str = "dice+ce"
-    weight_decay: float = 0.0
-    foreground_fraction: float = 0.33
-    augment: bool = True
-    rotation_deg: float | None = None
-    elastic: bool = False
-    deep_supervision: bool = True
-    ema: float | None = None
-    resident: bool | None = None
-    amp: str = "auto"
-    amp_dtype: str = "bf16"
-    channels_last: bool = True
-    compile: bool = False
-    device: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    val_every: int = 1
-    workers: int = 0
-    max_minutes: float | None = None
-    select_l1: float = 0.0
-    select_lr_scale: float = 1.0
-    model_options: dict[str, Any] = field(default_factory=dict)
-    steps: int | None = None
+    net: str | None = _setting(None, MODEL, "Backbone: {models}. Default: the U-Net of the data's dimensionality.")
+    skip: str = _setting("sat", MODEL, "Skip gate: {gates}.")
+    fold: int = _setting(
+        0, DATA, "Fold of splits.json to validate on; -1: train on all cases; `all`: each fold in OUT/fold_K."
+    )
+    epochs: int = _setting(50, OPTIM, "Epochs.")
+    iters_per_epoch: int | None = _setting(
+        None, OPTIM, "Batches per epoch [default: planned, ~2 min on a CPU].", flag="--iters"
+    )
+    patch: tuple[int, ...] | None = _setting(
+        None, DATA, "Patch per axis, e.g. 96,96,96 [default: planned for the data and device].", metavar="SIZES"
+    )
+    batch: int | None = _setting(None, DATA, "Patches per batch [default: planned for the device].")
+    optimizer: str = _setting("adadelta", OPTIM, "adadelta (paper), adam or sgd.")
+    lr: float | None = _setting(
+        None, OPTIM, f"Learning rate [default: {', '.join(f'{v:g} {k}' for k, v in DEFAULT_LR.items())}]."
+    )
+    scheduler: str = _setting(
+        "poly", OPTIM, "poly (decay over the planned epochs) or constant (the paper: Adadelta, decay 0)."
+    )
+    loss: str = _setting("dice+ce", OPTIM, "dice+ce, dice or ce.")
+    weight_decay: float = _setting(0.0, OPTIM, "L2 weight decay.")
+    foreground_fraction: float = _setting(0.33, DATA, "Share of patches centred on a foreground voxel.")
+    augment: bool = _setting(True, DATA, "Augment batches on the training device.")
+    rotation_deg: float | None = _setting(
+        None,
+        DATA,
+        "Largest continuous rotation, degrees; 0: none [default: "
+        f"{DEFAULT_ROTATION_DEG[2]:g} 2D, {DEFAULT_ROTATION_DEG[3]:g} 3D].",
+    )
+    elastic: bool = _setting(False, DATA, "Add a cheap elastic deformation.", switch=True)
+    deep_supervision: bool = _setting(True, OPTIM, "Train auxiliary heads where the backbone has them (U-Net, DI2IN).")
+    ema: float | None = _setting(None, OPTIM, "Validate and ship an EMA of the weights, e.g. 0.999.", metavar="DECAY")
+    resident: bool | None = _setting(None, HARDWARE, "Keep the cases on the device [default: CUDA if they fit].")
+    amp: str = _setting(
+        "auto", HARDWARE, "Mixed precision, autocast to --amp-dtype [default: on CUDA only; --amp: the CPU too]."
+    )
+    amp_dtype: str = _setting("bf16", HARDWARE, "bf16 or fp16.")
+    channels_last: bool = _setting(True, HARDWARE, "Channels-last memory format on CUDA.")
+    compile: bool = _setting(False, HARDWARE, "torch.compile the model.", switch=True)
+    device: str = _setting("auto", HARDWARE, "auto, cpu, cuda or cuda:N.")
+    seed: int = _setting(0, OPTIM, "Seed of every random choice.")
+    deterministic: bool = _setting(False, HARDWARE, "Deterministic algorithms.", switch=True)
+    val_every: int = _setting(1, RUN, "Validate every N epochs.")
+    workers: int = _setting(0, DATA, "Data-loading worker processes.")
+    max_minutes: float | None = _setting(
+        None, RUN, "Stop at the first step past this many minutes (the LR does not anneal: prefer --steps)."
+    )
+    select_l1: float = _setting(0.0, OPTIM, "Weight of an L1 term on trelu(W) (st/sat selection).")
+    select_lr_scale: float = _setting(1.0, OPTIM, "Learning-rate multiplier of the selection weights W.")
+    model_options: dict[str, Any] = field(default_factory=dict, metadata={"panel": MODEL})
+    steps: int | None = _setting(
+        None, OPTIM, "Total training steps: the budget that does not depend on the machine's load (sets --epochs)."
+    )
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):  # NaN passes every `<`/`>` check below: refuse it (and infinity) first

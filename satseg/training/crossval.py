@@ -14,7 +14,9 @@ from typing import Any
 from satseg.data.store import load_splits
 from satseg.runs import LAST
 from satseg.training.config import TrainConfig
-from satseg.training.trainer import TrainResult, prepare_run, train
+from satseg.training.loop import TrainResult
+from satseg.training.resume import prepare_run
+from satseg.training.trainer import train
 
 __all__ = ["fold_run_dir", "train_runs", "RESUME_CHECKED"]
 

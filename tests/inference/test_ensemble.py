@@ -8,12 +8,13 @@ import SimpleITK as sitk
 from tiny_models import mri_plan, save_model
 from typer.testing import CliRunner
 
+from satseg.atomic import atomic_write_json
 from satseg.cli import app
 from satseg.data.io import Image
 from satseg.data.synthetic import write_synthetic_msd
 from satseg.errors import ConfigError
-from satseg.inference import postprocess
-from satseg.inference.postprocess import POSTPROCESS_FILE, decide_lcc, keep_largest_component
+from satseg.evaluation.postprocess import decide_lcc
+from satseg.inference.postprocess import POSTPROCESS_FILE, keep_largest_component
 from satseg.inference.segmenter import load_segmenter
 
 
@@ -89,12 +90,11 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
             progress(1, 1)  # the bar over the current case's windows (satseg postprocess shows it)
             return type("Seg", (), {"labels": Image(prediction[None], (1.0,) * 3, (0.0,) * 3, (1.0,) * 9)})()
 
-    import satseg.evaluation.model as evaluate_model
-    import satseg.inference.segmenter as segmenter
+    import satseg.evaluation.postprocess as deciding
 
-    monkeypatch.setattr(segmenter, "load_segmenter", lambda run, device, amp=None: Stub())
-    monkeypatch.setattr(evaluate_model, "split_cases", lambda data, split, fold: ["c0", "c1"])
-    monkeypatch.setattr(evaluate_model, "read_original_case", lambda data, case: (None, reference, case))
+    monkeypatch.setattr(deciding, "load_segmenter", lambda run, device, amp=None: Stub())
+    monkeypatch.setattr(deciding, "split_cases", lambda data, split, fold: ["c0", "c1"])
+    monkeypatch.setattr(deciding, "read_original_case", lambda data, case: (None, reference, case))
     folders = [tmp_path / "fold_0", tmp_path / "fold_1"]
     for folder in folders:
         folder.mkdir()
@@ -125,7 +125,7 @@ def test_decision_follows_validation_dice_and_is_recorded_in_every_run(tmp_path,
 def test_segment_applies_the_recorded_post_processing(runs):
     image = _scan(seed=4)
     plain = load_segmenter(runs[0], device="cpu").segment(image, lcc=False).labels.array[0]
-    postprocess.atomic_write_json(runs[0] / POSTPROCESS_FILE, {"lcc": {"a": False, "b": True}})
+    atomic_write_json(runs[0] / POSTPROCESS_FILE, {"lcc": {"a": False, "b": True}})
     segmenter = load_segmenter(runs[0], device="cpu")
     assert segmenter.lcc == ["b"]
     recorded = segmenter.segment(image)

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from satseg.training import trainer
+from satseg.training import loop, trainer
 from satseg.training.config import TrainConfig
 
 data, out, per_case = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-real = trainer.validate_cases
+real = loop.validate_cases
 
 
 def slow_validation(model, cases, *args, **kwargs):
@@ -20,7 +20,7 @@ def slow_validation(model, cases, *args, **kwargs):
     return real(model, cases, *args, **kwargs)
 
 
-trainer.validate_cases = slow_validation
+loop.validate_cases = slow_validation
 config = TrainConfig(net="unet2d", skip="sat", epochs=1, iters_per_epoch=2, batch=2, patch=(16, 16), optimizer="adam",
                      device="cpu", augment=False, model_options={"features": [4, 8]})  # fmt: skip
 result = trainer.train(data, out, config, progress=False)

@@ -86,11 +86,11 @@ def test_train_without_net_plans_a_3d_unet_with_in_plane_pooling_and_records_it(
 def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(
     thick_slices, tmp_path, monkeypatch, capsys
 ):
-    from satseg.cli import _train_summary_lines
-    from satseg.training import trainer
+    from satseg.cli.train import train_summary_lines
+    from satseg.training import loop
 
     clock = iter(range(0, 10**6, 10))  # a fake clock: every reading is 10 s later than the one before
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
     config = TrainConfig(epochs=3, iters_per_epoch=50, batch=2, patch=(8, 16, 16), max_minutes=1.0, device="cpu",
                          model_options={"features": [4, 8, 16]})  # fmt: skip
     result = train(thick_slices, tmp_path / "run", config, progress=True)  # the bar ends, with the reason
@@ -101,7 +101,7 @@ def test_max_minutes_is_checked_before_every_step_and_the_stop_is_explained(
     assert len(rows) == 2 and "dice_mean" in rows[0]  # the stopped epoch is validated and saved
     summary = result.summary()
     assert summary["lr_fraction_at_stop"] == pytest.approx((1 - 1 / 3) ** 0.9, abs=1e-3)
-    lines = _train_summary_lines(summary)
+    lines = train_summary_lines(summary)
     assert any("never annealed" in line for line in lines) and all(len(line) <= 80 for line in lines[1:])
 
 

@@ -12,11 +12,12 @@ from satseg.data.synthetic import write_synthetic_msd
 from satseg.nn import build_model
 from satseg.nn.lean import make_lean
 from satseg.runs import load_checkpoint
-from satseg.training import trainer
+from satseg.training import loop
 from satseg.training.augment import AugmentConfig, augment_batch, rotation_axes
 from satseg.training.config import TrainConfig
 from satseg.training.ema import WeightEMA
-from satseg.training.trainer import is_improvement, mean_dice, train
+from satseg.training.loop import is_improvement, mean_dice
+from satseg.training.trainer import train
 
 SPATIAL_ONLY = {"intensity_scale": 0.0, "intensity_shift": 0.0, "gamma": 0.0, "noise": 0.0}
 
@@ -162,7 +163,7 @@ def test_ema_run_ships_and_resumes_the_average(data3d, tmp_path):
 def test_nan_dice_never_freezes_the_best_checkpoint(data3d, tmp_path, monkeypatch):
     """A class absent from every validation case gives NaN Dice; the best epoch must follow the defined ones."""
     scores = iter([0.2, 0.6, 0.4])
-    monkeypatch.setattr(trainer, "validate_cases", lambda *a, **k: [{"core": next(scores), "absent": float("nan")}])
+    monkeypatch.setattr(loop, "validate_cases", lambda *a, **k: [{"core": next(scores), "absent": float("nan")}])
     result = train(data3d, tmp_path / "run", TrainConfig(epochs=3, **TINY), progress=False)
     assert result.best_epoch == 1 and result.best_dice == pytest.approx(0.6)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")["epoch"] == 2

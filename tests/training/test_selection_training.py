@@ -7,12 +7,13 @@ import pytest
 import torch
 from test_train import TINY, make_preprocessed
 
-import satseg.training.trainer as trainer
+import satseg.training.loop as loop
 from satseg.errors import ConfigError
 from satseg.nn import build_model
 from satseg.runs import load_checkpoint, load_run
 from satseg.training.config import TrainConfig
-from satseg.training.trainer import selection_penalty, train
+from satseg.training.optim import lr_at, selection_penalty
+from satseg.training.trainer import train
 
 
 def _selection(run):
@@ -58,7 +59,7 @@ def test_schedule_follows_epochs_not_the_clock(tmp_path, monkeypatch):
     # ran used the planned poly rate (before, the rate decayed over elapsed time when that ran out first).
     data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
     ticks = itertools.count()
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: 30.0 * next(ticks))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 30.0 * next(ticks))
     epochs = 40
     cfg = TrainConfig(net="unet2d", skip="sat", epochs=epochs, batch=2, patch=(32, 32), max_minutes=10.0, **TINY)
     result = train(data, tmp_path / "run", cfg, progress=False)
@@ -67,7 +68,7 @@ def test_schedule_follows_epochs_not_the_clock(tmp_path, monkeypatch):
     assert 1 <= len(rates) < epochs and result.epochs_done == len(rates)
     assert rates == pytest.approx([(1 - e / epochs) ** 0.9 for e in range(len(rates))])
     constant = TrainConfig(scheduler="constant", epochs=epochs)
-    assert {trainer._lr_at(constant, e) for e in range(epochs)} == {1.0}
+    assert {lr_at(constant, e) for e in range(epochs)} == {1.0}
 
 
 def test_train_cli_gate_options_reach_the_run(tmp_path):
@@ -75,7 +76,8 @@ def test_train_cli_gate_options_reach_the_run(tmp_path):
 
     from typer.testing import CliRunner
 
-    from satseg.cli import app, parse_settings
+    from satseg.cli import app
+    from satseg.cli.options import parse_settings
 
     assert parse_settings(["attend_channels=2,attend_norm=true", "select_init=keras-glorot"]) == {
         "attend_channels": 2,

@@ -43,7 +43,7 @@ from satseg.errors import ConfigError
 from satseg.nn.base import SegmentationNet
 from satseg.nn.blocks import ConvNormAct
 from satseg.nn.gates import build_level_gates
-from satseg.nn.layers import LayerSpec, layer_type
+from satseg.nn.layers import LayerSpec, interpolation_mode, layer_type
 from satseg.nn.registry import register_dimensions
 
 __all__ = ["DI2IN"]
@@ -108,7 +108,7 @@ class DI2IN(SegmentationNet):
         self.deep_supervision = bool(deep_supervision)
         self.input_divisor = 2 ** (len(widths) - 1)
         dims = spatial_dims
-        self.mode = "bilinear" if dims == 2 else "trilinear"
+        self.mode = interpolation_mode(dims)
 
         def convs(cin: int, cout: int, n: int, stride: int = 1) -> nn.Sequential:
             first = ConvNormAct(dims, cin, cout, 3, stride=stride, norm=norm, act=act)

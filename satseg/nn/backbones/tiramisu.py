@@ -50,7 +50,7 @@ PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
 
 def _bn_act_conv(dims: int, cin: int, cout: int, kernel: int, dropout: float, norm, act) -> nn.Sequential:
     conv = layer_type("conv", dims)(cin, cout, kernel, padding=kernel // 2)
-    drop = (nn.Dropout2d if dims == 2 else nn.Dropout3d)(dropout) if dropout > 0 else nn.Identity()
+    drop = layer_type("dropout", dims)(dropout) if dropout > 0 else nn.Identity()
     return nn.Sequential(make_norm(norm, dims, cin), make_act(act, cin), conv, drop)
 
 

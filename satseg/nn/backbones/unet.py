@@ -6,7 +6,6 @@ through a skip gate, so the decoder's input channels follow from what the gate t
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,11 +14,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from satseg.device import autocast_in_force
 from satseg.errors import ConfigError, look_up_option
 from satseg.nn.base import SegmentationNet, level_factor, level_strides
 from satseg.nn.blocks import DoubleConv, UpConv
 from satseg.nn.gates import build_level_gates
-from satseg.nn.layers import LayerSpec, conv_fn, layer_type
+from satseg.nn.layers import LayerSpec, conv_fn, interpolation_mode, layer_type
 from satseg.nn.registry import register_dimensions
 
 __all__ = ["UNet", "TRANSFERS"]
@@ -144,7 +144,7 @@ class UNet(SegmentationNet):
         main = self.head(x)
         if not supervise:
             return main
-        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        mode = interpolation_mode(self.spatial_dims)
         size = tuple(main.shape[2:])
         return [main, *(F.interpolate(a, size=size, mode=mode, align_corners=False) for a in aux)]
 
@@ -170,7 +170,7 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
         y = conv._conv_forward(u, conv.weight[:, :n], conv.bias)
     else:
         key = (u.data_ptr(), u.shape)
-        autocast = _autocast_state(coarse.device.type)
+        autocast = autocast_in_force(coarse.device.type)
 
         def pack(t: Tensor):
             return None if (t.data_ptr(), t.shape) == key else t
@@ -189,19 +189,6 @@ def _decode_without_concat(up: nn.Module, block: nn.Sequential, coarse: Tensor, 
     for later in list(block)[1:]:
         y = later(y)
     return y
-
-
-def _autocast_state(device_type: str) -> contextlib.AbstractContextManager:
-    """A context that re-enters the autocast settings in force now for ``device_type`` (a no-op for devices
-    autocast does not know, such as ``meta``, on which the planner counts a step's memory)."""
-    if not torch.amp.is_autocast_available(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(
-        device_type,
-        dtype=torch.get_autocast_dtype(device_type),
-        enabled=torch.is_autocast_enabled(device_type),
-        cache_enabled=torch.is_autocast_cache_enabled(),
-    )
 
 
 register_dimensions(
