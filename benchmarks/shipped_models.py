@@ -52,7 +52,7 @@ def segment_cost(run: Path, scans: list[str], threads: int = 1) -> dict[str, Any
             cmd = [sys.executable, "-m", "satseg", "segment", scan, "--model", str(run), "-o", str(target),
                    "--device", "cpu", "--json"]  # fmt: skip
             started = time.perf_counter()
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (kilobytes on Linux)
             wall = time.perf_counter() - started
             stdout = proc.stdout.read()
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                               "machine": machine_info(), "load_before": os.getloadavg(), "runs": {}}  # fmt: skip
     for gate, run in runs.items():
         run = Path(run)
-        config = json.loads((run / "config.json").read_text())
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
         fold = int(config["train"]["fold"])
         scans = [load_case(args.data, c)[2]["image_files"][0] for c in split_cases(args.data, "val", fold)]
         with tempfile.TemporaryDirectory() as tmp:

@@ -31,7 +31,7 @@ def test_card_figures_of_a_sat_run_and_its_org_companion(tmp_path):
     main(["--name", "tiny", "--data", str(tmp_path / "pp"), "--run", f"sat={runs['sat']}",
           "--run", f"org={runs['org']}", "--scans", "1", "--out", str(tmp_path / "out"),
           "--ship-to", str(tmp_path / "models" / "tiny")])  # fmt: skip
-    record = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    record = json.loads((tmp_path / "out" / "tiny.json").read_text(encoding="utf-8"))
     sat, org = record["runs"]["sat"], record["runs"]["org"]
     # One skip (features 2, 4: one pooling) at the finest level, 16³ fp32: org hands over its 2 channels,
     # the default sat gate one map.
@@ -52,5 +52,5 @@ def test_card_figures_of_a_sat_run_and_its_org_companion(tmp_path):
     assert all(torch.equal(shipped["model"][k], v) for k, v in last["model"].items())
     model, _ = load_run(tmp_path / "models" / "tiny" / "checkpoint.pt")
     assert model.skip == "sat"
-    table = (tmp_path / "out" / "tiny.md").read_text()
+    table = (tmp_path / "out" / "tiny.md").read_text(encoding="utf-8")
     assert "| sat |" in table and "(0.50×)" in table
