@@ -75,7 +75,7 @@ def architecture(run: Path) -> dict[str, Any]:
     return {"patch": patch, **measure_variant(model.float().cpu().eval(), patch)}
 
 
-def ship_checkpoint(run: Path, target: Path) -> Path:
+def ship_checkpoint(run: Path, target: Path, overwrite: bool = False) -> Path:
     """Write ``run``'s final checkpoint as a shipped model's ``target/checkpoint.pt`` (weights and config only)."""
     import torch
 
@@ -85,6 +85,9 @@ def ship_checkpoint(run: Path, target: Path) -> Path:
     payload = load_checkpoint(run / "checkpoint_last.pt")
     config = {**payload["config"], "data_dir": "(training machine)"}
     shipped = {key: payload[key] for key in ("format", "satseg_version", "model", "epoch") if key in payload}
+    from satseg.paths import check_output
+
+    check_output(target / "checkpoint.pt", inputs=[run / "checkpoint_last.pt"], overwrite=overwrite)
     target.mkdir(parents=True, exist_ok=True)
     with atomic_path(target / "checkpoint.pt") as tmp:
         torch.save({**shipped, "config": config}, tmp)
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scans", type=int, default=5, help="validation scans segmented for the cost figures")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "shipped")
     parser.add_argument("--ship-to", type=Path, help="write the sat run's final weights here as checkpoint.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint.pt in --ship-to")
     args = parser.parse_args(argv)
     from runner import git_commit, machine_info
 
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     from satseg.evaluation.model import split_cases
 
     runs = dict(item.split("=", 1) for item in args.run)
+    if args.ship_to:  # refuse before the long scoring, not after it
+        from satseg.paths import check_output
+
+        check_output(args.ship_to / "checkpoint.pt", overwrite=args.overwrite)
     record: dict[str, Any] = {"name": args.name, "data": str(args.data), "commit": git_commit(HERE.parent),
                               "machine": machine_info(), "load_before": os.getloadavg(), "runs": {}}  # fmt: skip
     for gate, run in runs.items():
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(args.out / f"{args.name}.md", card_table(record))
     print(card_table(record))
     if args.ship_to:
-        print(f"wrote {ship_checkpoint(Path(runs['sat']), args.ship_to)}")
+        print(f"wrote {ship_checkpoint(Path(runs['sat']), args.ship_to, args.overwrite)}")
 
 
 def card_table(record: dict[str, Any]) -> str:
