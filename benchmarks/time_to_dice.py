@@ -315,7 +315,7 @@ def _commit() -> str:
 
 def table(profile: TimeToDiceProfile, runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per training, steps / seconds to each threshold, final and best-epoch Dice."""
-    heads = [f"Dice {t:.2f}: steps (s)" for t in profile.thresholds]
+    heads = [f"Dice {t:g}: steps (s)" for t in profile.thresholds]
     named = any(run.get("variant") for run in runs)
     per_step = any(run["curve"] and "cpu_seconds" in run["curve"][-1] for run in runs)
     first = ["variant"] * named + ["gate", "seed"]
