@@ -150,7 +150,9 @@ def _segment(args: list[str], cache: Path) -> tuple[subprocess.CompletedProcess,
     env = {**os.environ, "SATSEG_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [sys.executable, "-X", "importtime", "-m", "satseg", "segment", *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run(
+        command, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600, cwd=REPO
+    )  # UTF-8 whatever the locale (CI runs with an ASCII one)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     return result, imported
