@@ -34,7 +34,9 @@ __all__ = [
     "autocast_context",
     "autocast_in_force",
     "autocast_dtype",
+    "autocasts",
     "cpu_has_native_bf16",
+    "surely_cpu",
     "local_rank",
     "resolve_device",
 ]
@@ -74,6 +76,23 @@ def _warn_emulated_bf16() -> None:
 def local_rank() -> int:
     """This process's rank on its node: ``LOCAL_RANK`` under ``torchrun``, else 0."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+_GPU_NODES = ("/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")  # NVIDIA, ROCm, WSL's GPU
+
+
+def surely_cpu(spec: str) -> bool:
+    """True when the device ``spec`` can only mean the CPU, decided without importing torch (which takes
+    seconds): ``cpu``, or ``auto`` where ``CUDA_VISIBLE_DEVICES`` hides every GPU or no GPU driver is present.
+    False means "ask :func:`resolve_device`", not "a GPU is there"."""
+    spec = str(spec).strip().lower()
+    if spec == "cpu":
+        return True
+    if spec != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not any(os.path.exists(node) for node in _GPU_NODES)
 
 
 def resolve_device(spec: str, rank: int | None = None) -> torch.device:
@@ -124,16 +143,23 @@ def autocast_dtype(
         train: the run's training settings (``amp``, ``amp_dtype``); None: a run without them (defaults).
         override: ``True``/``False`` from a command's ``--amp``/``--no-amp``; None: the run's setting.
     """
-    train = train or {}
-    mode = amp_mode(train.get("amp")) if override is None else ("on" if override else "off")
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    if not autocasts(device.type, train, override):
         return None
     import torch
 
+    train = train or {}
     dtype = getattr(torch, AMP_DTYPES[look_up_option(str(train.get("amp_dtype", "bf16")), AMP_DTYPES, "amp dtype")])
     if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
         _warn_emulated_bf16()
     return dtype
+
+
+def autocasts(device_type: str, train: Mapping[str, Any] | None, override: bool | None = None) -> bool:
+    """Whether a run's model autocasts on a device of ``device_type`` (``cpu``, ``cuda``): the decision of
+    :func:`autocast_dtype`, without torch."""
+    train = train or {}
+    mode = amp_mode(train.get("amp")) if override is None else ("on" if override else "off")
+    return mode == "on" or (mode == "auto" and device_type == "cuda")
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

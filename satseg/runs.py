@@ -13,15 +13,20 @@ import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from satseg import __version__
 from satseg.atomic import atomic_path
 from satseg.errors import CheckpointError, ConfigError
-from satseg.nn import SegmentationNet, build_model, legacy_model_config
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from satseg.nn import SegmentationNet
+
+# torch is imported where it is used: the checks on a run configuration and the choice of a run's checkpoint
+# file serve `segment` with a cached ONNX export, which runs without torch.
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -29,6 +34,7 @@ __all__ = [
     "load_checkpoint",
     "unwrap_model",
     "load_run",
+    "checkpoint_file",
     "model_from_checkpoint",
     "check_run_config",
     "check_patch_size",
@@ -87,6 +93,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, run_config: dict[str,
         "model": unwrap_model(model).state_dict(),
         **state,
     }
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -106,6 +114,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             hint="the file is truncated, corrupted or not a satseg checkpoint; use another run's checkpoint",
         )
     _check_integrity(path)
+    import torch
+
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -196,6 +206,10 @@ def check_run_config(config: Any, source: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "checkpoint") -> SegmentationNet:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    import torch
+
+    from satseg.nn import build_model, legacy_model_config
+
     try:
         model = build_model(**legacy_model_config(payload["config"]["model"]))
     except (KeyError, TypeError, ConfigError) as err:
@@ -218,6 +232,27 @@ def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "checkpo
     return model.eval()
 
 
+def checkpoint_file(run_dir: str | Path, which: str = "last") -> Path:
+    """The checkpoint file :func:`load_run` reads for a run folder (or a checkpoint file itself).
+
+    Raises:
+        CheckpointError: no such folder or file, or no checkpoint in the folder.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return run_dir
+    if not run_dir.is_dir():
+        raise CheckpointError(f"`{run_dir}`: no such run folder or checkpoint")
+    path = run_dir / (BEST if which == "best" else LAST)
+    if which == "best" and not path.is_file():
+        path = run_dir / LAST
+    if not path.is_file():
+        raise CheckpointError(
+            f"`{run_dir}`: no checkpoint in this folder", hint="train first with `satseg train … --out DIR`"
+        )
+    return path
+
+
 def load_run(run_dir: str | Path, which: str = "last") -> tuple[SegmentationNet, dict[str, Any]]:
     """Rebuild a trained model from a run folder (or a checkpoint file).
 
@@ -230,18 +265,6 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[SegmentationNet,
     Returns:
         The model in eval mode on the CPU, and the run configuration (model, plan, training settings).
     """
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        path = run_dir
-    elif run_dir.is_dir():
-        path = run_dir / (BEST if which == "best" else LAST)
-        if which == "best" and not path.is_file():
-            path = run_dir / LAST
-        if not path.is_file():
-            raise CheckpointError(
-                f"`{run_dir}`: no checkpoint in this folder", hint="train first with `satseg train … --out DIR`"
-            )
-    else:
-        raise CheckpointError(f"`{run_dir}`: no such run folder or checkpoint")
+    path = checkpoint_file(run_dir, which)
     payload = load_checkpoint(path)
     return model_from_checkpoint(payload, path), payload["config"]

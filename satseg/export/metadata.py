@@ -17,6 +17,8 @@ from satseg.errors import CheckpointError
 __all__ = [
     "ONNX_CONFIG_KEY",
     "GRAPH_DIGEST_KEY",
+    "INPUT_DIVISOR_KEY",
+    "onnx_input_divisor",
     "model_metadata",
     "graph_digest",
     "read_onnx_metadata",
@@ -28,15 +30,27 @@ ONNX_CONFIG_KEY = "satseg_config"
 """ONNX metadata key holding the run configuration (model, plan) as JSON."""
 GRAPH_DIGEST_KEY = "satseg_graph_sha256"
 """ONNX metadata key holding :func:`graph_digest` of the exported graph."""
+INPUT_DIVISOR_KEY = "satseg_input_divisor"
+"""ONNX metadata key holding the network's input divisor (every window side is a multiple of it), so a window
+can be chosen for an export without rebuilding the network in torch."""
 
 
-def model_metadata(config: dict[str, Any]) -> dict[str, str]:
+def model_metadata(config: dict[str, Any], input_divisor: int | None = None) -> dict[str, str]:
     """The string metadata an export of a run with configuration ``config`` carries."""
-    return {
+    metadata = {
         ONNX_CONFIG_KEY: json.dumps(config),
         "labels": json.dumps(config["plan"]["labels"]),
         "satseg_version": __version__,
     }
+    if input_divisor is not None:
+        metadata[INPUT_DIVISOR_KEY] = str(int(input_divisor))
+    return metadata
+
+
+def onnx_input_divisor(metadata: dict[str, str]) -> int | None:
+    """The input divisor recorded at export, or None (an export from before it was recorded, or a bad value)."""
+    text = metadata.get(INPUT_DIVISOR_KEY, "")
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= 2**16 else None
 
 
 def graph_digest(proto: Any) -> str:

@@ -61,7 +61,7 @@ def export_model(
     atomically and replaced if it exists (the caller checks it). ``source`` names the model in errors."""
     plan = config["plan"]
     patch = check_patch_size(config.get("train", {}).get("patch") or plan["patch_size"], source)
-    metadata = model_metadata(config)
+    metadata = model_metadata(config, model.input_divisor)
     example = (1, int(plan["num_channels"]), *patch)
     # The lean module (BN and selections folded, pruned `st` channels, no skip concatenation) is what ships.
     lean = make_lean(model)

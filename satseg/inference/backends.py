@@ -3,33 +3,51 @@
 Each backend is a predictor, a callable ``(B, C, *S) -> logits (B, K, *S)`` that
 :func:`satseg.inference.sliding_window.sliding_window_inference` runs on every window. On the CPU a
 checkpoint is exported once to ONNX (:func:`cached_onnx_export`) and run with ONNX Runtime, which is faster.
+
+The cache also keeps, per checkpoint file, which export it became (:func:`find_cached_export`): a later
+``segment`` finds the export from the checkpoint's bytes alone, without loading it, so that path runs without
+torch (whose import takes seconds; benchmarks/results/segment-startup.md). torch is therefore imported here
+only where it is used.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from satseg import __version__
+from satseg.atomic import atomic_write_json
 from satseg.device import local_rank
 from satseg.errors import CheckpointError, ConfigError, SatsegError
 from satseg.export.metadata import onnx_graph_matches, read_onnx_metadata
-from satseg.export.run import export_model
-from satseg.nn import SegmentationNet
 from satseg.paths import safe_name
 
-__all__ = ["BACKENDS", "torch_predictor", "OnnxPredictor", "onnx_providers", "cache_dir", "cached_onnx_export"]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from satseg.nn import SegmentationNet
+
+__all__ = [
+    "BACKENDS",
+    "torch_predictor",
+    "OnnxPredictor",
+    "onnx_providers",
+    "cache_dir",
+    "cached_onnx_export",
+    "find_cached_export",
+    "export_model",
+]
 
 BACKENDS = ("torch", "onnx")
 
@@ -37,6 +55,7 @@ log = logging.getLogger(__name__)
 
 
 def torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """``(B, C, *S) -> logits (B, K, *S)`` float32 by ``model`` on ``device`` (in eval mode)."""
     # No autocast here: sliding_window_inference autocasts to the run's own dtype (Segmenter.amp_dtype).
     model.to(device).eval()
 
@@ -66,21 +85,38 @@ def onnx_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
             hint="install `onnxruntime-gpu` or use device `cpu`",
         )
     # onnxruntime-gpu lists the CUDA provider even on machines without a GPU: ask torch whether one is there.
-    if kind == "cuda" or (kind == "auto" and cuda_ok and torch.cuda.is_available()):
+    if kind == "cuda" or (kind == "auto" and cuda_ok and _torch_sees_cuda()):
         gpu = int(index) if index else local_rank()
         return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
+def _torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def export_model(*args: Any, **kwargs: Any) -> Any:
+    """:func:`satseg.export.run.export_model`, imported on first use (it needs torch)."""
+    from satseg.export.run import export_model as export
+
+    return export(*args, **kwargs)
+
+
 class OnnxPredictor:
     """Run an exported ONNX model with ONNX Runtime as a callable ``(B, C, *S) -> (B, K, *S)`` logits.
 
-    Inputs may live on any device; they are copied to the CPU as float32 for ONNX Runtime, which runs
-    them on its own provider, and the logits come back as a CPU tensor.
+    A NumPy array in gives a float32 array out (:func:`satseg.inference.tiling.blend_windows`, no torch); a
+    tensor, on any device, is copied to the CPU as float32 and the logits come back as a CPU tensor. ONNX
+    Runtime runs them on its own provider.
 
     Args:
         path: the ``.onnx`` file written by :func:`export_onnx`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`onnx_providers`).
+        sha256: the file's expected SHA-256 (a cached export, whose digest was recorded when satseg wrote it):
+            the bytes are checked against it and the metadata is read by ONNX Runtime itself, which spares
+            importing ``onnx`` (over a second) to check the graph against its digest.
 
     Attributes:
         metadata: the model's ``metadata_props``.
@@ -94,16 +130,27 @@ class OnnxPredictor:
         ConfigError: for an unknown device, or ``cuda`` without the CUDA provider.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto") -> None:
+    def __init__(self, path: str | Path, device: str = "auto", sha256: str | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.metadata = read_onnx_metadata(self.path)
+        model: str | bytes = str(self.path)
+        if sha256 is None:
+            self.metadata = read_onnx_metadata(self.path)
+        else:
+            try:
+                model = self.path.read_bytes()
+            except OSError as err:
+                raise CheckpointError(f"cannot read ONNX model `{self.path}`: {err}") from err
+            if hashlib.sha256(model).hexdigest() != sha256:
+                raise CheckpointError(f"`{self.path}`: changed since satseg recorded its digest")
         providers = onnx_providers(device)
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
+            self.session = ort.InferenceSession(model, providers=providers)
         except Exception as err:
             raise CheckpointError(f"ONNX Runtime cannot load `{self.path}`: {err}") from err
+        if sha256 is not None:
+            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.providers = self.session.get_providers()
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if first not in self.providers:
@@ -119,8 +166,13 @@ class OnnxPredictor:
         self.in_channels = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else None
         self.num_classes = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """Logits ``(B, K, *S)`` (CPU float32) for the input ``(B, C, *S)``."""
+    def __call__(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """Logits ``(B, K, *S)`` (CPU float32) for the input ``(B, C, *S)``: an array for an array, else a tensor."""
+        if isinstance(x, np.ndarray):
+            (logits,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})
+            return logits
+        import torch
+
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         (logits,) = self.session.run([self.output_name], {self.input_name: array})
         return torch.from_numpy(logits)
@@ -146,7 +198,11 @@ def export_code_digest(packages: tuple[str, ...] = EXPORT_CODE) -> str:
     changes it, so a cached export is never reused by code that would export something else."""
     digest = hashlib.sha256()
     for package in packages:
-        root = Path(importlib.import_module(package).__file__).parent
+        # find_spec locates the package without running it (satseg.nn's __init__ would import torch)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"cannot find the source of package `{package}`")
+        root = Path(next(iter(spec.submodule_search_locations)))
         for path in sorted(root.rglob("*.py")):
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
@@ -156,6 +212,7 @@ def export_code_digest(packages: tuple[str, ...] = EXPORT_CODE) -> str:
 def _model_digest(net: SegmentationNet, config: dict[str, Any]) -> str:
     """Fingerprint of weights, configuration, the export code and the versions of the tools that export."""
     import onnx
+    import torch
 
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(f"satseg {__version__} torch {torch.__version__} onnx {onnx.__version__}".encode())
@@ -166,8 +223,64 @@ def _model_digest(net: SegmentationNet, config: dict[str, Any]) -> str:
     return digest.hexdigest()[:24]
 
 
-def cached_onnx_export(net: SegmentationNet, config: dict[str, Any]) -> Path | None:
+def _export_environment() -> str:
+    """What, besides a checkpoint's bytes, decides its export: satseg's and the exporting tools' versions (read
+    from the installed packages' metadata, without importing them) and the export code's source."""
+    versions = []
+    for package in ("torch", "onnx"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{package} missing")
+    return f"satseg {__version__} {' '.join(versions)} code {export_code_digest()}"
+
+
+def _checkpoint_key(checkpoint: Path) -> str:
+    """Fingerprint of a checkpoint file's bytes and :func:`_export_environment`: the name of its cache entry."""
+    digest = hashlib.sha256(_export_environment().encode())
+    with open(checkpoint, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _entry_path(checkpoint: Path) -> Path:
+    return cache_dir() / "onnx" / "checkpoints" / f"{_checkpoint_key(checkpoint)}.json"
+
+
+def find_cached_export(checkpoint: str | Path) -> tuple[Path, str] | None:
+    """The cached export of ``checkpoint`` and its file's SHA-256, found from the checkpoint's bytes without
+    loading it (no torch); None when there is none yet (or its entry is unreadable or names no plain file)."""
+    try:
+        entry = json.loads(_entry_path(Path(checkpoint)).read_text(encoding="utf-8"))
+        name = safe_name(entry["export"], "cached export", "the cache")
+        sha256 = entry["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, SatsegError):
+        return None
+    if not (isinstance(sha256, str) and len(sha256) == 64) or not name.endswith(".onnx"):
+        return None
+    path = cache_dir() / "onnx" / name
+    return (path, sha256) if path.is_file() else None
+
+
+def _record_export(checkpoint: Path, export: Path) -> None:
+    """Remember that ``checkpoint`` became ``export`` (see :func:`find_cached_export`); a failure only costs time."""
+    try:
+        sha256 = hashlib.sha256(export.read_bytes()).hexdigest()
+        entry = _entry_path(checkpoint)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(entry, {"export": export.name, "sha256": sha256, "checkpoint": str(checkpoint)})
+    except OSError as err:
+        log.info("cannot record the export of `%s` in the cache: %s", checkpoint, err)
+
+
+def cached_onnx_export(
+    net: SegmentationNet, config: dict[str, Any], checkpoint: str | Path | None = None
+) -> Path | None:
     """The model's lean ONNX export (parity-checked against PyTorch), made once and kept in :func:`cache_dir`.
+
+    Args:
+        checkpoint: the file ``net`` was loaded from: its export is recorded for :func:`find_cached_export`.
 
     Returns None (PyTorch is used instead, with a log line saying why) when ONNX Runtime is not installed
     or the export, its parity check or the cache folder fails.
@@ -180,12 +293,13 @@ def cached_onnx_export(net: SegmentationNet, config: dict[str, Any]) -> Path | N
         # The net's name comes from the checkpoint: it becomes part of the file name only if it is a plain name.
         net_name = safe_name(str(config["model"].get("net", "model")), "model name", "the run configuration")
         path = cache_dir() / "onnx" / f"{net_name}-{_model_digest(net, config)}.onnx"
-        if path.is_file() and onnx_graph_matches(path):  # an export from before graph digests is made again
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_model(net, config, path)  # written through the one atomic writer: never a half file in the cache
+        if not (path.is_file() and onnx_graph_matches(path)):  # an export from before graph digests is made again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_model(net, config, path)  # through the one atomic writer: never a half file in the cache
+            log.info("exported the model for ONNX Runtime to `%s` (cached)", path)
     except (OSError, SatsegError) as err:
         log.warning("ONNX export for the CPU failed (%s); segmenting with PyTorch", err)
         return None
-    log.info("exported the model for ONNX Runtime to `%s` (cached)", path)
+    if checkpoint is not None:
+        _record_export(Path(checkpoint), path)
     return path

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from satseg.errors import CheckpointError
 
@@ -27,6 +26,8 @@ def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:
     Components connect through faces, edges and corners (full connectivity, as nnU-Net). A new array is
     returned; the input is not changed.
     """
+    from scipy import ndimage  # a third of a second to import: only where a class is post-processed
+
     out = np.array(labels, copy=True)
     mask = out == value
     structure = ndimage.generate_binary_structure(out.ndim, out.ndim)

@@ -5,6 +5,11 @@ inference, and maps the prediction back onto the input's exact grid: the class p
 resampled (linear) and the argmax is taken there. Several models (e.g. the runs of every fold) make one
 ensemble that averages their probabilities; the largest-connected-component post-processing a run
 records (``satseg postprocess``) is applied to the labels.
+
+A single checkpoint on the CPU runs through its cached ONNX export; once that export exists,
+:func:`load_segmenter` finds it from the checkpoint's bytes and the whole ``segment`` runs on NumPy, SciPy,
+SimpleITK and ONNX Runtime without importing torch (seconds of start-up). torch is therefore imported in
+this module only where it is used: the PyTorch backend, ensembles, attention maps.
 """
 
 from __future__ import annotations
@@ -16,28 +21,33 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.nn import functional as F
 
 from satseg.atomic import atomic_write_json
 from satseg.data.io import Image, with_array
 from satseg.data.preprocess import preprocess_image, restore_argmax, restore_probabilities
-from satseg.device import autocast_dtype, resolve_device
+from satseg.device import autocast_dtype, autocasts, resolve_device, surely_cpu
 from satseg.errors import CheckpointError, ConfigError, DataError, look_up_option
-from satseg.export.metadata import onnx_run_config
-from satseg.inference.backends import BACKENDS, OnnxPredictor, cached_onnx_export, torch_predictor
+from satseg.export.metadata import onnx_input_divisor, onnx_run_config
+from satseg.inference.backends import (
+    BACKENDS,
+    OnnxPredictor,
+    cached_onnx_export,
+    find_cached_export,
+    torch_predictor,
+)
 from satseg.inference.postprocess import keep_largest_components, read_lcc
-from satseg.inference.sliding_window import sliding_window_inference, throughput_tile
-from satseg.nn import SegmentationNet, build_model
-from satseg.nn.layers import interpolation_mode
-from satseg.nn.lean import make_lean
-from satseg.nn.params import LiveTensorBytes
-from satseg.runs import BEST, LAST, MAX_PATCH_VOXELS, check_patch_size, check_run_config, load_run
+from satseg.inference.tiling import blend_windows, throughput_tile
+from satseg.runs import BEST, LAST, MAX_PATCH_VOXELS, check_patch_size, check_run_config, checkpoint_file, load_run
 from satseg.zoo import resolve_model_path
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from satseg.nn import SegmentationNet
 
 __all__ = ["Segmenter", "Segmentation", "load_segmenter", "ensemble", "expand_models", "BACKENDS", "TILES"]
 
@@ -85,8 +95,9 @@ class Segmenter:
         config: the run configuration (``model``, ``plan``, ``train``).
         name: where the model came from (run folder, file or shipped name).
         backend: ``torch`` or ``onnx``.
-        device: where windows run.
-        model: the torch module (``None`` for ONNX and ensembles), needed for attention maps.
+        device: where windows run: a ``torch.device``, or ``"cpu"`` for a cached export loaded without torch.
+        model: the torch module (``None`` for ONNX files and ensembles, and for a cached export loaded without
+            torch, whose ``checkpoint`` is loaded when attention maps ask for it).
         lcc: classes whose largest connected component alone is kept, as the run records it.
         members: how many models are averaged (1 unless an :func:`ensemble`).
         parts: the ensemble's members.
@@ -97,7 +108,7 @@ class Segmenter:
     config: dict[str, Any]
     name: str
     backend: str
-    device: torch.device
+    device: torch.device | str
     model: SegmentationNet | None = None
     lcc: list[str] = field(default_factory=list)
     members: int = 1
@@ -107,6 +118,15 @@ class Segmenter:
     voxel_bytes_file: Path | None = None
     """Where :meth:`window_bytes_per_voxel` is kept between processes (beside the cached CPU export): measuring
     it imports ``torch._dynamo`` (the dispatch mode's first use), which costs seconds of every ``segment``."""
+    checkpoint: Path | None = None
+    """The checkpoint file behind a cached export loaded without torch: :attr:`model` is loaded from it on demand."""
+    divisor: int | None = None
+    """The network's input divisor when known without torch (recorded in the export's metadata)."""
+
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``: where windows run."""
+        return self.device if isinstance(self.device, str) else self.device.type
 
     @property
     def plan(self) -> dict[str, Any]:
@@ -137,13 +157,23 @@ class Segmenter:
         if self.model is not None:
             return self.model
         if "_shape_model" not in self.__dict__:
+            from satseg.nn import build_model
+
             self.__dict__["_shape_model"] = build_model(**self.config["model"]).eval()
         return self.__dict__["_shape_model"]
+
+    def torch_model(self) -> SegmentationNet | None:
+        """The trained torch module: :attr:`model`, or loaded from :attr:`checkpoint` the first time it is asked for."""
+        if self.model is None and self.checkpoint is not None:
+            self.model = load_run(self.checkpoint)[0]
+        return self.model
 
     def input_divisor(self) -> int:
         """Every window side must be a multiple of this (for an ensemble: of every member's divisor)."""
         if self.parts:
             return math.lcm(*(part.input_divisor() for part in self.parts))
+        if self.divisor is not None:
+            return self.divisor
         return self.reference_model().input_divisor
 
     def window_bytes_per_voxel(self) -> float:
@@ -159,6 +189,11 @@ class Segmenter:
                 stacked = 4 * len(self.labels) * (len(self.parts) + 1)
                 voxel_bytes = max(part.window_bytes_per_voxel() for part in self.parts) + stacked
             else:
+                import torch
+
+                from satseg.nn.lean import make_lean
+                from satseg.nn.params import LiveTensorBytes
+
                 model = self.reference_model()
                 lean = make_lean(model).cpu()
                 side = max(16, 2 * model.input_divisor)
@@ -191,7 +226,7 @@ class Segmenter:
         """
         if isinstance(tile, str):
             tile = look_up_option(tile, TILES, "tile")
-            if tile == "patch" or self.device.type != "cpu":
+            if tile == "patch" or self.device_type != "cpu":
                 return self.patch, sw_batch
             budget = _CPU_WINDOW_BYTES
             available = _available_memory()
@@ -254,22 +289,33 @@ class Segmenter:
         timings["preprocess_s"] = time.perf_counter() - start
         start = time.perf_counter()
         window, sw_batch = self.window(array.shape[1:], tile, overlap, sw_batch)
-        result = sliding_window_inference(
-            self.predict,
-            torch.from_numpy(array),
-            window,
-            len(self.labels),
-            overlap=overlap,
-            sw_batch=sw_batch,
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            tta=tta,
-            return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
-            progress=progress,
-        )
+        if isinstance(self.predict, OnnxPredictor):
+            # ONNX Runtime takes and gives arrays: the windows are blended in NumPy, with no torch to import.
+            grid_probs = blend_windows(
+                self.predict, array, window, len(self.labels), overlap=overlap, sw_batch=sw_batch, tta=tta,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            import torch
+
+            from satseg.inference.sliding_window import sliding_window_inference
+
+            result = sliding_window_inference(
+                self.predict,
+                torch.from_numpy(array),
+                window,
+                len(self.labels),
+                overlap=overlap,
+                sw_batch=sw_batch,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                tta=tta,
+                return_probabilities=True,  # the argmax is taken on the input's grid (restore_argmax)
+                progress=progress,
+            )
+            grid_probs = result.probabilities.numpy()
         timings["inference_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        grid_probs = result.probabilities.numpy()
         labels = restore_argmax(grid_probs, props)
         classes = self._lcc_classes(lcc)
         labels = keep_largest_components(labels, [self.labels[name] for name in classes])
@@ -287,7 +333,6 @@ class Segmenter:
             return list(self.lcc)
         return [name for name, value in self.labels.items() if value != 0] if lcc else []
 
-    @torch.inference_mode()
     def _attention(
         self, array: np.ndarray, props: dict, overlap: float = 0.5, sw_batch: int = 4
     ) -> dict[str, np.ndarray]:
@@ -296,7 +341,19 @@ class Segmenter:
         Windows of the model's patch size keep device memory bounded on any scan (a whole-image forward pass
         of a large CT would not fit); the maps are blended with the same Gaussian weights as the probabilities.
         """
-        if self.model is None:
+        import torch
+
+        with torch.inference_mode():
+            return self._attention_maps(array, props, overlap, sw_batch)
+
+    def _attention_maps(self, array: np.ndarray, props: dict, overlap: float, sw_batch: int) -> dict[str, np.ndarray]:
+        import torch
+        from torch.nn import functional as F
+
+        from satseg.inference.sliding_window import sliding_window_inference
+        from satseg.nn.layers import interpolation_mode
+
+        if self.torch_model() is None:
             raise DataError(
                 "attention maps need one PyTorch model", hint="use one run folder, not an ONNX file or an ensemble"
             )
@@ -387,6 +444,8 @@ def ensemble(members: Sequence[Segmenter], name: str | None = None) -> Segmenter
     log_count = math.log(len(predictors))
 
     def predict(x: Tensor) -> Tensor:
+        import torch
+
         logs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in predictors])
         return torch.logsumexp(logs, dim=0) - log_count
 
@@ -453,6 +512,10 @@ def _load_one(
     """One model; ``cpu_onnx``: with no ``backend`` given, run a checkpoint on the CPU through its cached
     ONNX export (see :func:`load_segmenter`)."""
     path = resolve_model_path(model)
+    if backend is None and cpu_onnx and path.suffix != ".onnx" and amp is not True and surely_cpu(device):
+        warm = _load_cached_export(model, path, amp)
+        if warm is not None:
+            return warm
     backend_given = backend
     backend = look_up_option(backend or ("onnx" if path.suffix == ".onnx" else "torch"), BACKENDS, "backend")
     # Under torchrun (e.g. `segment --shard auto`) each process takes its own GPU (its LOCAL_RANK).
@@ -467,15 +530,16 @@ def _load_one(
         config = check_run_config(onnx_run_config(path, predictor.metadata), path)
         _check_onnx_shape(predictor, config, path)
         check_patch_size(Segmenter(predictor, config, str(model), "onnx", torch_device).patch, path)
-        return Segmenter(predictor, config, str(model), "onnx", torch_device)
+        divisor = onnx_input_divisor(predictor.metadata)
+        return Segmenter(predictor, config, str(model), "onnx", torch_device, divisor=divisor)
     net, config = load_run(path)
     check_patch_size(Segmenter(net, config, str(model), "torch", torch_device).patch, path)
     lcc = read_lcc(path if path.is_dir() else path.parent, config["plan"]["labels"])
-    autocasts = autocast_dtype(torch_device, config.get("train"), amp) is not None
-    if backend_given is None and cpu_onnx and torch_device.type == "cpu" and not autocasts:
+    autocast = autocast_dtype(torch_device, config.get("train"), amp) is not None
+    if backend_given is None and cpu_onnx and torch_device.type == "cpu" and not autocast:
         # On the CPU ONNX Runtime runs the lean model faster than PyTorch (benchmarks/results/cpu-segment.md):
         # export it once per model to the cache; any failure falls back to PyTorch.
-        onnx_path = cached_onnx_export(net, config)
+        onnx_path = cached_onnx_export(net, config, checkpoint_file(path))
         if onnx_path is not None:
             predictor = OnnxPredictor(onnx_path, device="cpu")
             voxel_bytes = onnx_path.with_suffix(".window.json")  # keyed like the export: same weights and code
@@ -484,6 +548,39 @@ def _load_one(
             )
     # Windows run through the lean inference module (BN and gate selections folded, no skip concatenation);
     # the reference model is kept for attention maps.
+    from satseg.nn.lean import make_lean
+
     lean = make_lean(net)
     predictor = torch_predictor(lean, torch_device)
     return Segmenter(predictor, config, str(model), "torch", torch_device, net, lcc, amp=amp)
+
+
+def _load_cached_export(model: str | Path, path: Path, amp: bool | None) -> Segmenter | None:
+    """The checkpoint's cached CPU export, found from the checkpoint's bytes and loaded without torch; None when
+    there is none yet, or it cannot be used as it is (then :func:`_load_one` loads the checkpoint and says why)."""
+    try:
+        checkpoint = checkpoint_file(path)
+    except CheckpointError:
+        return None
+    found = find_cached_export(checkpoint)
+    if found is None:
+        return None
+    onnx_path, sha256 = found
+    try:
+        predictor = OnnxPredictor(onnx_path, device="cpu", sha256=sha256)
+        config = check_run_config(onnx_run_config(onnx_path, predictor.metadata), onnx_path)
+        _check_onnx_shape(predictor, config, onnx_path)
+    except CheckpointError as err:
+        log.info("cached export `%s` not used (%s); loading `%s`", onnx_path, err.message, checkpoint)
+        return None
+    divisor = onnx_input_divisor(predictor.metadata)
+    if divisor is None or autocasts("cpu", config.get("train"), amp):
+        return None  # the windows must autocast: the PyTorch backend, as for a checkpoint without an export
+    lcc = read_lcc(path if path.is_dir() else path.parent, config["plan"]["labels"])
+    voxel_bytes = onnx_path.with_suffix(".window.json")
+    segmenter = Segmenter(
+        predictor, config, str(model), "onnx", "cpu", None, lcc, voxel_bytes_file=voxel_bytes,
+        checkpoint=checkpoint, divisor=divisor,
+    )  # fmt: skip
+    check_patch_size(segmenter.patch, path)
+    return segmenter

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -32,8 +31,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from satseg.device import autocast_context
-from satseg.errors import CheckpointError, ConfigError
-from satseg.runs import check_patch_size
+from satseg.errors import ConfigError
+from satseg.inference.tiling import (
+    SIGMA_SCALE,
+    check_logits,
+    check_window_arguments,
+    gaussian_weights,
+    mirror_axes,
+    throughput_tile,
+    window_padding,
+    window_slices,
+    window_starts,
+)
 
 __all__ = [
     "SlidingWindowResult",
@@ -48,8 +57,6 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[Tensor], Tensor]
 ProgressCallback = Callable[[int, int], None]
 
-_SIGMA_SCALE = 1.0 / 8.0  # Gaussian sigma as a fraction of the patch side (nnU-Net's choice)
-_MIN_WEIGHT = 1e-4  # floor of the importance map (its maximum is 1): no window border counts for nothing
 _DEVICE_MEMORY_FRACTION = 0.25  # accumulator on a CUDA device only if it takes at most this share of free memory
 _SLAB_BYTES = 64 * 2**20  # size of the temporaries made by the slab-wise normalisation and argmax
 
@@ -68,95 +75,10 @@ class SlidingWindowResult:
     probabilities: Tensor | None = None
 
 
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start positions of windows of side ``patch`` along an axis of length ``size >= patch``.
-
-    The first window starts at 0, the last ends at ``size``, and the starts are spread evenly with
-    steps no larger than ``patch * (1 - overlap)`` (at least 1), so every position is covered.
-
-    Args:
-        size: length of the axis (already padded to at least ``patch``).
-        patch: window side.
-        overlap: fraction of ``patch`` that neighbouring windows share at least, in ``[0, 1)``.
-
-    Returns:
-        Increasing start positions.
-    """
-    if size <= patch:
-        return [0]
-    max_step = max(1.0, patch * (1.0 - overlap))
-    count = math.ceil((size - patch) / max_step) + 1
-    step = (size - patch) / (count - 1)
-    return [round(i * step) for i in range(count)]
-
-
-def throughput_tile(
-    shape: Sequence[int], patch: Sequence[int], divisor: int, overlap: float, max_voxels: int
-) -> tuple[int, ...]:
-    """The window that computes the fewest voxels in all, among those of at most ``max_voxels`` voxels.
-
-    Fully convolutional networks take windows of any size divisible by their ``divisor``. With overlap
-    ``o``, windows of the training patch compute most voxels several times (``≈ 1/(1 - o)`` times per
-    axis); the whole scan in one window computes each voxel once. Per axis, ``n`` windows cover a side ``S``
-    with windows of side ``S / (1 + (n - 1)(1 - o))`` (rounded up to ``divisor``); every combination of
-    window counts, from one per axis to the training patch's, is scored by the voxels its windows compute
-    (``windows × window voxels``, as :func:`window_starts` tiles them) and the cheapest that fits is taken.
-
-    Args:
-        shape: the (preprocessed) scan's spatial shape.
-        patch: the training patch; no side goes below it (nor below ``divisor``).
-        divisor: every side is a multiple of it (the network's ``input_divisor``).
-        overlap: the sliding-window overlap in ``[0, 1)``.
-        max_voxels: largest window, in voxels (memory bound).
-
-    Returns:
-        Window sides; ``patch`` itself when even it is over ``max_voxels``.
-    """
-    floors = [max(int(p), divisor) for p in patch]
-    options = []  # per axis: (side, windows along the axis)
-    for size, floor in zip(shape, floors, strict=True):
-        most = len(window_starts(max(size, floor), floor, overlap))
-        sides = set()
-        for count in range(1, most + 1):
-            wanted = math.ceil(size / (1 + (count - 1) * (1 - overlap)))
-            sides.add(max(floor, -(-wanted // divisor) * divisor))
-        options.append([(t, len(window_starts(max(size, t), t, overlap))) for t in sorted(sides)])
-    best: tuple[int, int, tuple[int, ...]] | None = None
-    for combo in itertools.product(*options):
-        sides = tuple(t for t, _ in combo)
-        if math.prod(sides) > max_voxels:
-            continue
-        windows = math.prod(n for _, n in combo)
-        key = (windows * math.prod(sides), windows, sides)
-        best = key if best is None or key < best else best
-    return best[2] if best is not None else tuple(int(p) for p in patch)
-
-
-def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = _SIGMA_SCALE) -> Tensor:
-    """Gaussian importance map of a window: 1 at the centre, ``sigma = sigma_scale * side`` per axis.
-
-    Args:
-        patch_size: window sides ``(*P)``.
-        sigma_scale: sigma as a fraction of each side.
-
-    Returns:
-        ``(*P)`` float32 tensor with maximum 1 and minimum at least ``_MIN_WEIGHT``.
-    """
-    weight = torch.ones((), dtype=torch.float64)
-    for side in patch_size:
-        x = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
-        g = torch.exp(-0.5 * (x / (sigma_scale * side)) ** 2)
-        weight = weight.unsqueeze(-1) * g
-    weight = weight / weight.max()
-    return weight.clamp_min(_MIN_WEIGHT).float()
-
-
-def _mirror_sets(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
-    """Tensor dims to flip for each prediction of a ``(B, C, *P)`` batch: only ``()`` without TTA."""
-    if not tta:
-        return [()]
-    axes = range(2, 2 + spatial_dims)
-    return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = SIGMA_SCALE) -> Tensor:
+    """:func:`~satseg.inference.tiling.gaussian_weights` as a tensor: ``(*P)`` float32, 1 at the centre, at least
+    ``MIN_WEIGHT`` at the borders."""
+    return torch.from_numpy(gaussian_weights(patch_size, sigma_scale))
 
 
 def _accumulator_device(device: torch.device, nbytes: int) -> torch.device:
@@ -176,21 +98,7 @@ def _check_arguments(
     sw_batch: int,
     device: torch.device,
 ) -> tuple[int, ...]:
-    dims = image.ndim - 1
-    if dims not in (2, 3):
-        raise ConfigError(f"`image` must be (C, *S) with 2 or 3 spatial axes, got shape {tuple(image.shape)}")
-    patch = tuple(int(p) for p in patch_size)
-    if len(patch) != dims or min(patch) < 1:
-        raise ConfigError(
-            f"`patch_size` must give {dims} positive sides for an image of shape {tuple(image.shape)}, got {patch}"
-        )
-    check_patch_size(patch, "patch_size")
-    if not 2 <= num_classes <= 256:
-        raise ConfigError(f"`num_classes` must be in 2..256 (background included), got {num_classes}")
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"`overlap` must be in [0, 1), got {overlap}")
-    if sw_batch < 1:
-        raise ConfigError(f"`sw_batch` must be at least 1, got {sw_batch}")
+    patch = check_window_arguments(image.shape, patch_size, num_classes, overlap, sw_batch)
     if isinstance(predict, nn.Module):
         if predict.training:
             raise ConfigError("the model is in training mode", hint="call `model.eval()` before inference")
@@ -217,19 +125,10 @@ def _predict_probabilities(
         x = batch.flip(flips) if flips else batch
         with autocast():
             logits = predict(x)
-        if not isinstance(logits, Tensor) or logits.shape != (batch.shape[0], num_classes, *batch.shape[2:]):
-            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ConfigError(
-                f"the model returned {got} for a window batch of shape {tuple(x.shape)}; "
-                f"expected ({batch.shape[0]}, {num_classes}, {', '.join(map(str, batch.shape[2:]))})",
-                hint="check that `num_classes` matches the model's output channels",
-            )
-        if not bool(torch.isfinite(logits).all()):
-            # softmax of NaN is NaN and argmax of NaN is 0: the mask would silently be all background
-            raise CheckpointError(
-                "the model gave NaN or Inf for this input",
-                hint="its weights or the input are broken; check the checkpoint and the scan",
-            )
+        expected = (batch.shape[0], num_classes, *batch.shape[2:])
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        finite = isinstance(logits, Tensor) and tuple(logits.shape) == expected and bool(torch.isfinite(logits).all())
+        check_logits(got, expected, finite, x.shape)
         probs = torch.softmax(logits.float(), dim=1) if softmax else logits.float()
         probs = probs.flip(flips) if flips else probs
         total = probs if total is None else total.add_(probs)
@@ -301,8 +200,7 @@ def sliding_window_inference(
     device = torch.device(device)
     patch = _check_arguments(predict, image, patch_size, num_classes, overlap, sw_batch, device)
     shape = tuple(image.shape[1:])
-    pad_before = [max(0, p - s) // 2 for s, p in zip(shape, patch, strict=True)]
-    pad_after = [max(0, p - s) - b for s, p, b in zip(shape, patch, pad_before, strict=True)]
+    pad_before, pad_after = window_padding(shape, patch)
     if not image.is_floating_point():
         image = image.float()
     if any(pad_before) or any(pad_after):
@@ -317,11 +215,8 @@ def sliding_window_inference(
     weights = torch.zeros(padded, dtype=torch.float32, device=acc_device)
     importance = gaussian_importance(patch).to(acc_device)
 
-    starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch, strict=True)]
-    windows = [
-        tuple(slice(b, b + p) for b, p in zip(begin, patch, strict=True)) for begin in itertools.product(*starts)
-    ]
-    mirrors = _mirror_sets(len(patch), tta)
+    windows = window_slices(padded, patch, overlap)
+    mirrors = mirror_axes(len(patch), tta)
     autocast = functools.partial(autocast_context, device, amp_dtype)
 
     # The outputs are ordinary tensors (made above); the windows are inference tensors, so callers may

@@ -189,7 +189,7 @@ def test_window_memory_is_measured_once_and_kept_beside_the_cached_export(tmp_pa
         def __init__(self):
             raise AssertionError("measured again")
 
-    monkeypatch.setattr(segmenter_module, "LiveTensorBytes", NoMeasuring)
+    monkeypatch.setattr("satseg.nn.params.LiveTensorBytes", NoMeasuring)  # imported where it measures
     second = load_segmenter(tmp_path, device="cpu")
     assert second.window_bytes_per_voxel() == measured
     assert second.window((20, 30, 9), "auto", 0.5, 4) == first.window((20, 30, 9), "auto", 0.5, 4)

@@ -38,11 +38,20 @@ def ct_plan(spacing=(4.0, 4.0, 4.0), median_shape=(32, 32, 32)) -> dict:
     return plan
 
 
-def save_model(folder: Path, plan: dict, seed: int, *, shipped: bool = False, fold: int = 0) -> Path:
-    """An untrained UNet3D+SAT (widths 4, 8) for ``plan``: a run folder, or a shipped-model folder with a card."""
+def save_model(
+    folder: Path, plan: dict, seed: int, *, shipped: bool = False, fold: int = 0, gain: float = 1.0
+) -> Path:
+    """An untrained UNet3D+SAT (widths 4, 8) for ``plan``: a run folder, or a shipped-model folder with a card.
+
+    ``gain`` multiplies every convolution's weights: at 1.5 the untrained net's labels vary with the input
+    (at 1 its biases mostly decide one class everywhere)."""
     torch.manual_seed(seed)
     arch = {"net": "unet3d", "skip": "sat", "in_channels": 1, "out_channels": len(plan["labels"]), "features": [4, 8]}
     model = build_model(**arch).eval()
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith("weight") and weight.ndim > 1:
+                weight.mul_(gain)
     config = {"model": arch, "plan": plan, "train": {"fold": fold, "patch": [16, 16, 16]}}
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / ("checkpoint.pt" if shipped else LAST), model=model, run_config=config)
