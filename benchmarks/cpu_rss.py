@@ -2,16 +2,18 @@
 
 Each child builds the U-Net, exports its lean form to ONNX as ``segment`` does, picks the window as
 ``segment --tile auto`` does (``Segmenter.window``) and runs the sliding window over a random volume at model
-spacing, on ONNX Runtime with its memory arena (the default) or without it, or on PyTorch's lean path;
-it reports its peak RSS (``ru_maxrss``) before and after the windows.
+spacing, on PyTorch's lean path or on ONNX Runtime in one of :data:`VARIANTS` (session options, and glibc
+malloc tunables, which only take effect from the environment at process start); it reports its peak RSS
+(``ru_maxrss``) before and after the windows, and the windows' time.
 
-    python benchmarks/cpu_rss.py --volume 256 256 256 --out benchmarks/results
+    python benchmarks/cpu_rss.py --volume 128 128 128 --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,6 +26,22 @@ from satseg.atomic import atomic_write_json, atomic_write_text
 FEATURES = (24, 48, 96, 192)
 CLASSES = 3
 PATCH = (48, 64, 48)
+_NO_ARENA = {"enable_cpu_mem_arena": False, "enable_mem_pattern": False}
+_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed: every block over 128 KiB is mmapped, and unmapped on free
+# name: (ONNX Runtime session options, environment). "onnx" is what `segment` runs on the CPU.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "onnx": ({}, {}),
+    "onnx_no_arena": (_NO_ARENA, {}),
+    "onnx_no_pattern": ({"enable_mem_pattern": False}, {}),
+    "onnx_no_arena_pattern_on": ({"enable_cpu_mem_arena": False}, {}),
+    "onnx_mmap": ({}, _MMAP),
+    "onnx_no_arena_mmap": (_NO_ARENA, _MMAP),
+    "onnx_no_arena_mmap_trim": (_NO_ARENA, {**_MMAP, "MALLOC_TRIM_THRESHOLD_": "0"}),
+    "onnx_extended": ({"graph_optimization_level": "ORT_ENABLE_EXTENDED"}, {}),
+    "onnx_basic": ({"graph_optimization_level": "ORT_ENABLE_BASIC"}, {}),
+    "onnx_basic_no_arena": ({"graph_optimization_level": "ORT_ENABLE_BASIC", **_NO_ARENA}, {}),
+    "torch": ({}, {}),
+}
 
 
 def child(skip: str, backend: str, volume: tuple[int, ...]) -> dict:
@@ -50,9 +68,8 @@ def child(skip: str, backend: str, volume: tuple[int, ...]) -> dict:
         export_onnx(lean, path, example_shape=(1, 1, *PATCH), metadata={}, check=False)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        if backend == "onnx_no_arena":
-            options.enable_cpu_mem_arena = False
-            options.enable_mem_pattern = False
+        for key, value in VARIANTS[backend][0].items():
+            setattr(options, key, getattr(ort.GraphOptimizationLevel, value) if key.endswith("level") else value)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
@@ -74,7 +91,7 @@ def child(skip: str, backend: str, volume: tuple[int, ...]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", type=int, nargs=3, default=(256, 256, 256))
-    parser.add_argument("--backends", nargs="+", default=["onnx", "onnx_no_arena", "torch"])
+    parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -88,7 +105,7 @@ def main(argv=None) -> int:
         for skip in ("org", "sat"):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", skip, backend, "--volume", *map(str, args.volume)],
-                capture_output=True, text=True, check=True,
+                capture_output=True, text=True, check=True, env={**os.environ, **VARIANTS[backend][1]},
             )  # fmt: skip
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
@@ -100,15 +117,28 @@ def main(argv=None) -> int:
         "",
         f"commit {commit}; {result['date']}; load before {load_before}, after {result['load_after']} (shared "
         "2-core machine, loaded); one fresh process per row, 1 thread, window as `segment --tile auto` picks it.",
+        "Increment: peak RSS minus the RSS before the windows. / onnx: windows' time over the `onnx` row's "
+        "(same skip).",
+        "Variants (session options; environment): "
+        + "; ".join(
+            f"`{name}` {opts or 'defaults'}{' ' + str(env) if env else ''}"
+            for name, (opts, env) in VARIANTS.items()
+            if name in args.backends
+        ),
         "",
-        "| backend | skip | window | RSS before windows MiB | peak RSS MiB | sat / org | windows s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| variant | skip | window | RSS before MiB | peak RSS MiB | sat / org | increment MiB | sat / org | windows s "
+        "| / onnx |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         org = next(r for r in rows if r["backend"] == row["backend"] and r["skip"] == "org")
+        base = next((r for r in rows if r["backend"] == "onnx" and r["skip"] == row["skip"]), row)
+        grown, org_grown = row["peak_rss_mib"] - row["rss_before_mib"], org["peak_rss_mib"] - org["rss_before_mib"]
         lines.append(
             f"| {row['backend']} | {row['skip']} | {'x'.join(map(str, row['window']))} | {row['rss_before_mib']:.0f} "
-            f"| {row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] / org['peak_rss_mib']:.3f} | {row['windows_s']:.1f} |"
+            f"| {row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] / org['peak_rss_mib']:.3f} | {grown:.0f} "
+            f"| {grown / max(org_grown, 1e-9):.3f} | {row['windows_s']:.1f} "
+            f"| {row['windows_s'] / base['windows_s']:.2f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "cpu-rss.json", result)
