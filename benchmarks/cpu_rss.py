@@ -1,10 +1,11 @@
 """Peak RSS of CPU ``segment`` windows for a large volume, ``org`` vs ``sat`` at equal width, each in a fresh process.
 
-Each child builds the U-Net, exports its lean form to ONNX as ``segment`` does, picks the window as
-``segment --tile auto`` does (``Segmenter.window``) and runs the sliding window over a random volume at model
-spacing, on PyTorch's lean path or on ONNX Runtime in one of :data:`VARIANTS` (session options, and glibc
-malloc tunables, which only take effect from the environment at process start); it reports its peak RSS
-(``ru_maxrss``) before and after the windows, and the windows' time.
+The lean U-Net is exported to ONNX once per gate (its own process, as ``segment`` caches it) and the window
+picked as ``segment --tile auto`` does (``Segmenter.window``). Each row is then a fresh process that runs the
+windows over a random volume at model spacing: on ONNX Runtime as a warm-cache ``segment`` does (the export
+loaded, windows blended in NumPy by ``blend_windows``, torch never imported) in one of :data:`VARIANTS`
+(session options, and glibc malloc tunables, which only take effect from the environment at process start),
+or on PyTorch's lean path. It reports its peak RSS (``ru_maxrss``) before and after the windows, and their time.
 
     python benchmarks/cpu_rss.py --volume 128 128 128 --out benchmarks/results
 """
@@ -44,14 +45,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def child(skip: str, backend: str, volume: tuple[int, ...]) -> dict:
+def _model_and_window(skip: str, volume: tuple[int, ...]):
     import torch
 
-    from satseg.export.onnx import export_onnx
     from satseg.inference.segmenter import Segmenter
-    from satseg.inference.sliding_window import sliding_window_inference
     from satseg.nn import build_model
-    from satseg.nn.lean import make_lean
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -60,32 +58,57 @@ def child(skip: str, backend: str, volume: tuple[int, ...]) -> dict:
                         "features": list(FEATURES)},
               "plan": {"labels": {"background": 0, "a": 1, "b": 2}, "patch_size": list(PATCH)}}  # fmt: skip
     window, _ = Segmenter(model, config, skip, "torch", torch.device("cpu"), model).window(volume, "auto", 0.5)
-    lean = make_lean(model)
-    if backend.startswith("onnx"):
+    return model, list(window)
+
+
+def export(skip: str, volume: tuple[int, ...], path: Path) -> list[int]:
+    """Export the lean model as ``segment`` caches it; return the window ``segment --tile auto`` picks."""
+    from satseg.export.onnx import export_onnx
+    from satseg.nn.lean import make_lean
+
+    model, window = _model_and_window(skip, volume)
+    export_onnx(make_lean(model), path, example_shape=(1, 1, *PATCH), metadata={}, check=False)
+    return window
+
+
+def child(skip: str, backend: str, volume: tuple[int, ...], path: Path, window: list[int]) -> dict:
+    """ONNX Runtime as a warm-cache ``segment`` runs it: the cached export, windows blended in NumPy, no torch."""
+    if backend == "torch":
+        import torch
+
+        from satseg.inference.sliding_window import sliding_window_inference
+        from satseg.nn.lean import make_lean
+
+        model, window = _model_and_window(skip, volume)
+        predict, image = make_lean(model), torch.randn(1, *volume)
+
+        def run():
+            with torch.inference_mode():
+                sliding_window_inference(predict, image, window, CLASSES, overlap=0.5, sw_batch=1)
+    else:
+        import numpy as np
         import onnxruntime as ort
 
-        path = Path(tempfile.mkdtemp()) / "lean.onnx"
-        export_onnx(lean, path, example_shape=(1, 1, *PATCH), metadata={}, check=False)
+        from satseg.inference.tiling import blend_windows
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         for key, value in VARIANTS[backend][0].items():
             setattr(options, key, getattr(ort.GraphOptimizationLevel, value) if key.endswith("level") else value)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        image = np.random.default_rng(0).standard_normal((1, *volume), dtype=np.float32)
 
-        def predict(x):
-            return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
-    else:
-        predict = lean
-    x = torch.randn(1, *volume)
+        def run():
+            blend_windows(lambda x: session.run(None, {name: x})[0], image, window, CLASSES, overlap=0.5, sw_batch=1)
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    with torch.inference_mode():
-        sliding_window_inference(predict, x, window, CLASSES, overlap=0.5, sw_batch=1)
+    run()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"skip": skip, "backend": backend, "window": window, "rss_before_mib": before / 2**20,
-            "peak_rss_mib": peak / 2**20, "windows_s": seconds}  # fmt: skip
+            "peak_rss_mib": peak / 2**20, "windows_s": seconds, "torch_imported": "torch" in sys.modules}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -94,17 +117,29 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    volume = tuple(args.volume)
+    if args.export:
+        print(json.dumps(export(args.export[0], volume, Path(args.export[1]))))
+        return 0
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], tuple(args.volume))))
+        skip, backend, model = args.child[0], args.child[1].split(":")[0], Path(args.child[1].split(":", 1)[1])
+        print(json.dumps(child(skip, backend, volume, model, args.window)))
         return 0
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    rows = []
+    rows, models, windows = [], Path(tempfile.mkdtemp()), {}
+    sizes = ["--volume", *map(str, args.volume)]
+    for skip in ("org", "sat"):  # one export per gate, in its own process, as the export cache holds it
+        command = [sys.executable, __file__, "--export", skip, str(models / f"{skip}.onnx"), *sizes]
+        windows[skip] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     for backend in args.backends:
         for skip in ("org", "sat"):
+            target = f"{backend}:{models / f'{skip}.onnx'}"
             out = subprocess.run(
-                [sys.executable, __file__, "--child", skip, backend, "--volume", *map(str, args.volume)],
+                [sys.executable, __file__, "--child", skip, target, *sizes, "--window", *map(str, windows[skip])],
                 capture_output=True, text=True, check=True, env={**os.environ, **VARIANTS[backend][1]},
             )  # fmt: skip
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
