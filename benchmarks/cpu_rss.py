@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "onnx_mmap": ({}, _MMAP),
     "onnx_no_arena_mmap": (_NO_ARENA, _MMAP),
     "onnx_no_arena_mmap_trim": (_NO_ARENA, {**_MMAP, "MALLOC_TRIM_THRESHOLD_": "0"}),
+    "onnx_no_arena_brk": (_NO_ARENA, {"MALLOC_MMAP_MAX_": "0"}),  # no mmap: freed blocks reused from the heap
     "onnx_extended": ({"graph_optimization_level": "ORT_ENABLE_EXTENDED"}, {}),
     "onnx_basic": ({"graph_optimization_level": "ORT_ENABLE_BASIC"}, {}),
     "onnx_basic_no_arena": ({"graph_optimization_level": "ORT_ENABLE_BASIC", **_NO_ARENA}, {}),
