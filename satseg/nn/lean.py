@@ -149,6 +149,7 @@ class LeanSkipConv(nn.Module):
             self.conv_up.weight = nn.Parameter(weight[:, :up_channels].clone())
             self.skip_weight = nn.Parameter(skip_w.clone()) if gate.out_channels else None
         self.act = act
+        self.thin_skip = 2 * skip_w.shape[1] < up_channels  # exported as a concatenation, see _graph
 
     def run(self, box: list[Tensor], skip: Tensor | None) -> Tensor:
         """Compute from ``box = [up]`` (emptied, so ``up`` is freed once used) and the held skip."""
@@ -181,7 +182,7 @@ class LeanSkipConv(nn.Module):
         if self.skip_weight is None:
             return self.conv_up(up)
         conv = conv_fn(self.spatial_dims)
-        if 2 * self.skip_weight.shape[1] < self.conv_up.weight.shape[1]:
+        if self.thin_skip:
             weight = torch.cat([self.conv_up.weight, self.skip_weight], dim=1)
             return conv(torch.cat([up, skip], dim=1), weight, self.conv_up.bias, self.stride, self.padding)
         return self.conv_up(up) + conv(skip, self.skip_weight, None, self.stride, self.padding)
