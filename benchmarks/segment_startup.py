@@ -30,17 +30,11 @@ from pathlib import Path
 from satseg.atomic import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "benchmarks"))
+
+from runner import git_commit  # noqa: E402
+
 TARGET_S = 1.0  # issue 26: one hippocampus case, whole process, warm cache, idle machine
-
-
-def commit(tree: Path) -> str:
-    """The tree's short commit, with ``+dirty`` when it has uncommitted changes to tracked files."""
-    try:
-        head = subprocess.check_output(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD"], check=False).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def load() -> list[float]:
@@ -119,8 +113,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "benchmarks" / "results")
     args = parser.parse_args()
 
+    with tempfile.TemporaryDirectory(prefix="segment-startup-") as tmp:  # outputs and the default cache
+        results = measure(args, Path(tmp))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "segment-startup.json", results)
+    atomic_write_text(args.out / "segment-startup.md", report(results))
+    print(report(results))
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    """The interleaved rounds of every variant; ``work`` holds the masks written and the default cache."""
     scan = args.scan.resolve()
-    work = Path(tempfile.mkdtemp(prefix="segment-startup-"))
     cache = (args.cache or work / "cache").resolve()
     env = {**os.environ, "SATSEG_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     variants = {
@@ -143,9 +146,9 @@ def main() -> None:
             runs[name].append(run_once(tree, [str(scan), "-o", str(out), "--overwrite", "--json", *extra], env))
             print(f"round {round_ + 1}: {name}: {runs[name][-1]['wall_s']:.2f} s wall", flush=True)
         loads.append({"before": before_load, "after": load()})
-    results = {
+    return {
         "scan": str(scan),
-        "commits": {name: commit(tree) for name, (tree, _) in variants.items()},
+        "commits": {name: git_commit(tree) for name, (tree, _) in variants.items()},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
         "env": {"OMP_NUM_THREADS": "1"},
@@ -156,10 +159,6 @@ def main() -> None:
         "imports": {name: i["imports"] for name, i in imports.items()},
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "segment-startup.json", results)
-    atomic_write_text(args.out / "segment-startup.md", report(results))
-    print(report(results))
 
 
 def report(results: dict) -> str:

@@ -209,3 +209,15 @@ def test_segment_with_a_warm_cache_imports_no_torch_and_writes_the_same_mask(tmp
     assert (labels["warm"] == labels["torch"])[decided].all()
     assert (labels["warm"] == labels["torch"]).mean() >= 0.9999
     assert len(np.unique(labels["torch"])) > 1  # not an all-background mask agreeing trivially
+
+
+def test_a_warm_export_is_not_used_where_the_windows_must_autocast(tmp_path, monkeypatch):
+    """`--amp` (bf16 autocast, what a GPU run takes) and a run trained with `amp: on` keep the PyTorch backend
+    on the CPU even when the export is cached: ONNX Runtime's graph is float32."""
+    monkeypatch.setenv("SATSEG_CACHE", str(tmp_path / "cache"))
+    run = save_model(tmp_path / "run", mri_plan(), seed=0)
+    load_segmenter(run, device="cpu")  # cold: exports and records
+    assert load_segmenter(run, device="cpu").backend == "onnx"  # warm
+    with_amp = load_segmenter(run, device="cpu", amp=True)
+    assert with_amp.backend == "torch" and with_amp.amp_dtype is not None
+    assert load_segmenter(run, device="cpu", amp=False).backend == "onnx"
