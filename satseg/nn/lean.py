@@ -8,7 +8,9 @@
 * gates applied as soon as the encoder produces a level, so only what the skip transfers is held
   (one channel for ``at``/``sat``, the selected channels for ``st``);
 * the decoder's first convolution after a concatenation computed as ``conv_up(up) + conv_skip(skip)``
-  without materialising the concatenation, the skip term added in place channel chunk by chunk;
+  without materialising the concatenation, the skip term added in place channel chunk by chunk (in an
+  exported graph, which has no in-place writes, a thin skip such as ``sat``'s map is concatenated instead
+  and a wide one's term added: see :meth:`LeanSkipConv._graph`);
   ``st``'s selection folded into ``conv_skip``'s input-channel weights;
 * with ``prune``: ``st`` channels whose selection is zero dropped from the held skip and from
   ``conv_skip`` (a physically smaller exported model);
@@ -147,6 +149,7 @@ class LeanSkipConv(nn.Module):
             self.conv_up.weight = nn.Parameter(weight[:, :up_channels].clone())
             self.skip_weight = nn.Parameter(skip_w.clone()) if gate.out_channels else None
         self.act = act
+        self.thin_skip = 2 * skip_w.shape[1] < up_channels  # exported as a concatenation, see _graph
 
     def run(self, box: list[Tensor], skip: Tensor | None) -> Tensor:
         """Compute from ``box = [up]`` (emptied, so ``up`` is freed once used) and the held skip."""
@@ -155,16 +158,34 @@ class LeanSkipConv(nn.Module):
             cat = torch.cat([up, skip], dim=1)
             del up
             return self.act(self.conv_up(cat))
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self.act(self._graph(up, skip))
         y = self.conv_up(up)
         del up
         if self.skip_weight is not None:
             conv, n = conv_fn(self.spatial_dims), self.skip_weight.shape[0]
-            tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
             # Chunk a one-channel skip's term (cheap to recompute per chunk); add a wide skip's term at once.
-            step = n if self.chunk is None or tracing or self.skip_weight.shape[1] > 1 else self.chunk
+            step = n if self.chunk is None or self.skip_weight.shape[1] > 1 else self.chunk
             for a in range(0, n, step):  # in place, a chunk of output channels at a time: a small temporary
                 y[:, a : a + step] += conv(skip, self.skip_weight[a : a + step], None, self.stride, self.padding)
         return self.act(y)
+
+    def _graph(self, up: Tensor, skip: Tensor | None) -> Tensor:
+        """The same sum without in-place writes, for an exported graph (ONNX has none: a traced ``y[a:b] += t``
+        becomes Slice, Add and ScatterND, three more full-size tensors alive at the decoder's finest level).
+
+        A thin skip (fewer than half of ``up``'s channels, e.g. ``sat``'s one-channel map) is concatenated to
+        ``up`` and read by one conv: at most ``up``, the skip and their concatenation are alive (about two
+        ``up``s), where ``conv(up) + conv(skip)`` holds three full-width outputs at its add. A wide skip
+        (``org``) holds itself anyway: its concatenation would cost one more, so its term is added.
+        """
+        if self.skip_weight is None:
+            return self.conv_up(up)
+        conv = conv_fn(self.spatial_dims)
+        if self.thin_skip:
+            weight = torch.cat([self.conv_up.weight, self.skip_weight], dim=1)
+            return conv(torch.cat([up, skip], dim=1), weight, self.conv_up.bias, self.stride, self.padding)
+        return self.conv_up(up) + conv(skip, self.skip_weight, None, self.stride, self.padding)
 
 
 class LeanNet(nn.Module):

@@ -16,6 +16,7 @@ from satseg.export.onnx import export_onnx
 from satseg.inference.backends import OnnxPredictor
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model, list_models
+from satseg.nn.lean import make_lean
 
 # Tiny widths per registered model, so that every backbone is exported quickly. A model missing here is
 # exported with its default options (slow but still checked): add its tiny configuration.
@@ -182,3 +183,45 @@ def test_onnx_predictor_is_a_drop_in_for_sliding_windows(dims, tmp_path):
     assert torch.equal(ours.labels, ref.labels)
     with pytest.raises(ConfigError, match="device"):
         OnnxPredictor(path, device="gpu")
+
+
+def _graph_peak_bytes(path, shape):
+    """Peak bytes of live tensors running the graph node by node, each output a new tensor freed after its last
+    reader (no in-place reuse, no fusion): what the graph itself asks of a runtime."""
+    model = onnx.load(str(path))
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = value
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    size = {}
+    for info in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        size[info.name] = 4 * math.prod(d.dim_value for d in info.type.tensor_type.shape.dim)
+    last = {name: i for i, node in enumerate(model.graph.node) for name in node.input}
+    live = {model.graph.input[0].name: size[model.graph.input[0].name]}
+    peak = 0
+    for i, node in enumerate(model.graph.node):
+        live.update({name: size.get(name, 0) for name in node.output})
+        peak = max(peak, sum(live.values()))
+        live = {name: b for name, b in live.items() if last.get(name, len(model.graph.node)) > i}
+    return peak
+
+
+@pytest.mark.slow
+def test_exported_lean_unet_holds_what_its_skips_hand_over(tmp_path):
+    # The lean graph has no in-place writes (a traced `y[a:b] += t` became Slice, Add and ScatterND: three
+    # more full-size tensors at the finest decoder level, the same for every gate).
+    full = 32**3 * 4  # one full-size channel, U-Net 8-16-32 at 32³
+    peaks = {}
+    for skip in ("org", "sat"):
+        torch.manual_seed(0)
+        model = build_model("unet3d", skip, 1, 2, features=(8, 16, 32)).eval()
+        path = tmp_path / f"{skip}.onnx"
+        report = export_onnx(make_lean(model), path, example_shape=(1, 1, 16, 16, 16), metadata={})
+        assert report.max_abs_diff <= 1e-4  # the graph's sum against the lean module's in-place one
+        assert "ScatterND" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+        peaks[skip] = _graph_peak_bytes(path, (1, 1, 32, 32, 32)) / full
+    # Hand count at the finest decoder level, in full-size channels. org: its held skip (8) beside
+    # conv_up(up) (8), conv_skip(skip) (8), then their sum (8) beside both terms: 24. sat: the up-sampled
+    # tensor (8), the one-channel map (1) and their concatenation (9): 18.
+    assert 24 <= peaks["org"] < 24.5
+    assert 18 <= peaks["sat"] < 18.5
