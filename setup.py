@@ -11,5 +11,8 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["satseg", "satseg.*"]), "satseg.models"],
     package_dir={"satseg.models": "models"},
-    package_data={"satseg": ["py.typed"], "satseg.models": ["*/checkpoint.pt", "*/card.md", "*/card.json"]},
+    package_data={
+        "satseg": ["py.typed"],
+        "satseg.models": ["*/checkpoint.pt", "*/card.md", "*/card.json", "frontier.json"],
+    },
 )

@@ -56,6 +56,8 @@ __all__ = [
     "measure_cost",
     "frontier_rows",
     "frontier_markdown",
+    "train_options",
+    "advice",
     "main",
 ]
 
@@ -355,7 +357,47 @@ def frontier_png(rows: list[dict[str, Any]], path: Path, x_key: str = "peak_byte
     return path
 
 
-def write_report(profile: Profile, out: Path) -> list[dict[str, Any]]:
+UNET_GATE_LEVELS = 1
+"""U-Net's default ``gate_levels`` (the finest skip): a variant that keeps it needs no ``--net-option``."""
+
+
+def train_options(profile: Profile, dataset: str, net: str, variant: str) -> str:
+    """The ``satseg train`` options that build the frontier's ``net`` x ``variant`` (what ``params --budget`` shows)."""
+    spec = next(s for s in architectures(profile, [dataset], [variant]) if s["net"] == net)
+    options = dict(spec["options"])
+    features = ",".join(map(str, options["features"]))
+    words = [f"--net {spec['model']}", f"--skip {spec['skip']}", f"--features {features}"]
+    if spec["skip"] != "org" and options.get("gate_levels", UNET_GATE_LEVELS) != UNET_GATE_LEVELS:
+        words.append(f"--net-option gate_levels={options['gate_levels']}")
+    for key, value in options.get("gate_options", {}).items():
+        words.append(f"--gate {key}={str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(words)
+
+
+def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
+    """The measured frontier as ``satseg params --budget`` reads it (``models/frontier.json``): every point with
+    its Dice over the seeds, its measured peak and the options that train it. Points without a cost are left out."""
+    points = [
+        {
+            "dataset": r["dataset"], "dims": IO[r["dataset"]][0], "width": r["width"], "variant": r["variant"],
+            "train_options": train_options(profile, r["dataset"], r["net"], r["variant"]),
+            "dice": round(r["dice"][0], 4), "dice_std": round(r["dice"][1], 4), "seeds": len(r["seeds"]),
+            "peak_mib": round(r["peak_bytes"] / 2**20, 1), "seconds": r["seconds"], "params": r["params"],
+        }
+        for r in rows
+        if r["peak_bytes"]
+    ]  # fmt: skip
+    return {
+        "about": "Dice against peak inference memory (benchmarks/results/frontier, issue 23): one CPU forward "
+        "(ONNX Runtime, lean model, one thread) of a reference volume of side `reference` per dimension; Dice on "
+        "the test fold, mean over seeds. Written by `benchmarks/frontier.py --report`.",
+        "reference": {str(d): side for d, side in REFERENCE_SIDE.items()},
+        "commits": sorted({c for r in rows for c in r["commits"]}),
+        "points": points,
+    }
+
+
+def write_report(profile: Profile, out: Path, advice_file: Path | None = None) -> list[dict[str, Any]]:
     runs, _ = load_runs(out / "runs")
     cost_file = out / "cost.json"
     costs = json.loads(cost_file.read_text())["entries"] if cost_file.is_file() else {}
@@ -365,6 +407,8 @@ def write_report(profile: Profile, out: Path) -> list[dict[str, Any]]:
             costs[spec["key"]] = costs[spec["key"]] | {"activation_bytes": activation_bytes(spec)}
     rows = frontier_rows(runs, costs)
     write_json(out / "frontier.json", {"profile": profile.name, "rows": rows})
+    if advice_file is not None:
+        write_json(advice_file, advice(rows, profile))
     atomic_write_text(out / "frontier.md", frontier_markdown(rows, profile))
     if any(r["peak_bytes"] for r in rows):
         frontier_png(rows, out / "frontier.png")
@@ -380,6 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="default: the profile's skips")
     parser.add_argument("--cost", action="store_true", help="measure inference cost per architecture")
     parser.add_argument("--report", action="store_true", help="table, JSON and figure from the finished runs")
+    parser.add_argument(
+        "--advice", default=str(ROOT / "models" / "frontier.json"),
+        help="with --report: where to write the frontier `satseg params --budget` reads ('' for nowhere)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     profile = PROFILES[args.profile]
@@ -388,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         run_costs(profile, out / "cost.json", args.datasets or list(profile.datasets),
                   args.variants or list(profile.skips or ()))  # fmt: skip
     if args.report:
-        rows = write_report(profile, out)
+        rows = write_report(profile, out, Path(args.advice) if args.advice else None)
         print(f"{len(rows)} points -> {out / 'frontier.md'}")
 
 

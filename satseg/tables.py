@@ -22,6 +22,7 @@ __all__ = [
     "summary_table",
     "gate_table",
     "params_table",
+    "budget_table",
     "models_table",
     "demo_table",
 ]
@@ -185,6 +186,31 @@ def params_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             ", ".join(map(str, r["skip_channels"])), mib(r["skip_bytes"]),
             "-" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}", mib(r["peak_memory_bytes"]),
         )  # fmt: skip
+    return table
+
+
+def budget_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """What fits a memory budget, per measured dataset (rows from :func:`satseg.zoo.fit_budget`)."""
+    table = Table(
+        title=f"Best measured Dice within {rows[0]['budget_mib']:g} MiB" if rows else "Best measured Dice",
+        caption="peak: one CPU forward (ONNX Runtime) of the volume; Dice: mean of the seeds",
+        pad_edge=False,
+    )
+    for title in ("data", "best fit", "Dice", "peak\nMiB", "best org", "Dice"):
+        table.add_column(title, justify="right" if title in ("Dice", "peak\nMiB") else "left")
+
+    def name(point: Mapping[str, Any] | None) -> str:
+        return "-" if point is None else f"w{point['width']} {point['variant']}"
+
+    def dice(point: Mapping[str, Any] | None) -> str:
+        return "-" if point is None else f"{point['dice']:.3f}"
+
+    for r in rows:
+        side = r["reference_side"]
+        where = f"{r['dataset']} ({side}^{r['dims']})" if side else r["dataset"]
+        best = r["best"]
+        peak = f"{best['peak_mib']:.0f}" if best else f"> {r['smallest_peak_mib']:.0f}"
+        table.add_row(where, name(best), dice(best), peak, name(r["best_org"]), dice(r["best_org"]))
     return table
 
 

@@ -1,7 +1,9 @@
 """The shipped default models in ``models/`` and how a model argument is resolved.
 
 Each shipped model is a folder ``models/<name>/`` holding ``checkpoint.pt`` (a satseg checkpoint),
-``card.md`` (the model card) and ``card.json`` (its key figures, read by ``satseg models``).
+``card.md`` (the model card) and ``card.json`` (its key figures, read by ``satseg models``). Beside them,
+``frontier.json`` is the measured frontier of Dice against inference memory (width x gate, written by
+``benchmarks/frontier.py --report``), from which ``satseg params --budget`` picks what fits a budget.
 
 The repository keeps them in its top-level ``models/``; an installed wheel carries them as package data
 in ``satseg/models/`` (see ``setup.py``). :data:`MODELS_DIR` is the packaged folder when there is one,
@@ -17,7 +19,15 @@ from typing import Any
 import satseg
 from satseg.errors import CheckpointError
 
-__all__ = ["MODELS_DIR", "list_shipped_models", "resolve_model_path", "default_model_for", "shipped_models_for"]
+__all__ = [
+    "MODELS_DIR",
+    "list_shipped_models",
+    "resolve_model_path",
+    "default_model_for",
+    "shipped_models_for",
+    "load_frontier",
+    "fit_budget",
+]
 
 
 def _models_dir() -> Path:
@@ -98,3 +108,59 @@ def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path | N
         f"no shipped model takes {spatial_dims}D images with {num_channels} channel(s)",
         hint="pass --model with a run folder or an exported .onnx file",
     )
+
+
+FRONTIER_FIELDS = ("dataset", "dims", "width", "variant", "train_options", "dice", "dice_std", "seeds", "peak_mib")
+"""What every point of ``frontier.json`` must give (it may give more: seconds, params, skip MiB)."""
+
+
+def load_frontier(path: Path | None = None) -> dict[str, Any]:
+    """The measured frontier (``models/frontier.json``): ``{"reference": {dims: side}, "points": [...]}``.
+
+    Raises:
+        CheckpointError: the file is missing, is not JSON, or a point lacks one of :data:`FRONTIER_FIELDS`.
+    """
+    path = Path(MODELS_DIR / "frontier.json" if path is None else path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"`{path}`: cannot read the measured frontier: {err}") from err
+    points = data.get("points") if isinstance(data, dict) else None
+    if not isinstance(points, list) or not all(isinstance(p, dict) and set(FRONTIER_FIELDS) <= set(p) for p in points):
+        raise CheckpointError(f"`{path}`: every frontier point needs {', '.join(FRONTIER_FIELDS)}")
+    return data
+
+
+def _best_dice(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The point of highest mean Dice; on a tie the one of smaller peak."""
+    return max(points, key=lambda p: (p["dice"], -p["peak_mib"]), default=None)
+
+
+def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = None) -> list[dict[str, Any]]:
+    """Per measured dataset, the width x gate with the best mean Dice whose inference peak fits ``budget_mib``.
+
+    The peak is the frontier's own measure (one CPU forward of its reference volume), so a budget means
+    memory for that volume; each row also names the best plain (``org``) network that fits, so the gain of
+    gating over narrowing is plain to see. A dataset where nothing fits gets ``best: None`` and the
+    smallest peak measured.
+
+    Args:
+        frontier: from :func:`load_frontier`.
+        budget_mib: peak inference memory allowed, MiB.
+        dims: only datasets of this many spatial dimensions (``None``: all).
+    """
+    rows = []
+    datasets = dict.fromkeys(p["dataset"] for p in frontier["points"] if dims in (None, p["dims"]))
+    for dataset in datasets:
+        points = [p for p in frontier["points"] if p["dataset"] == dataset]
+        fits = [p for p in points if p["peak_mib"] <= budget_mib]
+        rows.append({
+            "dataset": dataset,
+            "dims": points[0]["dims"],
+            "reference_side": frontier.get("reference", {}).get(str(points[0]["dims"])),
+            "budget_mib": budget_mib,
+            "best": _best_dice(fits),
+            "best_org": _best_dice([p for p in fits if p["variant"] == "org"]),
+            "smallest_peak_mib": min(p["peak_mib"] for p in points),
+        })  # fmt: skip
+    return rows

@@ -124,3 +124,44 @@ def test_activation_bytes_scale_the_small_volume_peak_to_the_reference_volume():
     assert frontier.activation_bytes(spec | {"side": 2 * side}) == 4 * at_small
     # the input's first conv output (4 channels, fp32) alone is alive at some point: a lower bound
     assert at_small >= 4 * 4 * side**2
+
+
+@pytest.mark.parametrize("variant", FRONTIER_SKIPS)
+def test_the_advised_train_options_build_the_measured_architecture(variant):
+    """`params --budget` prints these options: `satseg train`'s own parser must turn them into the very net measured."""
+    import shlex
+
+    import typer
+
+    from satseg.cli import app
+    from satseg.cli.options import parse_settings, parse_sizes
+    from satseg.nn import build_model
+
+    profile = PROFILES["frontier"]
+    words = shlex.split(frontier.train_options(profile, "hippocampus", "unet-w6", variant))
+    command = typer.main.get_command(app).commands["train"]
+    with command.make_context("train", [*words, "--data", "d", "--out", "o"], resilient_parsing=True) as ctx:
+        parsed = ctx.params
+    options = parse_settings(parsed["net_options"]) | {"features": list(parse_sizes(parsed["features"]))}
+    if parsed["gate"]:
+        options["gate_options"] = parse_settings(parsed["gate"])
+    built = build_model(parsed["net"], parsed["skip"], 1, 3, **options)
+    spec = next(s for s in frontier.architectures(profile, ["hippocampus"], [variant]) if s["net"] == "unet-w6")
+    measured = frontier._build(spec)
+    assert sum(p.numel() for p in built.parameters()) == sum(p.numel() for p in measured.parameters())
+    assert repr(built) == repr(measured)
+
+
+def test_the_advice_file_holds_every_costed_point_and_what_trains_it(tmp_path):
+    rows = [
+        {"dataset": "ph2", "net": "unet-w4", "width": 4, "variant": "org", "seeds": [0, 1], "dice": (0.9, 0.01),
+         "peak_bytes": 100 * 2**20, "seconds": 1.0, "params": 5, "commits": ["abc"]},
+        {"dataset": "ph2", "net": "unet-w4", "width": 4, "variant": "sat", "seeds": [0], "dice": (0.8, 0.0),
+         "peak_bytes": None, "seconds": None, "params": None, "commits": ["abc"]},
+    ]  # fmt: skip
+    data = frontier.advice(rows, PROFILES["frontier"])
+    assert [p["variant"] for p in data["points"]] == ["org"]  # no cost measured: no point
+    point = data["points"][0]
+    assert (point["dims"], point["peak_mib"], point["seeds"], point["dice"]) == (2, 100.0, 2, 0.9)
+    assert point["train_options"] == "--net unet2d --skip org --features 4,8,16,32"
+    assert data["reference"] == {"2": 1024, "3": 256}

@@ -87,6 +87,8 @@ def test_wheel_holds_every_shipped_model_byte_for_byte(installed):
                 member = f"satseg/models/{model}/{file}"
                 assert member in names, member
                 assert _sha256(archive.read(member)) == _sha256((REPO / "models" / model / file).read_bytes())
+        # the measured frontier `satseg params --budget` reads
+        assert archive.read("satseg/models/frontier.json") == (REPO / "models" / "frontier.json").read_bytes()
 
 
 def test_installed_wheel_lists_and_uses_the_shipped_models(installed, tmp_path):
@@ -97,6 +99,9 @@ def test_installed_wheel_lists_and_uses_the_shipped_models(installed, tmp_path):
     assert sorted(c["name"] for c in cards) == _shipped_in_repository()
     for card in cards:  # the installed package's own copy, not the checkout's
         assert Path(card["path"]).resolve().is_relative_to(target.resolve())
+    budget = _run_installed(target, tmp_path, "params", "--budget", "100000", "--json")  # the frontier travels too
+    assert budget.returncode == 0, budget.stderr
+    assert all(row["best"] for row in json.loads(budget.stdout))
 
     # An MRI-like crop near the hippocampus model's field of view, and an 8-bit RGB picture.
     rng = np.random.default_rng(0)

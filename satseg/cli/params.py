@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from satseg.cli.options import LIST, parse_settings, parse_sizes, print_json, print_table, split_items
+from satseg.cli.options import LIST, out, parse_settings, parse_sizes, print_json, print_table, split_items
 
 __all__ = ["params", "net_option"]
 
@@ -41,12 +41,37 @@ def params(
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak forward memory.")] = True,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     net_options: Annotated[list[str] | None, net_option()] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            metavar="MIB",
+            min=0.0,
+            help="Instead: which width x gate, of those measured (models/frontier.json), gives the best Dice "
+            "within this peak inference memory in MiB (CPU, ONNX Runtime, one 256³ volume or 1024² image; "
+            "memory grows with the voxels).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory.
 
     The paper's Table 3 (every skip gated): `satseg params --net all --compare org,sat --net-option gate_levels=all`.
+    What to train for a memory budget: `satseg params --budget 200`.
     """
+    if budget is not None:
+        from satseg.tables import budget_table
+        from satseg.zoo import fit_budget, load_frontier
+
+        rows = fit_budget(load_frontier(), budget)
+        if as_json:
+            print_json(rows)
+            return
+        print_table(budget_table(rows))
+        for row in rows:
+            if row["best"]:
+                out.print(f"{row['dataset']}: satseg train {row['best']['train_options']}", highlight=False)
+        return
     from satseg.nn.params import compare_models
     from satseg.tables import params_table
 

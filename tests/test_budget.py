@@ -1,0 +1,69 @@
+"""`satseg params --budget`: the best measured width x gate within a memory budget (issue 23), hand-checked."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import satseg.zoo
+from satseg.cli import app
+from satseg.errors import CheckpointError
+from satseg.zoo import fit_budget, load_frontier
+
+runner = CliRunner()
+
+
+def _point(dataset, dims, width, variant, dice, peak):
+    return {"dataset": dataset, "dims": dims, "width": width, "variant": variant, "dice": dice, "dice_std": 0.01,
+            "seeds": 3, "peak_mib": peak, "train_options": f"--net unet{dims}d --skip {variant} --features {width}"}
+
+
+POINTS = [
+    _point("ph2", 2, 4, "org", 0.90, 100.0),
+    _point("ph2", 2, 4, "sat", 0.91, 90.0),
+    _point("ph2", 2, 8, "org", 0.93, 200.0),
+    _point("ph2", 2, 8, "sat", 0.94, 160.0),
+    _point("ph2", 2, 6, "sat", 0.94, 150.0),  # the same Dice as w8 sat at a smaller peak
+    _point("hippocampus", 3, 4, "org", 0.80, 1000.0),
+]
+FRONTIER = {"reference": {"2": 1024, "3": 256}, "points": POINTS}
+
+
+def test_the_best_dice_that_fits_and_the_best_plain_net_that_fits():
+    ph2, hippo = fit_budget(FRONTIER, 155)
+    assert (ph2["best"]["width"], ph2["best"]["variant"]) == (6, "sat")
+    assert (ph2["best_org"]["width"], ph2["reference_side"]) == (4, 1024)
+    assert hippo["best"] is None and hippo["best_org"] is None and hippo["smallest_peak_mib"] == 1000.0
+    (ph2,) = fit_budget(FRONTIER, 250, dims=2)
+    assert (ph2["best"]["width"], ph2["best"]["variant"], ph2["best_org"]["width"]) == (6, "sat", 8)  # tie: smaller
+    (ph2,) = fit_budget(FRONTIER, 95, dims=2)
+    assert (ph2["best"]["width"], ph2["best"]["variant"], ph2["best_org"]) == (4, "sat", None)
+
+
+def test_a_frontier_without_the_fields_is_refused_in_one_line(tmp_path):
+    broken = tmp_path / "frontier.json"
+    broken.write_text(json.dumps({"points": [{"dataset": "ph2"}]}))
+    with pytest.raises(CheckpointError, match="every frontier point needs"):
+        load_frontier(broken)
+    broken.write_text("{")
+    with pytest.raises(CheckpointError, match="cannot read the measured frontier"):
+        load_frontier(broken)
+
+
+def test_params_budget_prints_the_fit_and_how_to_train_it(tmp_path, monkeypatch):
+    (tmp_path / "frontier.json").write_text(json.dumps(FRONTIER))
+    monkeypatch.setattr(satseg.zoo, "MODELS_DIR", tmp_path)
+    result = runner.invoke(app, ["params", "--budget", "155"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if "satseg train" not in line]  # commands stay whole
+    assert max(len(line) for line in table) <= 80
+    assert "w6 sat" in result.output and "0.940" in result.output and "> 1000" in result.output
+    assert "ph2: satseg train --net unet2d --skip sat --features 6" in result.output
+    rows = json.loads(runner.invoke(app, ["params", "--budget", "155", "--json"]).stdout)
+    assert [r["best"] and r["best"]["width"] for r in rows] == [6, None]
+
+
+def test_the_shipped_frontier_loads_and_every_point_trains_a_unet():
+    points = load_frontier()["points"]
+    assert points, "models/frontier.json holds no point"
+    assert all(p["train_options"].startswith(f"--net unet{p['dims']}d ") for p in points)
