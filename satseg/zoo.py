@@ -13,6 +13,7 @@ else the source checkout's ``models/`` beside the package (editable install, ``P
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,10 @@ def load_frontier(path: Path | None = None) -> dict[str, Any]:
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list) or not all(isinstance(p, dict) and set(FRONTIER_FIELDS) <= set(p) for p in points):
         raise CheckpointError(f"`{path}`: every frontier point needs {', '.join(FRONTIER_FIELDS)}")
+    for point in points:
+        numbers = [point[k] for k in ("dims", "width", "dice", "dice_std", "seeds", "peak_mib")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise CheckpointError(f"`{path}`: a frontier point has a non-numeric figure: {point}")
     return data
 
 

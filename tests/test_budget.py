@@ -45,6 +45,9 @@ def test_a_frontier_without_the_fields_is_refused_in_one_line(tmp_path):
     broken.write_text(json.dumps({"points": [{"dataset": "ph2"}]}))
     with pytest.raises(CheckpointError, match="every frontier point needs"):
         load_frontier(broken)
+    broken.write_text(json.dumps({"points": [POINTS[0] | {"dice": "0.9"}]}))
+    with pytest.raises(CheckpointError, match="non-numeric figure"):
+        load_frontier(broken)
     broken.write_text("{")
     with pytest.raises(CheckpointError, match="cannot read the measured frontier"):
         load_frontier(broken)
