@@ -57,10 +57,21 @@ log = logging.getLogger(__name__)
 def torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
     """``(B, C, *S) -> logits (B, K, *S)`` float32 by ``model`` on ``device`` (in eval mode)."""
     # No autocast here: sliding_window_inference autocasts to the run's own dtype (Segmenter.amp_dtype).
+    import torch
+
     model.to(device).eval()
+    # 3D windows on the CPU run channels-last: oneDNN's preferred layout, 0.83x / 0.93x the time of the
+    # contiguous layout (org / sat) at equal labels (benchmarks/results/cpu-roofline.md, near-idle machine).
+    # Not measured in 2D nor on GPUs, so those keep the default layout.
+    channels_last = device.type == "cpu" and any(p.dim() == 5 for p in model.parameters())
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
 
     def predict(x: Tensor) -> Tensor:
-        return model(x.to(device)).float()
+        x = x.to(device)
+        if channels_last and x.dim() == 5:
+            return model(x.contiguous(memory_format=torch.channels_last_3d)).float().contiguous()
+        return model(x).float()
 
     return predict
 

@@ -116,3 +116,27 @@ def test_cpu_bf16_autocast_warns_only_where_bf16_is_emulated(monkeypatch, caplog
     warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
     assert len(warnings) == (0 if native else 1)  # once per process, not once per call
     device._warn_emulated_bf16.cache_clear()
+
+
+def test_cpu_torch_windows_run_channels_last_in_3d_with_the_same_logits():
+    """The CPU PyTorch path runs 3D windows channels-last (faster there) and must give the contiguous path's logits."""
+    import copy
+
+    import torch
+
+    from satseg.inference.backends import torch_predictor
+    from satseg.nn import build_model
+    from satseg.nn.lean import make_lean
+
+    torch.manual_seed(0)
+    for dims, side in ((3, 16), (2, 32)):
+        lean = make_lean(build_model(f"unet{dims}d", "sat", 1, 3, features=(4, 8, 16)).eval())
+        x = torch.randn(2, 1, *[side] * dims)
+        with torch.no_grad():
+            reference = copy.deepcopy(lean)(x)
+            logits = torch_predictor(lean, torch.device("cpu"))(x)
+        conv = next(p for p in lean.parameters() if p.dim() == dims + 2)
+        assert conv.is_contiguous(memory_format=torch.channels_last_3d) == (dims == 3)
+        assert logits.is_contiguous()
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
+        assert torch.equal(logits.argmax(1), reference.argmax(1))
