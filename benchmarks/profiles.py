@@ -280,6 +280,26 @@ PROFILES["frontier"] = replace(
     ],
 )
 
+PROFILES["frontier-2x"] = replace(
+    PROFILES["frontier"],
+    name="frontier-2x",
+    nets={"hippocampus": frontier_nets()},
+    datasets={"hippocampus": PROFILES["frontier"].datasets["hippocampus"]},
+    train={
+        "hippocampus": {
+            **PROFILES["frontier"].train["hippocampus"],
+            "epochs": 2 * PROFILES["frontier"].train["hippocampus"]["epochs"],
+        }
+    },
+    notes=[
+        "The `frontier` budget check on hippocampus, where `frontier`'s 6,000 steps left Dice rising by 0.02-0.05 "
+        "from half to full budget: the same nets, variants, data and schedule shape at twice the steps (12,000; "
+        "patch 24 x 32 x 24, batch 2). Compared seed by seed with `frontier` (`benchmarks/frontier.py "
+        "--budget-check`): does Dice, and the gate's gap to `org`, move when the budget doubles?",
+        *PROFILES["cpu"].notes[1:],
+    ],
+)
+
 TABLE3_NETS = {
     "U-Net": ("unet3d", "unet2d", {"gate_levels": "all"}),
     "V-Net": ("vnet3d", "vnet2d", {"gate_levels": "all"}),
