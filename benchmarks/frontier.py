@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python benchmarks/paper.py --profile frontier          # train: width by width, resumable
     python benchmarks/frontier.py --cost                   # inference cost per architecture (resumable)
     python benchmarks/frontier.py --report                 # frontier.md, frontier.json, frontier.png
+    python benchmarks/frontier.py --profile frontier-2x --budget-check frontier   # Dice at 2x the steps
 
 Inference cost is what ``satseg segment`` pays on the CPU: the lean model (``make_lean``) exported to ONNX
 and run by ONNX Runtime (one thread, ``segment``'s default session options), one forward of a reference
@@ -56,6 +57,7 @@ __all__ = [
     "measure_cost",
     "frontier_rows",
     "frontier_markdown",
+    "budget_check",
     "train_options",
     "advice",
     "main",
@@ -246,6 +248,72 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
     return rows
 
 
+def _variant_key(run: dict) -> tuple[str, str, str]:
+    return run["dataset"], run["net"], run.get("variant", run["skip"])
+
+
+def _per_case(runs: list[dict], key: tuple[str, str, str], seeds: set[int]) -> dict[str, float]:
+    """Seed-averaged per-case Dice of one (dataset, net, variant) over the given seeds."""
+    return aggregate([r for r in runs if _variant_key(r) == key and r["seed"] in seeds])[key]["per_case"]["dice"]
+
+
+def budget_check(short: list[dict], long: list[dict]) -> list[dict[str, Any]]:
+    """Per (dataset, width, variant) trained at both budgets: Dice at each on the seeds both have, the paired
+    test of the long budget against the short one, and the variant's gap to ``org`` of the same width at
+    each budget (on the seeds that all four groups have)."""
+    seeds: dict[tuple[str, str, str], dict[str, set[int]]] = {}
+    for name, runs in (("short", short), ("long", long)):
+        for r in runs:
+            seeds.setdefault(_variant_key(r), {"short": set(), "long": set()})[name].add(r["seed"])
+    rows = []
+    for key in sorted(seeds, key=lambda k: (k[0], _width(k[1]), k[2])):
+        both = seeds[key]["short"] & seeds[key]["long"]
+        if not both:
+            continue
+        ds, net, variant = key
+        a, b = _per_case(short, key, both), _per_case(long, key, both)
+        row: dict[str, Any] = {
+            "dataset": ds, "net": net, "width": _width(net), "variant": variant, "seeds": sorted(both),
+            "steps": [sorted({r["steps_done"] for r in runs if _variant_key(r) == key and r["seed"] in both})
+                      for runs in (short, long)],
+            "dice_short": float(np.mean(list(a.values()))), "dice_long": float(np.mean(list(b.values()))),
+            "long_vs_short": _wilcoxon(b, a),
+        }  # fmt: skip
+        org = (ds, net, "org")
+        if variant != "org" and org in seeds:
+            paired = both & seeds[org]["short"] & seeds[org]["long"]
+            if paired:
+                row["gap_seeds"] = sorted(paired)
+                row["gap_short"] = _wilcoxon(_per_case(short, key, paired), _per_case(short, org, paired))
+                row["gap_long"] = _wilcoxon(_per_case(long, key, paired), _per_case(long, org, paired))
+        rows.append(row)
+    return rows
+
+
+def budget_check_markdown(rows: list[dict[str, Any]], short: Profile, long: Profile) -> str:
+    lines = [
+        f"# Budget check: `{short.name}` against `{long.name}` (issue 23)",
+        "",
+        *[f"- {n}" for n in long.notes[:1]],
+        "",
+        "Dice: mean over cases of the seed-averaged per-case Dice, on the seeds both budgets have. Tests: "
+        "two-sided Wilcoxon signed-rank on seed-averaged per-case Dice (Δ, p, cases up/down): the long budget "
+        "against the short one, and each variant against `org` of the same width at each budget.",
+        "",
+        "| data | width | variant | seeds | steps | Dice | steps | Dice | long − short | gap to `org` "
+        "(short) | gap to `org` (long) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        (s_steps, l_steps) = ("/".join(map(str, x)) for x in r["steps"])
+        lines.append(
+            f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {s_steps} "
+            f"| {r['dice_short']:.3f} | {l_steps} | {r['dice_long']:.3f} | {_test(r['long_vs_short'])} "
+            f"| {_test(r.get('gap_short'))} | {_test(r.get('gap_long'))} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def _mib(value) -> str:
     return "–" if not value else f"{value / 2**20:.0f}"
 
@@ -425,6 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cost", action="store_true", help="measure inference cost per architecture")
     parser.add_argument("--report", action="store_true", help="table, JSON and figure from the finished runs")
     parser.add_argument(
+        "--budget-check",
+        metavar="PROFILE",
+        default=None,
+        help="compare the profile's runs, seed by seed, with the same points of PROFILE (a shorter budget)",
+    )
+    parser.add_argument(
         "--advice", default=str(ROOT / "models" / "frontier.json"),
         help="with --report: where to write the frontier `satseg params --budget` reads ('' for nowhere)",
     )  # fmt: skip
@@ -438,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         rows = write_report(profile, out, Path(args.advice) if args.advice else None)
         print(f"{len(rows)} points -> {out / 'frontier.md'}")
+    if args.budget_check:
+        short = PROFILES[args.budget_check]
+        rows = budget_check(load_runs(Path(args.results) / short.name / "runs")[0], load_runs(out / "runs")[0])
+        write_json(out / "budget-check.json", {"short": short.name, "long": profile.name, "rows": rows})
+        atomic_write_text(out / "budget-check.md", budget_check_markdown(rows, short, profile))
+        print(f"{len(rows)} points -> {out / 'budget-check.md'}")
 
 
 if __name__ == "__main__":

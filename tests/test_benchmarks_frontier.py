@@ -165,3 +165,37 @@ def test_the_advice_file_holds_every_costed_point_and_what_trains_it(tmp_path):
     assert (point["dims"], point["peak_mib"], point["seeds"], point["dice"]) == (2, 100.0, 2, 0.9)
     assert point["train_options"] == "--net unet2d --skip org --features 4,8,16,32"
     assert data["reference"] == {"2": 1024, "3": 256}
+
+
+def test_the_budget_check_pairs_each_point_with_itself_at_twice_the_steps_on_shared_seeds():
+    org_short, org_long = [0.50, 0.60, 0.70, 0.80, 0.90], [0.60, 0.70, 0.80, 0.90, 0.95]
+    sat_short, sat_long = [0.40, 0.50, 0.60, 0.70, 0.80], [0.61, 0.71, 0.81, 0.91, 0.96]
+    short = [
+        _run("unet-w8", "org", 0, org_short), _run("unet-w8", "sat", 0, sat_short),
+        _run("unet-w8", "sat", 1, [0.0] * 5),  # no long run of seed 1: left out everywhere
+        _run("unet-w4", "org", 0, org_short),  # no long run at all: no row
+    ]  # fmt: skip
+    long = [_run("unet-w8", "org", 0, org_long), _run("unet-w8", "sat", 0, sat_long)]
+    for r in long:
+        r["steps_done"] = 8
+    rows = {(r["net"], r["variant"]): r for r in frontier.budget_check(short, long)}
+    assert set(rows) == {("unet-w8", "org"), ("unet-w8", "sat")}
+    sat = rows[("unet-w8", "sat")]
+    assert sat["seeds"] == [0] and sat["steps"] == [[4], [8]]
+    assert (sat["dice_short"], sat["dice_long"]) == (pytest.approx(0.6), pytest.approx(0.8))
+    up = sat["long_vs_short"]
+    assert (up["delta"], up["wins"], up["losses"], up["p"]) == (pytest.approx(0.2), 5, 0, pytest.approx(2 / 32))
+    # behind org by 0.1 on every case at the short budget, ahead by 0.01 at the long one
+    assert (sat["gap_short"]["delta"], sat["gap_short"]["losses"]) == (pytest.approx(-0.1), 5)
+    assert (sat["gap_long"]["delta"], sat["gap_long"]["wins"]) == (pytest.approx(0.01), 5)
+    assert "gap_short" not in rows[("unet-w8", "org")]
+    md = frontier.budget_check_markdown(list(rows.values()), PROFILES["frontier"], PROFILES["frontier-2x"])
+    assert "| ph2 | 8 | `sat` | 1 | 4 | 0.600 | 8 | 0.800 | +0.200, p = 0.062 (5/0) | -0.100" in md
+
+
+def test_the_budget_check_profile_doubles_the_frontier_steps_and_keeps_everything_else():
+    short, long = PROFILES["frontier"], PROFILES["frontier-2x"]
+    a, b = short.train["hippocampus"], long.train["hippocampus"]
+    assert b["epochs"] == 2 * a["epochs"] and {**b, "epochs": a["epochs"]} == a
+    assert long.nets["hippocampus"] == short.nets["hippocampus"] and long.skips == short.skips
+    assert long.require_clean and long.datasets["hippocampus"] == short.datasets["hippocampus"]
