@@ -444,13 +444,15 @@ def train_options(profile: Profile, dataset: str, net: str, variant: str) -> str
 
 def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
     """The measured frontier as ``satseg params --budget`` reads it (``models/frontier.json``): every point with
-    its Dice over the seeds, its measured peak and the options that train it. Points without a cost are left out."""
+    its Dice over the seeds, its rise from half to full training budget, its measured peak and the options that
+    train it. Points without a cost are left out."""
     points = [
         {
             "dataset": r["dataset"], "dims": IO[r["dataset"]][0], "width": r["width"], "variant": r["variant"],
             "train_options": train_options(profile, r["dataset"], r["net"], r["variant"]),
             "dice": round(r["dice"][0], 4), "dice_std": round(r["dice"][1], 4), "seeds": len(r["seeds"]),
             "peak_mib": round(r["peak_bytes"] / 2**20, 1), "seconds": r["seconds"], "params": r["params"],
+            "half_to_full": None if math.isnan(r.get("half_to_full", math.nan)) else round(r["half_to_full"], 4),
         }
         for r in rows
         if r["peak_bytes"]

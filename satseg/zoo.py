@@ -136,9 +136,19 @@ def load_frontier(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
+STILL_RISING = 0.005
+"""A frontier whose Dice rose more than this between half and full training budget is provisional."""
+
+
 def _best_dice(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The point of highest mean Dice; on a tie the one of smaller peak."""
     return max(points, key=lambda p: (p["dice"], -p["peak_mib"]), default=None)
+
+
+def _still_rising(point: dict[str, Any] | None) -> float | None:
+    """The point's rise of Dice from half to full training budget, when it exceeds :data:`STILL_RISING`."""
+    rise = None if point is None else point.get("half_to_full")
+    return rise if isinstance(rise, (int, float)) and rise > STILL_RISING else None
 
 
 def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = None) -> list[dict[str, Any]]:
@@ -147,7 +157,8 @@ def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = N
     The peak is the frontier's own measure (one CPU forward of its reference volume), so a budget means
     memory for that volume; each row also names the best plain (``org``) network that fits, so the gain of
     gating over narrowing is plain to see. A dataset where nothing fits gets ``best: None`` and the
-    smallest peak measured.
+    smallest peak measured. When the best point's Dice was still rising at the end of training (by more
+    than :data:`STILL_RISING` from half to full budget), ``still_rising`` holds that rise: provisional advice.
 
     Args:
         frontier: from :func:`load_frontier`.
@@ -167,5 +178,6 @@ def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = N
             "best": _best_dice(fits),
             "best_org": _best_dice([p for p in fits if p["variant"] == "org"]),
             "smallest_peak_mib": min(p["peak_mib"] for p in points),
+            "still_rising": _still_rising(_best_dice(fits)),
         })  # fmt: skip
     return rows

@@ -70,3 +70,21 @@ def test_the_shipped_frontier_loads_and_every_point_trains_a_unet():
     points = load_frontier()["points"]
     assert points, "models/frontier.json holds no point"
     assert all(p["train_options"].startswith(f"--net unet{p['dims']}d ") for p in points)
+
+
+def test_advice_from_a_point_whose_dice_still_rose_in_training_is_called_provisional(tmp_path, monkeypatch):
+    rising = [p | {"half_to_full": 0.001} for p in POINTS[:5]] + [POINTS[5] | {"half_to_full": 0.046}]
+    rising[4]["half_to_full"] = 0.005  # the ph2 pick at 155 MiB (w6 sat): at the threshold, not above it
+    rising[1]["half_to_full"] = 0.02  # a ph2 point that is not the pick does not make the advice provisional
+    ph2, hippo = fit_budget({"points": rising}, 2000)
+    assert ph2["still_rising"] is None and hippo["still_rising"] == 0.046
+    (ph2,) = fit_budget({"points": rising}, 95, dims=2)  # the rising w4 sat is the only fit
+    assert ph2["still_rising"] == 0.02
+    ph2, hippo = fit_budget(FRONTIER, 2000)  # a frontier written before the check was recorded
+    assert ph2["still_rising"] is None and hippo["still_rising"] is None
+    (tmp_path / "frontier.json").write_text(json.dumps({"points": rising}))
+    monkeypatch.setattr(satseg.zoo, "MODELS_DIR", tmp_path)
+    result = runner.invoke(app, ["params", "--budget", "2000"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "hippocampus: provisional, still rising (+0.046" in result.output and "ph2: provisional" not in result.output
+    assert max(len(line) for line in result.output.splitlines() if "satseg train" not in line) <= 80

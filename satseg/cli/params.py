@@ -71,6 +71,9 @@ def params(
         for row in rows:
             if row["best"]:
                 out.print(f"{row['dataset']}: satseg train {row['best']['train_options']}", highlight=False)
+            if row["still_rising"]:
+                rise = row["still_rising"]
+                out.print(f"{row['dataset']}: provisional, still rising (+{rise:.3f} in training's second half)")
         return
     from satseg.nn.params import compare_models
     from satseg.tables import params_table
