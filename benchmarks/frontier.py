@@ -211,12 +211,16 @@ def _width(net: str) -> int:
     return int(net.rsplit("w", 1)[1])
 
 
+def _variant_key(run: dict) -> tuple[str, str, str]:
+    return run["dataset"], run["net"], run.get("variant", run["skip"])
+
+
 def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (dataset, width, variant): Dice, convergence, paired tests, inference cost."""
     agg = aggregate(runs)
     rows = []
     for (ds, net, variant), entry in sorted(agg.items(), key=lambda kv: (kv[0][0], _width(kv[0][1]), kv[0][2])):
-        group = [r for r in runs if (r["dataset"], r["net"], r.get("variant", r["skip"])) == (ds, net, variant)]
+        group = [r for r in runs if _variant_key(r) == (ds, net, variant)]
         halves = [r["half_budget"]["dice"] for r in group if r.get("half_budget")]
         cost = costs.get(f"{ds}-{net}-{variant}", {})
         row: dict[str, Any] = {
@@ -231,8 +235,8 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
         org = agg.get((ds, net, "org"))
         if variant != "org" and org is not None:
             common = {s for s in entry["seeds"]} & set(org["seeds"])
-            same = aggregate([r for r in runs if r["dataset"] == ds and r["net"] == net and r["seed"] in common
-                              and r.get("variant", r["skip"]) in (variant, "org")])  # fmt: skip
+            same = aggregate([r for r in runs if _variant_key(r) in ((ds, net, variant), (ds, net, "org"))
+                              and r["seed"] in common])  # fmt: skip
             row["vs_org_same_width"] = _wilcoxon(same[(ds, net, variant)]["per_case"]["dice"],
                                                  same[(ds, net, "org")]["per_case"]["dice"])  # fmt: skip
         rows.append(row)
@@ -246,10 +250,6 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
         mine = agg[(row["dataset"], row["net"], row["variant"])]["per_case"]["dice"]
         row["vs_org_nearest_memory"] = _wilcoxon(mine, agg[(row["dataset"], near["net"], "org")]["per_case"]["dice"])
     return rows
-
-
-def _variant_key(run: dict) -> tuple[str, str, str]:
-    return run["dataset"], run["net"], run.get("variant", run["skip"])
 
 
 def _per_case(runs: list[dict], key: tuple[str, str, str], seeds: set[int]) -> dict[str, float]:

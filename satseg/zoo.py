@@ -137,7 +137,7 @@ def load_frontier(path: Path | None = None) -> dict[str, Any]:
 
 
 STILL_RISING = 0.005
-"""A frontier whose Dice rose more than this between half and full training budget is provisional."""
+"""Advice from a point whose Dice rose more than this between half and full training budget is provisional."""
 
 
 def _best_dice(points: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -170,14 +170,15 @@ def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = N
     for dataset in datasets:
         points = [p for p in frontier["points"] if p["dataset"] == dataset]
         fits = [p for p in points if p["peak_mib"] <= budget_mib]
+        best = _best_dice(fits)
         rows.append({
             "dataset": dataset,
             "dims": points[0]["dims"],
             "reference_side": frontier.get("reference", {}).get(str(points[0]["dims"])),
             "budget_mib": budget_mib,
-            "best": _best_dice(fits),
+            "best": best,
             "best_org": _best_dice([p for p in fits if p["variant"] == "org"]),
             "smallest_peak_mib": min(p["peak_mib"] for p in points),
-            "still_rising": _still_rising(_best_dice(fits)),
+            "still_rising": _still_rising(best),
         })  # fmt: skip
     return rows
