@@ -251,8 +251,6 @@ def read_image(path: str | Path, page: int | None = None) -> Image:
     Raises:
         DataError: naming the file and why it cannot be read (missing, unsupported, truncated, corrupt).
     """
-    from satseg.data import formats
-
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
@@ -264,6 +262,8 @@ def read_image(path: str | Path, page: int | None = None) -> Image:
         raise DataError(f"`{path}`: only pictures (TIFF stacks) have pages")
     try:
         if path.is_dir():
+            from satseg.data import formats  # pillow and DICOM series: not on a volume's start-up
+
             return formats.read_dicom(path)
         suffix = _suffix(path)
         if suffix in (*_NIFTI, ".hdr"):
@@ -281,6 +281,8 @@ def read_image(path: str | Path, page: int | None = None) -> Image:
             check_claimed_size(path, voxels, 1, data_file.stat().st_size, compressed=compressed)
             return from_sitk(reader.Execute(), "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage")
         if suffix in _PICTURES:
+            from satseg.data import formats
+
             return formats.read_picture(path, page)
     except DataError as err:
         if f"`{path}`" in err.message:
@@ -575,18 +577,19 @@ def write_image(
     """
     path = Path(path)
     suffix = check_image_path(path)
-    from satseg.data import formats
-
     image = replace(image, array=_storable(np.asarray(image.array)))
     with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix in _NIFTI and _header_fits(image):
             _write_nifti_with_header(image, tmp)
         elif suffix in _NIFTI + _ITK:
             sitk.WriteImage(to_sitk(image), str(tmp), useCompression=suffix != ".nii")
-        elif suffix in _PICTURES:
-            formats.write_picture(image, tmp, palette)
         else:
-            formats.write_dicom(image, tmp)
+            from satseg.data import formats  # pillow and the DICOM writer: not on a volume's start-up
+
+            if suffix in _PICTURES:
+                formats.write_picture(image, tmp, palette)
+            else:
+                formats.write_dicom(image, tmp)
 
 
 def page_count(path: str | Path) -> int:

@@ -34,7 +34,6 @@ from satseg.data.io import (
 )
 from satseg.errors import ConfigError, DataError, SatsegError
 from satseg.inference.input_guard import Misfit, check_fit, describe_scan
-from satseg.inference.preview import label_palette, overlay_png
 from satseg.inference.segmenter import Segmenter, load_segmenter
 from satseg.paths import check_name_length, check_output
 from satseg.progress import ItemProgress
@@ -475,6 +474,8 @@ def write_mask(
     if pages is None and target.suffix.lower() not in PICTURE_SUFFIXES + (".tif", ".tiff"):
         write_image(labels, target, overwrite=overwrite)
         return dict(label_values)
+    from satseg.inference.preview import label_palette  # pillow: pictures only, not on a volume's start-up
+
     binary = len(label_values) == 2 and set(label_values.values()) == {0, 1}
     palette = None if binary else label_palette(max(label_values.values()) + 1)  # several classes: i in colour i
     written = [mask_for_picture(page, label_values) for page in (pages or [labels])]
@@ -538,6 +539,8 @@ def _write_outputs(
         if extra is not None:
             write_image(extra, path, overwrite=overwrite or unfinished)
         else:
+            from satseg.inference.preview import overlay_png  # pillow: only when a preview is asked for
+
             overlay_png(image.array, seg.labels.array[0], image.spacing, path, segmenter.labels)
     # The mask last: when it exists, every output of this input is complete (what a resumed run checks).
     values = write_mask(seg.labels, target, segmenter.labels, overwrite=overwrite)

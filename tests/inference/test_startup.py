@@ -188,7 +188,8 @@ def test_segment_with_a_warm_cache_imports_no_torch_and_writes_the_same_mask(tmp
     assert json.loads(cold.stdout)["results"][0]["backend"] == "onnx"  # … for ONNX Runtime
     result, warm_imports = _segment([*common, "-o", str(tmp_path / "warm" / "scan_seg.nii.gz"), "--json"], cache)
     assert "numpy" in warm_imports and "onnxruntime" in warm_imports  # the parse sees what was imported …
-    assert not _uses_torch(warm_imports) and "onnx" not in warm_imports  # … and neither torch nor onnx
+    assert not _uses_torch(warm_imports) and "onnx" not in warm_imports  # … and neither torch nor onnx,
+    assert "PIL" not in warm_imports  # nor pillow (pictures and previews only)
     assert json.loads(result.stdout)["results"][0]["backend"] == "onnx"
     _, _ = _segment([*common, "-o", str(tmp_path / "torch" / "scan_seg.nii.gz"), "--backend", "torch"], cache)
 
