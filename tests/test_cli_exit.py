@@ -47,6 +47,8 @@ def test_atexit_handlers_and_threads_finish_before_the_process_ends(tmp_path):
         "import atexit, sys, threading, time\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
         f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(late)!r}, 'w').write('done'))).start()\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "pool = ThreadPoolExecutor(2); pool.submit(time.sleep, 0.1)\n"  # left open: its exit hook ends its workers
         "from satseg.cli import main\n"
         "sys.argv = ['satseg', '--version']\n"
         "main()\n"

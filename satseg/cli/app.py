@@ -82,9 +82,7 @@ def _end_process(code: int | str | None) -> NoReturn:
     elif not isinstance(code, int):  # sys.exit("message"): the message to stderr, status 1
         print(code, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what the interpreter runs first: executors' exit hooks, then non-daemon threads joined
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
