@@ -80,6 +80,13 @@ def job_file(runs: Path, job: tuple) -> Path:
     return runs / (f"{ds}-{net_key}-timing.json" if kind == "timing" else f"{ds}-{net_key}-{skip}-s{seed}.json")
 
 
+def shard_jobs(jobs: list[tuple], todo: list[tuple], index: int, count: int) -> list[tuple]:
+    """Shard ``index`` of ``count``: every ``count``-th job of the whole plan from the ``index``-th, less those
+    done. A job belongs to one shard whatever has finished, so shards relaunched after some jobs finished (in
+    any shard) never run the same job twice, as sharding what is left would."""
+    return [job for position, job in enumerate(jobs) if position % count == index and job in todo]
+
+
 def run_suite(args: argparse.Namespace, profile: Profile) -> None:
     out = Path(args.results) / profile.name
     runs = out / "runs"
@@ -98,8 +105,7 @@ def run_suite(args: argparse.Namespace, profile: Profile) -> None:
         run_parallel(args)
         return
     if args.shard:
-        index, count = args.shard
-        todo = todo[index::count]
+        todo = shard_jobs(jobs, todo, *args.shard)
     started = time.perf_counter()
     for i, job in enumerate(todo, 1):
         kind, ds, net_key, skip, seed = job

@@ -28,6 +28,20 @@ def test_frontier_nets_double_per_level_and_the_run_order_is_width_by_width():
     assert jobs[-1][1:3] == ("hippocampus", "unet-w16")
 
 
+def test_relaunched_shards_never_run_the_same_job_twice():
+    """Two shards started, some jobs finished (more in one shard), both relaunched: what each runs is disjoint
+    and together it is exactly what is left (sharding what is left would give a job to both)."""
+    jobs = paper.plan_jobs(PROFILES["frontier"], ["hippocampus"], ["unet-w8", "unet-w12"], timing=False)
+    first = [paper.shard_jobs(jobs, jobs, k, 2) for k in range(2)]
+    assert first == [jobs[0::2], jobs[1::2]]
+    done = first[0][:3] + first[1][:1]
+    todo = [job for job in jobs if job not in done]
+    again = [paper.shard_jobs(jobs, todo, k, 2) for k in range(2)]
+    assert not set(again[0]) & set(again[1])
+    assert sorted(again[0] + again[1]) == sorted(todo)
+    assert todo[0::2] != again[0]  # the naive split of what is left differs here (and overlaps across relaunches)
+
+
 def test_other_profiles_keep_the_seed_major_order():
     jobs = paper.plan_jobs(PROFILES["cpu"], ["ph2"], ["unet", "vnet"], timing=False)
     assert [j[2:] for j in jobs[:5]] == [("unet", s, 0) for s in ("org", "at", "st", "sat")] + [("vnet", "org", 0)]
