@@ -31,7 +31,7 @@ from satseg.evaluation.report import gate_report
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model
 from satseg.nn.params import LiveTensorBytes, measure_variant
-from satseg.runs import load_run
+from satseg.runs import load_checkpoint, load_run
 from satseg.training.config import TrainConfig
 from satseg.training.losses import deep_supervision_loss
 from satseg.training.trainer import train
@@ -174,6 +174,41 @@ def _score_half(
     return {"epochs": epochs, "dice": float(np.nanmean([r["dice"] for r in rows]))}
 
 
+RUN_COMMIT = "benchmark_commit.txt"
+"""Written into a benchmark's run folder after its first epoch: the commit the training runs from."""
+
+
+def train_resumable(
+    data: Path, run_dir: Path, config: TrainConfig, commit: str, callbacks: list[Any]
+) -> tuple[Any, int]:
+    """Train into ``run_dir``, continuing an interrupted attempt when it ran from the same clean commit.
+
+    A resumed training is bit-identical to an uninterrupted one (the trainer's own guarantee, tested in
+    ``tests/training/test_train.py``), so a suite stopped mid-run loses at most an epoch. An attempt from
+    other or uncommitted code, or one with no checkpoint yet, starts over. Returns the result and the epoch
+    the training resumed at (0: from scratch).
+    """
+    marker = run_dir / RUN_COMMIT
+    resume = (
+        not commit.endswith("+dirty")
+        and (run_dir / "checkpoint_last.pt").is_file()
+        and marker.is_file()
+        and marker.read_text() == commit
+    )
+    resumed_from = int(load_checkpoint(run_dir / "checkpoint_last.pt")["epoch"]) if resume else 0
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+
+    def mark(epoch: int, row: dict[str, Any]) -> None:
+        if not marker.is_file():
+            atomic_write_text(marker, commit)
+
+    if resume:
+        log.info("%s: resuming at epoch %d of %d", run_dir.name, resumed_from, config.epochs)
+    result = train(data, run_dir, config, resume=resume, progress=False, callbacks=[mark, *callbacks])
+    return result, resumed_from
+
+
 def run_config(
     profile: Profile,
     spec: DatasetSpec,
@@ -210,8 +245,6 @@ def run_config(
     torch.manual_seed(seed)  # as the trainer does, so this is the run's own initial model
     gates_init = gate_report(build_model(net, variant.skip, int(plan["num_channels"]), len(plan["labels"]), **options))
     run_dir = runs_dir / f"{spec.name}-{net_key}-{variant_name}-s{seed}"
-    if run_dir.exists():  # an interrupted earlier attempt: start it over
-        shutil.rmtree(run_dir)
     half_epoch = config.epochs // 2
 
     def keep_half(epoch: int, row: dict[str, Any]) -> None:
@@ -219,8 +252,10 @@ def run_config(
             shutil.copy(run_dir / "checkpoint_last.pt", run_dir / "checkpoint_half.pt")
 
     started = time.perf_counter()
-    result = train(train_view(preprocessed), run_dir, config, progress=False, callbacks=[keep_half])
-    train_s = time.perf_counter() - started
+    result, resumed_from = train_resumable(train_view(preprocessed), run_dir, config, commit, [keep_half])
+    epoch_s = [float(r["seconds"]) for r in result.history]
+    # a resumed run's wall clock covers only its last attempt: count the epochs' own time instead
+    train_s = sum(epoch_s) if resumed_from else time.perf_counter() - started
     model, _ = load_run(run_dir, "last")
     device = "cuda" if profile.device == "cuda" and torch.cuda.is_available() else "cpu"
     model.to(device)
@@ -228,7 +263,6 @@ def run_config(
     rows = score_model(model, preprocessed, cases, config.patch, device)
     half = _score_half(run_dir, half_epoch, preprocessed, cases, config.patch, device)
     steps = sum(1 for _ in result.history) * config.iters_per_epoch
-    epoch_s = [float(r["seconds"]) for r in result.history]
     measured = measure_variant(model.cpu(), config.patch, flops=False, memory=False)
     return {
         "dataset": spec.name,
@@ -243,6 +277,7 @@ def run_config(
         "steps_done": steps,
         "epochs_done": result.epochs_done,
         "train_seconds": round(train_s, 2),
+        "resumed_from_epoch": resumed_from,
         "step_seconds_mean": round(sum(epoch_s) / max(steps, 1), 4),
         "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
         "params": measured["params"],

@@ -213,3 +213,48 @@ def test_the_budget_check_profile_doubles_the_frontier_steps_and_keeps_everythin
     assert b["epochs"] == 2 * a["epochs"] and {**b, "epochs": a["epochs"]} == a
     assert long.nets["hippocampus"] == short.nets["hippocampus"] and long.skips == short.skips
     assert long.require_clean and long.datasets["hippocampus"] == short.datasets["hippocampus"]
+
+
+def test_an_interrupted_benchmark_training_resumes_only_from_the_same_clean_commit(tmp_path):
+    """A suite stopped mid-training continues the run (same weights as an uninterrupted one); a run from other
+    code, from a dirty tree, or with no commit marker starts over."""
+    import runner
+    import torch
+    from training.test_train import TINY, make_preprocessed
+
+    from satseg.runs import load_checkpoint
+    from satseg.training.config import TrainConfig
+
+    data = make_preprocessed(tmp_path / "data", 2, num_cases=4)
+    cfg = TrainConfig(net="unet2d", skip="sat", epochs=4, batch=2, patch=(32, 32), **TINY)
+    full, fresh = runner.train_resumable(data, tmp_path / "full", cfg, "c1", [])
+    assert fresh == 0 and (tmp_path / "full" / runner.RUN_COMMIT).read_text() == "c1"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second(epoch, row):
+        if epoch == 1:
+            raise Killed
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        runner.train_resumable(data, run, cfg, "c1", [kill_after_second])
+    seen = []
+    result, resumed_from = runner.train_resumable(data, run, cfg, "c1", [lambda e, r: seen.append(e)])
+    assert resumed_from == 2 and seen == [2, 3]  # only the epochs left ran
+    assert [float(r["train_loss"]) for r in result.history] == [r["train_loss"] for r in full.history]
+    weights = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")["model"]
+    again = load_checkpoint(run / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+    seen.clear()  # finished but never scored (a crash while scoring): nothing left to train
+    assert runner.train_resumable(data, run, cfg, "c1", [lambda e, r: seen.append(e)])[1] == 4 and seen == []
+
+    for commit in ("c2", "c1+dirty"):  # other code, or uncommitted code: never continued
+        run = tmp_path / commit
+        with pytest.raises(Killed):
+            runner.train_resumable(data, run, cfg, "c1", [kill_after_second])
+        seen.clear()
+        _, resumed_from = runner.train_resumable(data, run, cfg, commit, [lambda e, r: seen.append(e)])
+        assert resumed_from == 0 and seen == [0, 1, 2, 3]
