@@ -63,3 +63,37 @@ def test_an_exit_message_goes_to_stderr_with_status_1():
     assert (result.returncode, result.stderr.strip(), result.stdout) == (1, "stopped: no space left", "")
     assert _python("from satseg.cli.app import _end_process; _end_process(None)").returncode == 0
     assert _python("from satseg.cli.app import _end_process; _end_process(3)").returncode == 3
+
+
+def _openmp_spin_count(load: float, *env: str) -> str:
+    """GNU OpenMP's spin count in a `satseg` process that loads torch, as the runtime itself reports it, with
+    the machine's 1-minute load average made to read ``load``."""
+    settings = dict(item.split("=", 1) for item in env) | {"OMP_DISPLAY_ENV": "VERBOSE"}
+    code = f"import os; os.environ.update({settings!r}); os.getloadavg = lambda: ({load}, 0.0, 0.0); {MAIN}"
+    result = _python(code, "params", "--net", "unet2d", "--compare", "org", "--patch", "32", "32", "--json")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "GOMP_SPINCOUNT" in line]
+    return line.split("=", 1)[1].strip(" '")
+
+
+def test_the_entry_point_lets_waiting_openmp_threads_sleep_on_a_busy_machine_unless_the_user_chose():
+    """Waiting threads that spin slow a training beside other busy processes (benchmarks/cpu_threads.py):
+    `satseg` asks for the passive policy (no spinning) before torch loads OpenMP when the load average shows
+    other work, keeps the runtime's default on an idle machine, and a user's own choice always stands."""
+    clean = [name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME") if name in os.environ]
+    assert not clean, f"the test environment sets {clean}"
+    assert _openmp_spin_count(2.5) == "0"
+    assert int(_openmp_spin_count(0.2)) > 0  # idle: the runtime's default spinning
+    assert int(_openmp_spin_count(2.5, "OMP_WAIT_POLICY=ACTIVE")) > 0
+    assert _openmp_spin_count(2.5, "GOMP_SPINCOUNT=1234") == "1234"
+
+
+def test_the_wait_policy_follows_the_load_and_is_set_only_where_the_user_set_none():
+    from satseg.device import quiet_openmp_waits
+
+    environ = {"PATH": "/bin"}
+    assert not quiet_openmp_waits(environ, load=0.99) and environ == {"PATH": "/bin"}
+    assert quiet_openmp_waits(environ, load=1.0) and environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10"}, {"KMP_BLOCKTIME": "0"}):
+        environ = dict(chosen)
+        assert not quiet_openmp_waits(environ, load=4.0) and environ == chosen

@@ -14,6 +14,7 @@ from satseg import __version__
 from satseg.cli import demo, evaluate, export_onnx, models, params, postprocess, preprocess, segment, train
 from satseg.cli.command import SatsegCommand, SatsegGroup
 from satseg.cli.options import out
+from satseg.device import quiet_openmp_waits
 
 __all__ = ["app", "main"]
 
@@ -61,6 +62,7 @@ for _name, _command, _hidden in (
 
 def main() -> NoReturn:
     """Console-script entry point: run the command, then end the process (see :func:`_end_process`)."""
+    quiet_openmp_waits()  # before any command imports torch
     try:
         app(prog_name="satseg")
     except SystemExit as stop:
