@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from satseg.errors import ConfigError, look_up_option
@@ -78,7 +78,7 @@ OPENMP_WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 """Settings by which a user has chosen how OpenMP's waiting threads behave (GNU's and Intel's runtimes)."""
 
 
-def quiet_openmp_waits(environ: dict[str, str] | None = None, load: float | None = None) -> bool:
+def quiet_openmp_waits(environ: MutableMapping[str, str] | None = None, load: float | None = None) -> bool:
     """Let torch's OpenMP threads sleep instead of spin while they wait when other work keeps the CPU busy.
 
     GNU OpenMP (torch's CPU thread pool on Linux) lets a waiting thread spin up to 300,000 polls between two
