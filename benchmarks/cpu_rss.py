@@ -39,6 +39,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "onnx_no_arena_mmap": (_NO_ARENA, _MMAP),
     "onnx_no_arena_mmap_trim": (_NO_ARENA, {**_MMAP, "MALLOC_TRIM_THRESHOLD_": "0"}),
     "onnx_no_arena_brk": (_NO_ARENA, {"MALLOC_MMAP_MAX_": "0"}),  # no mmap: freed blocks reused from the heap
+    # as onnx_no_arena_mmap, set in the running process (glibc's mallopt) rather than by the environment
+    "onnx_no_arena_mallopt": (_NO_ARENA, {}),
     "onnx_extended": ({"graph_optimization_level": "ORT_ENABLE_EXTENDED"}, {}),
     "onnx_basic": ({"graph_optimization_level": "ORT_ENABLE_BASIC"}, {}),
     "onnx_basic_no_arena": ({"graph_optimization_level": "ORT_ENABLE_BASIC", **_NO_ARENA}, {}),
@@ -92,6 +94,11 @@ def child(skip: str, backend: str, volume: tuple[int, ...], path: Path, window: 
 
         from satseg.inference.tiling import blend_windows
 
+        if backend == "onnx_no_arena_mallopt":
+            import ctypes
+
+            M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(_MMAP["MALLOC_MMAP_THRESHOLD_"]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         for key, value in VARIANTS[backend][0].items():
