@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from satseg.device import OPENMP_WAIT_SETTINGS
+
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "benchmarks"))
 
@@ -39,7 +41,12 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 """Environment each training process gets on top of the benchmark's own (OpenMP settings removed)."""
 
-OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_DISPLAY_ENV")
+OPENMP_VARIABLES = (*OPENMP_WAIT_SETTINGS, "OMP_NUM_THREADS", "OMP_DISPLAY_ENV")
+
+
+def _without_openmp_settings() -> dict[str, str]:
+    """This process's environment less every OpenMP setting, to which each variant adds its own."""
+    return {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
 
 
 def cpu_model() -> str:
@@ -81,7 +88,7 @@ def worker(steps: int) -> dict:
 
 
 def run_variant(extra: dict[str, str], steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES} | extra
+    env = _without_openmp_settings() | extra
     done = subprocess.run(
         [sys.executable, __file__, "--worker", str(steps)], env=env, capture_output=True, text=True, check=False
     )
@@ -92,7 +99,7 @@ def run_variant(extra: dict[str, str], steps: int) -> dict:
 
 def spinners(count: int) -> list[subprocess.Popen]:
     """``count`` processes that keep one core busy each (pure Python: no OpenMP of their own)."""
-    env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
+    env = _without_openmp_settings()
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env) for _ in range(count)]
 
 

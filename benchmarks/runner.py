@@ -31,7 +31,7 @@ from satseg.evaluation.report import gate_report
 from satseg.inference.sliding_window import sliding_window_inference
 from satseg.nn import build_model
 from satseg.nn.params import LiveTensorBytes, measure_variant
-from satseg.runs import load_checkpoint, load_run
+from satseg.runs import load_run
 from satseg.training.config import TrainConfig
 from satseg.training.losses import deep_supervision_loss
 from satseg.training.trainer import train
@@ -195,18 +195,18 @@ def train_resumable(
         and marker.is_file()
         and marker.read_text() == commit
     )
-    resumed_from = int(load_checkpoint(run_dir / "checkpoint_last.pt")["epoch"]) if resume else 0
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
+    ran: list[int] = []
 
     def mark(epoch: int, row: dict[str, Any]) -> None:
+        ran.append(epoch)
         if not marker.is_file():
             atomic_write_text(marker, commit)
 
-    if resume:
-        log.info("%s: resuming at epoch %d of %d", run_dir.name, resumed_from, config.epochs)
+    # the trainer logs where it resumes; the epochs this attempt ran tell where that was
     result = train(data, run_dir, config, resume=resume, progress=False, callbacks=[mark, *callbacks])
-    return result, resumed_from
+    return result, result.epochs_done - len(ran)
 
 
 def run_config(
