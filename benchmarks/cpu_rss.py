@@ -26,7 +26,7 @@ from satseg.atomic import atomic_write_json, atomic_write_text
 
 FEATURES = (24, 48, 96, 192)
 CLASSES = 3
-PATCH = (48, 64, 48)
+PATCHES = {3: (48, 64, 48), 2: (256, 256)}  # a 2-sided --volume runs the 2D U-Net
 _NO_ARENA = {"enable_cpu_mem_arena": False, "enable_mem_pattern": False}
 _MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed: every block over 128 KiB is mmapped, and unmapped on free
 # name: (ONNX Runtime session options, environment). "onnx" is what `segment` runs on the CPU.
@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def _model_and_window(skip: str, volume: tuple[int, ...]):
+def _model_and_window(skip: str, volume: tuple[int, ...], features: tuple[int, ...]):
     import torch
 
     from satseg.inference.segmenter import Segmenter
@@ -56,25 +56,28 @@ def _model_and_window(skip: str, volume: tuple[int, ...]):
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_model("unet3d", skip, 1, CLASSES, features=FEATURES).eval()
-    config = {"model": {"net": "unet3d", "skip": skip, "in_channels": 1, "out_channels": CLASSES,
-                        "features": list(FEATURES)},
-              "plan": {"labels": {"background": 0, "a": 1, "b": 2}, "patch_size": list(PATCH)}}  # fmt: skip
+    net, patch = f"unet{len(volume)}d", list(PATCHES[len(volume)])
+    model = build_model(net, skip, 1, CLASSES, features=features).eval()
+    config = {"model": {"net": net, "skip": skip, "in_channels": 1, "out_channels": CLASSES,
+                        "features": list(features)},
+              "plan": {"labels": {"background": 0, "a": 1, "b": 2}, "patch_size": patch}}  # fmt: skip
     window, _ = Segmenter(model, config, skip, "torch", torch.device("cpu"), model).window(volume, "auto", 0.5)
     return model, list(window)
 
 
-def export(skip: str, volume: tuple[int, ...], path: Path) -> list[int]:
+def export(skip: str, volume: tuple[int, ...], features: tuple[int, ...], path: Path) -> list[int]:
     """Export the lean model as ``segment`` caches it; return the window ``segment --tile auto`` picks."""
     from satseg.export.onnx import export_onnx
     from satseg.nn.lean import make_lean
 
-    model, window = _model_and_window(skip, volume)
-    export_onnx(make_lean(model), path, example_shape=(1, 1, *PATCH), metadata={}, check=False)
+    model, window = _model_and_window(skip, volume, features)
+    export_onnx(make_lean(model), path, example_shape=(1, 1, *PATCHES[len(volume)]), metadata={}, check=False)
     return window
 
 
-def child(skip: str, backend: str, volume: tuple[int, ...], path: Path, window: list[int]) -> dict:
+def child(
+    skip: str, backend: str, volume: tuple[int, ...], features: tuple[int, ...], path: Path, window: list[int]
+) -> dict:
     """ONNX Runtime as a warm-cache ``segment`` runs it: the cached export, windows blended in NumPy, no torch."""
     if backend == "torch":
         import torch
@@ -82,7 +85,7 @@ def child(skip: str, backend: str, volume: tuple[int, ...], path: Path, window: 
         from satseg.inference.sliding_window import sliding_window_inference
         from satseg.nn.lean import make_lean
 
-        model, window = _model_and_window(skip, volume)
+        model, window = _model_and_window(skip, volume, features)
         predict, image = make_lean(model), torch.randn(1, *volume)
 
         def run():
@@ -121,25 +124,28 @@ def child(skip: str, backend: str, volume: tuple[int, ...], path: Path, window: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--volume", type=int, nargs=3, default=(256, 256, 256))
+    parser.add_argument("--volume", type=int, nargs="+", default=(256, 256, 256), help="3 sides, or 2 for 2D")
+    parser.add_argument("--features", type=int, nargs=4, default=FEATURES, help="the U-Net's widths per level")
     parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="repeatable")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--window", type=int, nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    volume = tuple(args.volume)
+    volume, features = tuple(args.volume), tuple(args.features)
+    if len(volume) not in PATCHES:
+        parser.error("--volume takes 2 or 3 sides")
     if args.export:
-        print(json.dumps(export(args.export[0], volume, Path(args.export[1]))))
+        print(json.dumps(export(args.export[0], volume, features, Path(args.export[1]))))
         return 0
     if args.child:
         skip, backend, model = args.child[0], args.child[1].split(":")[0], Path(args.child[1].split(":", 1)[1])
-        print(json.dumps(child(skip, backend, volume, model, args.window)))
+        print(json.dumps(child(skip, backend, volume, features, model, args.window)))
         return 0
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     rows, models, windows = [], Path(tempfile.mkdtemp()), {}
-    sizes = ["--volume", *map(str, args.volume)]
+    sizes = ["--volume", *map(str, volume), "--features", *map(str, features)]
     for skip in ("org", "sat"):  # one export per gate, in its own process, as the export cache holds it
         command = [sys.executable, __file__, "--export", skip, str(models / f"{skip}.onnx"), *sizes]
         windows[skip] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
@@ -153,10 +159,10 @@ def main(argv=None) -> int:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"), "volume": args.volume,
-              "features": FEATURES, "load_before": load_before,
+              "features": features, "load_before": load_before,
               "load_after": Path("/proc/loadavg").read_text().split()[:3], "rows": rows}  # fmt: skip
     lines = [
-        f"# CPU segment peak RSS: {'x'.join(map(str, args.volume))} volume, U-Net {FEATURES}, org vs sat",
+        f"# CPU segment peak RSS: {'x'.join(map(str, args.volume))} volume, U-Net {features}, org vs sat",
         "",
         f"commit {commit}; {result['date']}; load before {load_before}, after {result['load_after']} (shared "
         "2-core machine, loaded); one fresh process per row, 1 thread, window as `segment --tile auto` picks it.",
