@@ -5,7 +5,9 @@ picked as ``segment --tile auto`` does (``Segmenter.window``). Each row is then 
 windows over a random volume at model spacing: on ONNX Runtime as a warm-cache ``segment`` does (the export
 loaded, windows blended in NumPy by ``blend_windows``, torch never imported) in one of :data:`VARIANTS`
 (session options, and glibc malloc tunables, which only take effect from the environment at process start),
-or on PyTorch's lean path. It reports its peak RSS (``ru_maxrss``) before and after the windows, and their time.
+or on PyTorch's lean path. It reports its peak RSS (``VmHWM``: ``ru_maxrss`` would keep the parent's from before the
+exec) before and after the windows, and their time. ``--tile`` runs several windows of a given size: from the
+second run of a shape on, ONNX Runtime's memory pattern (the ``onnx`` row) allocates one block for all of them.
 
     python benchmarks/cpu_rss.py --volume 128 128 128 --out benchmarks/results
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,12 +40,14 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "onnx_no_arena_mmap": (_NO_ARENA, _MMAP),
     "onnx_no_arena_mmap_trim": (_NO_ARENA, {**_MMAP, "MALLOC_TRIM_THRESHOLD_": "0"}),
     "onnx_no_arena_brk": (_NO_ARENA, {"MALLOC_MMAP_MAX_": "0"}),  # no mmap: freed blocks reused from the heap
-    # as onnx_no_arena_mmap, set in the running process (glibc's mallopt) rather than by the environment
+    # as onnx_no_arena_mmap, set in the running process (glibc's mallopt) rather than by the environment:
+    # `segment --low-memory` (satseg's own `unmap_freed_blocks`)
     "onnx_no_arena_mallopt": (_NO_ARENA, {}),
     "onnx_extended": ({"graph_optimization_level": "ORT_ENABLE_EXTENDED"}, {}),
     "onnx_basic": ({"graph_optimization_level": "ORT_ENABLE_BASIC"}, {}),
     "onnx_basic_no_arena": ({"graph_optimization_level": "ORT_ENABLE_BASIC", **_NO_ARENA}, {}),
     "torch": ({}, {}),
+    "torch_mallopt": ({}, {}),  # `segment --backend torch --low-memory`
 }
 
 
@@ -75,17 +78,26 @@ def export(skip: str, volume: tuple[int, ...], features: tuple[int, ...], path: 
     return window
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes since its exec (Linux)."""
+    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
+
+
 def child(
     skip: str, backend: str, volume: tuple[int, ...], features: tuple[int, ...], path: Path, window: list[int]
 ) -> dict:
     """ONNX Runtime as a warm-cache ``segment`` runs it: the cached export, windows blended in NumPy, no torch."""
-    if backend == "torch":
+    if backend.endswith("_mallopt"):
+        from satseg.inference.backends import unmap_freed_blocks
+
+        assert unmap_freed_blocks()
+    if backend.startswith("torch"):
         import torch
 
         from satseg.inference.sliding_window import sliding_window_inference
         from satseg.nn.lean import make_lean
 
-        model, window = _model_and_window(skip, volume, features)
+        model, _ = _model_and_window(skip, volume, features)
         predict, image = make_lean(model), torch.randn(1, *volume)
 
         def run():
@@ -97,11 +109,6 @@ def child(
 
         from satseg.inference.tiling import blend_windows
 
-        if backend == "onnx_no_arena_mallopt":
-            import ctypes
-
-            M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(_MMAP["MALLOC_MMAP_THRESHOLD_"]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         for key, value in VARIANTS[backend][0].items():
@@ -113,11 +120,11 @@ def child(
         def run():
             blend_windows(lambda x: session.run(None, {name: x})[0], image, window, CLASSES, overlap=0.5, sw_batch=1)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _peak_rss()
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     return {"skip": skip, "backend": backend, "window": window, "rss_before_mib": before / 2**20,
             "peak_rss_mib": peak / 2**20, "windows_s": seconds, "torch_imported": "torch" in sys.modules}  # fmt: skip
 
@@ -130,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, nargs="+", help="window sides (default: as `segment --tile auto`)")
     parser.add_argument("--window", type=int, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     volume, features = tuple(args.volume), tuple(args.features)
@@ -149,6 +157,7 @@ def main(argv=None) -> int:
     for skip in ("org", "sat"):  # one export per gate, in its own process, as the export cache holds it
         command = [sys.executable, __file__, "--export", skip, str(models / f"{skip}.onnx"), *sizes]
         windows[skip] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        windows[skip] = args.tile or windows[skip]
     for backend in args.backends:
         for skip in ("org", "sat"):
             target = f"{backend}:{models / f'{skip}.onnx'}"
@@ -165,7 +174,8 @@ def main(argv=None) -> int:
         f"# CPU segment peak RSS: {'x'.join(map(str, args.volume))} volume, U-Net {features}, org vs sat",
         "",
         f"commit {commit}; {result['date']}; load before {load_before}, after {result['load_after']} (shared "
-        "2-core machine, loaded); one fresh process per row, 1 thread, window as `segment --tile auto` picks it.",
+        "2-core machine, loaded); one fresh process per row, 1 thread, "
+        + (f"windows of {args.tile}, overlap 0.5." if args.tile else "window as `segment --tile auto` picks it."),
         "Increment: peak RSS minus the RSS before the windows. / onnx: windows' time over the `onnx` row's "
         "(same skip).",
         "Variants (session options; environment): "

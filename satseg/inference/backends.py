@@ -47,9 +47,12 @@ __all__ = [
     "cached_onnx_export",
     "find_cached_export",
     "export_model",
+    "unmap_freed_blocks",
 ]
 
 BACKENDS = ("torch", "onnx")
+_M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
+_LOW_MEMORY_MMAP_THRESHOLD = 128 * 1024  # glibc's initial threshold, kept fixed
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,29 @@ def onnx_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
     return ["CPUExecutionProvider"]
 
 
+@functools.cache
+def unmap_freed_blocks() -> bool:
+    """Have glibc's malloc map every block over 128 KiB on its own and unmap it when freed, for the rest of the
+    process; False where the C library is not glibc (then nothing changes).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed, so that later blocks of up
+    to that size come from the heap, where freed ones stay in the process's RSS in fragments: a sliding window's
+    activations then add to the peak instead of being returned. Fixed at its initial value, every freed
+    activation goes back to the kernel, at the cost of faulting its pages in again
+    (benchmarks/results/cpu-rss-low-memory/). Only the environment (``MALLOC_MMAP_THRESHOLD_``) could set this
+    at start-up; ``mallopt`` sets it in a running process.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _LOW_MEMORY_MMAP_THRESHOLD))
+
+
 def _torch_sees_cuda() -> bool:
     import torch
 
@@ -122,12 +148,20 @@ class OnnxPredictor:
     tensor, on any device, is copied to the CPU as float32 and the logits come back as a CPU tensor. ONNX
     Runtime runs them on its own provider.
 
+    On the CPU the session plans no memory pattern: from its second run on, ONNX Runtime would allocate one
+    block sized for every activation of the graph, which the arena then holds beside its own (a sliding window's
+    peak RSS 1.8x the first window's for a U-Net 24-192 on 128^3, at the same time;
+    benchmarks/results/cpu-rss-low-memory/).
+
     Args:
         path: the ``.onnx`` file written by :func:`export_onnx`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`onnx_providers`).
         sha256: the file's expected SHA-256 (a cached export, whose digest was recorded when satseg wrote it):
             the bytes are checked against it and the metadata is read by ONNX Runtime itself, which spares
             importing ``onnx`` (over a second) to check the graph against its digest.
+        low_memory: on the CPU, run without ONNX Runtime's memory arena (which keeps every block it grew by at
+            its peak) and return freed blocks to the kernel (:func:`unmap_freed_blocks`, process-wide): the
+            lowest peak RSS, where a gated model's smaller activations show, for somewhat slower windows.
 
     Attributes:
         metadata: the model's ``metadata_props``.
@@ -141,7 +175,9 @@ class OnnxPredictor:
         ConfigError: for an unknown device, or ``cuda`` without the CUDA provider.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", sha256: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "auto", sha256: str | None = None, *, low_memory: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -156,8 +192,14 @@ class OnnxPredictor:
             if hashlib.sha256(model).hexdigest() != sha256:
                 raise CheckpointError(f"`{self.path}`: changed since satseg recorded its digest")
         providers = onnx_providers(device)
+        options = ort.SessionOptions()
+        if providers == ["CPUExecutionProvider"]:
+            options.enable_mem_pattern = False
+            if low_memory:
+                options.enable_cpu_mem_arena = False
+                unmap_freed_blocks()
         try:
-            self.session = ort.InferenceSession(model, providers=providers)
+            self.session = ort.InferenceSession(model, options, providers=providers)
         except Exception as err:
             raise CheckpointError(f"ONNX Runtime cannot load `{self.path}`: {err}") from err
         if sha256 is not None:

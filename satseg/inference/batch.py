@@ -10,6 +10,7 @@ inputs, even with ``overwrite``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -211,10 +212,14 @@ def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: dict[str,
 ModelArg = str | Path | Sequence[str | Path]
 
 
-def _cached(model: ModelArg, cache: dict, device: str, backend: str | None, amp: bool | None = None) -> Segmenter:
+Loader = Callable[[ModelArg], Segmenter]
+"""``load_segmenter`` with the run's device, backend, precision and memory settings bound."""
+
+
+def _cached(model: ModelArg, cache: dict, load: Loader) -> Segmenter:
     key = str(model) if isinstance(model, (str, Path)) else tuple(map(str, model))
     if key not in cache:
-        cache[key] = load_segmenter(model, device=device, backend=backend, amp=amp)
+        cache[key] = load(model)
     return cache[key]
 
 
@@ -244,10 +249,8 @@ def _segmenter_for(
     source: Path,
     model: ModelArg | None,
     cache: dict,
-    device: str,
-    backend: str | None,
+    load: Loader,
     force: bool,
-    amp: bool | None = None,
 ) -> tuple[Segmenter, list[Misfit]]:
     """The model for ``image`` (given, or the shipped one it fits) and how the image differs from its plan.
 
@@ -255,7 +258,7 @@ def _segmenter_for(
         DataError: the image does not fit (the given model, or any shipped one) and ``force`` is off.
     """
     if model is not None:
-        segmenter = _cached(model, cache, device, backend, amp)
+        segmenter = _cached(model, cache, load)
         segmenter.check_image(image, source)  # no --force for images the network cannot take at all
         misfits = check_fit(image, segmenter.plan)
         if _refusal(misfits) and not force:
@@ -267,7 +270,7 @@ def _segmenter_for(
     default_model_for(image.spatial_dims, image.num_channels)  # raises when no shipped model takes such images
     tried = []
     for card in shipped_models_for(image.spatial_dims, image.num_channels):
-        segmenter = _cached(card["name"], cache, device, backend, amp)
+        segmenter = _cached(card["name"], cache, load)
         misfits = check_fit(image, segmenter.plan)
         if not _refusal(misfits):
             return segmenter, misfits
@@ -290,6 +293,7 @@ def segment_inputs(
     device: str = "auto",
     backend: str | None = None,
     amp: bool | None = None,
+    low_memory: bool = False,
     overlap: float = 0.5,
     sw_batch: int = 4,
     tile: str | Sequence[int] = "auto",
@@ -314,6 +318,7 @@ def segment_inputs(
             models (averaged as one ensemble); None picks the shipped model each input fits.
         amp: autocast the windows (True, on any device, the CPU too), run float32 (False), or as each run
             records (None); see :mod:`satseg.device`.
+        low_memory: on the CPU, the lowest peak RSS for somewhat slower windows (see :func:`load_segmenter`).
         tile: the sliding window: ``auto`` (on the CPU the largest window that fits memory, for
             throughput; on a GPU the training patch), ``patch``, or sides (see ``Segmenter.window``).
         skip_existing: leave out inputs whose mask exists (a finished earlier run; the mask is written
@@ -342,8 +347,9 @@ def segment_inputs(
         pairs = shard_inputs(pairs, *shard)
         skip_existing = True
     cache: dict[str, Segmenter] = {}
+    load = functools.partial(load_segmenter, device=device, backend=backend, amp=amp, low_memory=low_memory)
     if model is not None:  # a model that cannot be loaded is one error for the run, not one per input
-        _cached(model, cache, device, backend)
+        _cached(model, cache, load)
     with ItemProgress(len(pairs), "segmenting", enabled=progress) as bar:
         for source, _folder in pairs:
             bar.item(source.name)
@@ -367,7 +373,7 @@ def segment_inputs(
                 images = [read_image(source, k) for k in range(pages)] if pages > 1 else [read_image(source)]
                 image = images[0]
                 check_output_holds(target, image)  # `-o out.png` for a 3D scan: refused before inference
-                segmenter, misfits = _segmenter_for(image, source, model, cache, device, backend, force, amp)
+                segmenter, misfits = _segmenter_for(image, source, model, cache, load, force)
                 for misfit in misfits:
                     logger.debug("%s: %s", source, misfit)  # the report prints it once
                 report.models[str(source)] = segmenter.name

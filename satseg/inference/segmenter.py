@@ -37,6 +37,7 @@ from satseg.inference.backends import (
     cached_onnx_export,
     find_cached_export,
     torch_predictor,
+    unmap_freed_blocks,
 )
 from satseg.inference.postprocess import keep_largest_components, read_lcc
 from satseg.inference.tiling import blend_windows, throughput_tile
@@ -463,6 +464,7 @@ def load_segmenter(
     device: str = "auto",
     backend: str | None = None,
     amp: bool | None = None,
+    low_memory: bool = False,
 ) -> Segmenter:
     """Load a model, or several as one :func:`ensemble`, for segmentation.
 
@@ -477,6 +479,9 @@ def load_segmenter(
             is float32).
         amp: ``True``: autocast to the run's ``amp_dtype`` on any device (the CPU too); ``False``: float32;
             None: the run's own setting (see :mod:`satseg.device`).
+        low_memory: on the CPU, the lowest peak RSS for somewhat slower windows: ONNX Runtime without its
+            memory arena (:class:`OnnxPredictor`), and freed blocks returned to the kernel for the rest of the
+            process (:func:`unmap_freed_blocks`, which PyTorch's windows profit from too).
 
     Raises:
         ConfigError: ``amp=True`` with ``backend="onnx"`` (ONNX Runtime runs the float32 export).
@@ -489,8 +494,9 @@ def load_segmenter(
         # activations before the next member runs, whereas every ONNX Runtime session keeps its own memory
         # arena at its peak, so N sessions on the large CPU windows would need about N times the memory.
         name = str(model) if isinstance(model, (str, Path)) else None
-        return ensemble([_load_one(m, device, backend, amp, cpu_onnx=False) for m in models], name)
-    return _load_one(models[0], device, backend, amp)
+        members = [_load_one(m, device, backend, amp, low_memory, cpu_onnx=False) for m in models]
+        return ensemble(members, name)
+    return _load_one(models[0], device, backend, amp, low_memory)
 
 
 def _check_onnx_shape(predictor: OnnxPredictor, config: dict, path: Path) -> None:
@@ -507,13 +513,18 @@ def _check_onnx_shape(predictor: OnnxPredictor, config: dict, path: Path) -> Non
 
 
 def _load_one(
-    model: str | Path, device: str, backend: str | None, amp: bool | None, cpu_onnx: bool = True
+    model: str | Path,
+    device: str,
+    backend: str | None,
+    amp: bool | None,
+    low_memory: bool = False,
+    cpu_onnx: bool = True,
 ) -> Segmenter:
     """One model; ``cpu_onnx``: with no ``backend`` given, run a checkpoint on the CPU through its cached
     ONNX export (see :func:`load_segmenter`)."""
     path = resolve_model_path(model)
     if backend is None and cpu_onnx and path.suffix != ".onnx" and amp is not True and surely_cpu(device):
-        warm = _load_cached_export(model, path, amp)
+        warm = _load_cached_export(model, path, amp, low_memory)
         if warm is not None:
             return warm
     backend_given = backend
@@ -526,7 +537,7 @@ def _load_one(
                 f"`{path}`: --backend onnx needs an exported model",
                 hint=f"run `satseg export-onnx {path} -o model.onnx`",
             )
-        predictor = OnnxPredictor(path, device=device)
+        predictor = OnnxPredictor(path, device=device, low_memory=low_memory)
         config = check_run_config(onnx_run_config(path, predictor.metadata), path)
         _check_onnx_shape(predictor, config, path)
         check_patch_size(Segmenter(predictor, config, str(model), "onnx", torch_device).patch, path)
@@ -541,7 +552,7 @@ def _load_one(
         # export it once per model to the cache; any failure falls back to PyTorch.
         onnx_path = cached_onnx_export(net, config, checkpoint_file(path))
         if onnx_path is not None:
-            predictor = OnnxPredictor(onnx_path, device="cpu")
+            predictor = OnnxPredictor(onnx_path, device="cpu", low_memory=low_memory)
             voxel_bytes = onnx_path.with_suffix(".window.json")  # keyed like the export: same weights and code
             return Segmenter(
                 predictor, config, str(model), "onnx", torch_device, net, lcc, voxel_bytes_file=voxel_bytes
@@ -551,11 +562,13 @@ def _load_one(
     from satseg.nn.lean import make_lean
 
     lean = make_lean(net)
+    if low_memory and torch_device.type == "cpu":
+        unmap_freed_blocks()
     predictor = torch_predictor(lean, torch_device)
     return Segmenter(predictor, config, str(model), "torch", torch_device, net, lcc, amp=amp)
 
 
-def _load_cached_export(model: str | Path, path: Path, amp: bool | None) -> Segmenter | None:
+def _load_cached_export(model: str | Path, path: Path, amp: bool | None, low_memory: bool) -> Segmenter | None:
     """The checkpoint's cached CPU export, found from the checkpoint's bytes and loaded without torch; None when
     there is none yet, or it cannot be used as it is (then :func:`_load_one` loads the checkpoint and says why)."""
     try:
@@ -567,7 +580,7 @@ def _load_cached_export(model: str | Path, path: Path, amp: bool | None) -> Segm
         return None
     onnx_path, sha256 = found
     try:
-        predictor = OnnxPredictor(onnx_path, device="cpu", sha256=sha256)
+        predictor = OnnxPredictor(onnx_path, device="cpu", sha256=sha256, low_memory=low_memory)
         config = check_run_config(onnx_run_config(onnx_path, predictor.metadata), onnx_path)
         _check_onnx_shape(predictor, config, onnx_path)
     except CheckpointError as err:
