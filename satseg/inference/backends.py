@@ -199,7 +199,7 @@ class OnnxPredictor:
                 options.enable_cpu_mem_arena = False
                 unmap_freed_blocks()
         try:
-            self.session = ort.InferenceSession(model, options, providers=providers)
+            self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as err:
             raise CheckpointError(f"ONNX Runtime cannot load `{self.path}`: {err}") from err
         if sha256 is not None:
