@@ -14,7 +14,9 @@ architecture is measured once (cost does not depend on the trained weights: seed
 fresh spawned process; its peak memory is the rise of the process's peak resident set size (``VmHWM``) over
 the first forward, after model, session and input were built; its time is the fastest of ``REPEATS``
 forwards. Parameters and skip bytes (what the gates hand to the decoder, fp32, on the reference volume)
-are counted on the meta device.
+are counted on the meta device. Each architecture's peak is measured again, in another fresh process, as
+``segment --low-memory`` runs it (no arena, freed blocks unmapped: ``unmap_freed_blocks``), where the
+arena's doubling steps do not round it up.
 
 Per (dataset, width, variant) the report gives Dice (mean ± std over seeds), Dice at half the budget (the
 convergence check), a two-sided Wilcoxon signed-rank test on the seed-averaged per-case Dice against the
@@ -141,11 +143,13 @@ def _peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
-def _ort_forward(spec: dict[str, Any]) -> dict[str, Any]:
-    """In a fresh process: export the lean model, one ONNX Runtime forward of the reference volume."""
+def _ort_forward(spec: dict[str, Any], low_memory: bool = False) -> dict[str, Any]:
+    """In a fresh process: export the lean model, one ONNX Runtime forward of the reference volume (as
+    ``segment --low-memory`` runs it when ``low_memory``)."""
     import onnxruntime as ort
 
     from satseg.export.onnx import export_onnx
+    from satseg.inference.backends import unmap_freed_blocks
     from satseg.nn.lean import make_lean
 
     torch.set_num_threads(1)
@@ -157,6 +161,9 @@ def _ort_forward(spec: dict[str, Any]) -> dict[str, Any]:
         export_onnx(lean, path, example_shape=example, metadata={}, check=False)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
+        if low_memory:
+            options.enable_cpu_mem_arena = options.enable_mem_pattern = False
+            unmap_freed_blocks()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         rng = np.random.default_rng(0)
@@ -172,26 +179,37 @@ def _ort_forward(spec: dict[str, Any]) -> dict[str, Any]:
     return {"peak_bytes": int(peak), "seconds": round(min(times), 3), "runs": len(times)}
 
 
-def measure_cost(spec: dict[str, Any]) -> dict[str, Any]:
-    """Static counts here, the ONNX Runtime forward in a fresh spawned process (a clean peak RSS)."""
+def _forward_in_fresh_process(spec: dict[str, Any], low_memory: bool = False) -> dict[str, Any]:
+    """:func:`_ort_forward` in a fresh spawned process (a clean peak RSS, and glibc's setting stays there)."""
     with mp.get_context("spawn").Pool(1) as pool:
-        measured = pool.apply(_ort_forward, (spec,))
-    return static_cost(spec) | measured
+        return pool.apply(_ort_forward, (spec, low_memory))
+
+
+def measure_cost(spec: dict[str, Any]) -> dict[str, Any]:
+    """Static counts here, the ONNX Runtime forward in a fresh spawned process."""
+    return static_cost(spec) | _forward_in_fresh_process(spec)
 
 
 def run_costs(profile: Profile, path: Path, datasets: list[str], variants: list[str]) -> dict[str, Any]:
-    """Measure every architecture not yet in ``path`` (rewritten atomically after each one)."""
+    """Measure every architecture not yet in ``path``, and its ``--low-memory`` peak where that is missing
+    (the file rewritten atomically after each one)."""
     data = json.loads(path.read_text()) if path.is_file() else {"entries": {}}
-    todo = [s for s in architectures(profile, datasets, variants) if s["key"] not in data["entries"]]
+    entries = data["entries"]
+    todo = [s for s in architectures(profile, datasets, variants) if "low_memory" not in entries.get(s["key"], {})]
     todo.sort(key=lambda s: (s["dims"], s["options"]["features"][0]))  # cheapest first
     for spec in todo:
         started = time.perf_counter()
-        entry = {k: spec[k] for k in ("dataset", "net", "variant", "model", "side")}
-        entry |= measure_cost(spec) | {"commit": git_commit(ROOT), "machine": machine_info()}
-        data["entries"][spec["key"]] = entry
+        stamp = {"commit": git_commit(ROOT), "machine": machine_info()}
+        if spec["key"] not in entries:
+            entry = {k: spec[k] for k in ("dataset", "net", "variant", "model", "side")}
+            entries[spec["key"]] = entry | measure_cost(spec) | stamp
+            write_json(path, data)
+        entry = entries[spec["key"]]
+        entry["low_memory"] = _forward_in_fresh_process(spec, low_memory=True) | stamp
         write_json(path, data)
-        print(f"{spec['key']}: {entry['peak_bytes'] / 2**20:.0f} MiB, {entry['seconds']:.2f} s "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+        print(f"{spec['key']}: {entry['peak_bytes'] / 2**20:.0f} MiB, --low-memory "
+              f"{entry['low_memory']['peak_bytes'] / 2**20:.0f} MiB ({time.perf_counter() - started:.0f} s)",
+              flush=True)  # fmt: skip
     return data
 
 
@@ -229,6 +247,7 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
             "dice_half": float(np.mean(halves)) if halves else math.nan,
             "steps": sorted({r["steps_done"] for r in group}), "commits": sorted({r["commit"] for r in group}),
             "peak_bytes": cost.get("peak_bytes"), "seconds": cost.get("seconds"), "params": cost.get("params"),
+            "peak_bytes_low_memory": cost.get("low_memory", {}).get("peak_bytes"),
             "skip_bytes": cost.get("skip_bytes"), "activation_bytes": cost.get("activation_bytes"),
         }  # fmt: skip
         row["half_to_full"] = row["dice"][0] - row["dice_half"] if halves else math.nan
