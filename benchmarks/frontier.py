@@ -348,15 +348,16 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
         *[f"- {n}" for n in profile.notes],
         "",
         "Peak memory and time: one ONNX Runtime forward (lean model, one thread) of a 1024² (PH2) or 256³ "
-        "(hippocampus) volume, peak-RSS rise in a fresh process (ONNX Runtime's arena rounds it up); activations: "
+        "(hippocampus) volume, peak-RSS rise in a fresh process (ONNX Runtime's arena rounds it up; low-mem: as "
+        "`segment --low-memory` runs it, no arena); activations: "
         "the lean forward's peak of live tensors (PyTorch, scaled from a small volume). Skip bytes on the same "
         "volume, fp32. "
         "Tests: two-sided Wilcoxon signed-rank on seed-averaged per-case Dice (Δ, p, cases up/down); "
         "against `org` of the same width on the seeds both have, and against the `org` of nearest peak memory.",
         "",
         "| data | width | variant | seeds | Dice | half → full | vs `org` same width | nearest-memory `org` "
-        "| peak MiB | activations MiB | time s | params | skip MiB |",
-        "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "| peak MiB | low-mem MiB | activations MiB | time s | params | skip MiB |",
+        "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mean, std = r["dice"]
@@ -366,7 +367,8 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
         lines.append(
             f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {mean:.3f} ± {std:.3f} "
             f"| {half} | {_test(r.get('vs_org_same_width'))} | {near} | {_mib(r['peak_bytes'])} "
-            f"| {_mib(r.get('activation_bytes'))} | {seconds} | {r['params'] or '–'} | {_mib(r['skip_bytes'])} |"
+            f"| {_mib(r.get('peak_bytes_low_memory'))} | {_mib(r.get('activation_bytes'))} | {seconds} "
+            f"| {r['params'] or '–'} | {_mib(r['skip_bytes'])} |"
         )
     commits = sorted({c for r in rows for c in r["commits"]})
     lines += ["", f"Runs from commit(s): {', '.join(c[:10] for c in commits)}.", ""]
@@ -423,6 +425,7 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]], x_key: str, x_title: 
 X_AXES = {
     "peak_bytes": "peak inference memory (lean, ONNX Runtime, CPU)",
     "activation_bytes": "peak live activations (lean forward)",
+    "peak_bytes_low_memory": "peak inference memory, segment --low-memory (CPU)",
 }
 """Memory measures the figure can put on its x axis."""
 
@@ -461,6 +464,10 @@ def train_options(profile: Profile, dataset: str, net: str, variant: str) -> str
     return " ".join(words)
 
 
+def _rounded_mib(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
+
+
 def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
     """The measured frontier as ``satseg params --budget`` reads it (``models/frontier.json``): every point with
     its Dice over the seeds, its rise from half to full training budget, its measured peak and the options that
@@ -471,6 +478,7 @@ def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
             "train_options": train_options(profile, r["dataset"], r["net"], r["variant"]),
             "dice": round(r["dice"][0], 4), "dice_std": round(r["dice"][1], 4), "seeds": len(r["seeds"]),
             "peak_mib": round(r["peak_bytes"] / 2**20, 1), "seconds": r["seconds"], "params": r["params"],
+            "peak_low_memory_mib": _rounded_mib(r.get("peak_bytes_low_memory")),
             "half_to_full": None if math.isnan(r.get("half_to_full", math.nan)) else round(r["half_to_full"], 4),
         }
         for r in rows
@@ -502,6 +510,8 @@ def write_report(profile: Profile, out: Path, advice_file: Path | None = None) -
     if any(r["peak_bytes"] for r in rows):
         frontier_png(rows, out / "frontier.png")
         frontier_png(rows, out / "frontier-activations.png", "activation_bytes")
+    if any(r.get("peak_bytes_low_memory") for r in rows):
+        frontier_png(rows, out / "frontier-low-memory.png", "peak_bytes_low_memory")
     return rows
 
 

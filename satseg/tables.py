@@ -193,7 +193,9 @@ def budget_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """What fits a memory budget, per measured dataset (rows from :func:`satseg.zoo.fit_budget`)."""
     table = Table(
         title=f"Best measured Dice within {rows[0]['budget_mib']:g} MiB" if rows else "Best measured Dice",
-        caption="peak: one CPU forward (ONNX Runtime) of the volume; Dice: mean of the seeds",
+        caption="peak: one CPU forward of the volume with --low-memory; Dice: mean of the seeds"
+        if rows and rows[0].get("low_memory")
+        else "peak: one CPU forward (ONNX Runtime) of the volume; Dice: mean of the seeds",
         pad_edge=False,
     )
     for title in ("data", "best fit", "Dice", "peak\nMiB", "best org", "Dice"):

@@ -151,7 +151,9 @@ def _still_rising(point: dict[str, Any] | None) -> float | None:
     return rise if isinstance(rise, (int, float)) and rise > STILL_RISING else None
 
 
-def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = None) -> list[dict[str, Any]]:
+def fit_budget(
+    frontier: dict[str, Any], budget_mib: float, dims: int | None = None, *, low_memory: bool = False
+) -> list[dict[str, Any]]:
     """Per measured dataset, the width x gate with the best mean Dice whose inference peak fits ``budget_mib``.
 
     The peak is the frontier's own measure (one CPU forward of its reference volume), so a budget means
@@ -164,7 +166,20 @@ def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = N
         frontier: from :func:`load_frontier`.
         budget_mib: peak inference memory allowed, MiB.
         dims: only datasets of this many spatial dimensions (``None``: all).
+        low_memory: judge by the peak of ``segment --low-memory`` (``peak_low_memory_mib``), which
+            ONNX Runtime's arena does not round up; the rows' ``peak_mib`` is then that peak.
+
+    Raises:
+        CheckpointError: ``low_memory`` and the frontier has no such peaks.
     """
+    if low_memory:
+        measured = [p for p in frontier["points"] if isinstance(p.get("peak_low_memory_mib"), (int, float))]
+        if not measured:
+            raise CheckpointError(
+                "the measured frontier has no --low-memory peaks",
+                hint="measure them: python benchmarks/frontier.py --cost --report",
+            )
+        frontier = frontier | {"points": [p | {"peak_mib": p["peak_low_memory_mib"]} for p in measured]}
     rows = []
     datasets = dict.fromkeys(p["dataset"] for p in frontier["points"] if dims in (None, p["dims"]))
     for dataset in datasets:
@@ -180,5 +195,6 @@ def fit_budget(frontier: dict[str, Any], budget_mib: float, dims: int | None = N
             "best_org": _best_dice([p for p in fits if p["variant"] == "org"]),
             "smallest_peak_mib": min(p["peak_mib"] for p in points),
             "still_rising": _still_rising(best),
+            "low_memory": low_memory,
         })  # fmt: skip
     return rows

@@ -88,6 +88,15 @@ def test_the_cost_forward_runs_the_lean_onnx_model_on_a_small_volume():
     assert out["peak_bytes"] >= 0 and out["seconds"] > 0 and out["runs"] == frontier.REPEATS[2]
 
 
+def test_the_low_memory_cost_forward_peaks_below_the_arena_s():
+    """`segment --low-memory`'s peak of one forward (no arena, freed blocks unmapped), in a fresh process as the
+    study measures it, against ONNX Runtime's arena in another: lower, for the same net and volume."""
+    spec = frontier.architectures(PROFILES["frontier"], ["ph2"], ["org"])[0] | {"side": 512}
+    arena = frontier._forward_in_fresh_process(spec)
+    low = frontier._forward_in_fresh_process(spec, low_memory=True)
+    assert 0 < low["peak_bytes"] < 0.9 * arena["peak_bytes"]
+
+
 def _run(net, variant, seed, dice, half=None):
     cases = [{"case": f"c{i}", "dice": d, "fpr": 0.0, "fnr": 1.0 - d} for i, d in enumerate(dice)]
     return {"dataset": "ph2", "net": net, "skip": variant.split("-")[0], "variant": variant, "seed": seed,
@@ -109,8 +118,9 @@ def test_frontier_rows_pair_against_same_width_and_nearest_memory_org(tmp_path):
     costs = {
         "ph2-unet-w4-org": {"peak_bytes": 100 * 2**20, "seconds": 1.0, "params": 1, "skip_bytes": 1},
         "ph2-unet-w8-org": {"peak_bytes": 400 * 2**20, "seconds": 2.0, "params": 2, "skip_bytes": 2},
-        "ph2-unet-w8-sat": {"peak_bytes": 150 * 2**20, "seconds": 2.0, "params": 2, "skip_bytes": 1},
-    }
+        "ph2-unet-w8-sat": {"peak_bytes": 150 * 2**20, "seconds": 2.0, "params": 2, "skip_bytes": 1,
+                            "low_memory": {"peak_bytes": 90 * 2**20, "seconds": 2.5}},
+    }  # fmt: skip
     rows = {(r["net"], r["variant"]): r for r in frontier.frontier_rows(runs, costs)}
     assert rows[("unet-w4", "org")]["half_to_full"] == pytest.approx(0.7 - 0.6)
     sat = rows[("unet-w8", "sat")]
@@ -129,6 +139,9 @@ def test_frontier_rows_pair_against_same_width_and_nearest_memory_org(tmp_path):
     assert Image.open(tmp_path / "f.png").size == (frontier._PANEL[0], frontier._PANEL[1])
     md = frontier.frontier_markdown(list(rows.values()), PROFILES["frontier"])
     assert "| ph2 | 8 | `sat` | 2 |" in md and "w4: +0." in md
+    assert sat["peak_bytes_low_memory"] == 90 * 2**20 and "| 150 | 90 |" in md  # arena peak, then low-memory
+    frontier.frontier_png(list(rows.values()), tmp_path / "low.png", "peak_bytes_low_memory")
+    assert Image.open(tmp_path / "low.png").size == (frontier._PANEL[0], frontier._PANEL[1])
 
 
 def test_activation_bytes_scale_the_small_volume_peak_to_the_reference_volume():
@@ -169,7 +182,8 @@ def test_the_advised_train_options_build_the_measured_architecture(variant):
 def test_the_advice_file_holds_every_costed_point_and_what_trains_it(tmp_path):
     rows = [
         {"dataset": "ph2", "net": "unet-w4", "width": 4, "variant": "org", "seeds": [0, 1], "dice": (0.9, 0.01),
-         "peak_bytes": 100 * 2**20, "seconds": 1.0, "params": 5, "commits": ["abc"]},
+         "peak_bytes": 100 * 2**20, "seconds": 1.0, "params": 5, "commits": ["abc"],
+         "peak_bytes_low_memory": 60 * 2**20},
         {"dataset": "ph2", "net": "unet-w4", "width": 4, "variant": "sat", "seeds": [0], "dice": (0.8, 0.0),
          "peak_bytes": None, "seconds": None, "params": None, "commits": ["abc"]},
     ]  # fmt: skip
@@ -177,6 +191,7 @@ def test_the_advice_file_holds_every_costed_point_and_what_trains_it(tmp_path):
     assert [p["variant"] for p in data["points"]] == ["org"]  # no cost measured: no point
     point = data["points"][0]
     assert (point["dims"], point["peak_mib"], point["seeds"], point["dice"]) == (2, 100.0, 2, 0.9)
+    assert point["peak_low_memory_mib"] == 60.0
     assert point["train_options"] == "--net unet2d --skip org --features 4,8,16,32"
     assert data["reference"] == {"2": 1024, "3": 256}
 

@@ -88,3 +88,24 @@ def test_advice_from_a_point_whose_dice_still_rose_in_training_is_called_provisi
     assert result.exit_code == 0, result.output
     assert "hippocampus: provisional, still rising (+0.046" in result.output and "ph2: provisional" not in result.output
     assert max(len(line) for line in result.output.splitlines() if "satseg train" not in line) <= 80
+
+
+def test_a_low_memory_budget_is_judged_by_the_low_memory_peaks(tmp_path, monkeypatch):
+    """Without the arena the gated w8 net fits 120 MiB (its arena peak, 160, does not); a frontier without
+    such peaks is refused in one line."""
+    low = {(4, "org"): 70.0, (4, "sat"): 60.0, (8, "org"): 150.0, (8, "sat"): 110.0, (6, "sat"): 105.0}
+    points = [p | {"peak_low_memory_mib": low[(p["width"], p["variant"])] if p["dims"] == 2 else 900.0} for p in POINTS]
+    (ph2, hippo) = fit_budget({"points": points}, 120, low_memory=True)
+    assert (ph2["best"]["width"], ph2["best"]["variant"], ph2["best"]["peak_mib"]) == (6, "sat", 105.0)
+    assert ph2["best_org"]["width"] == 4 and hippo["best"] is None and hippo["smallest_peak_mib"] == 900.0
+    (ph2,) = fit_budget({"points": points}, 120, dims=2)  # the arena's peaks: only the w4 nets fit
+    assert (ph2["best"]["width"], ph2["best"]["variant"]) == (4, "sat")
+    with pytest.raises(CheckpointError, match="no --low-memory peaks"):
+        fit_budget(FRONTIER, 120, low_memory=True)
+    (tmp_path / "frontier.json").write_text(json.dumps({"reference": FRONTIER["reference"], "points": points}))
+    monkeypatch.setattr(satseg.zoo, "MODELS_DIR", tmp_path)
+    result = runner.invoke(app, ["params", "--budget", "120", "--low-memory"], env={"COLUMNS": "80"},
+                           terminal_width=80)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "w6 sat" in result.output and "--low-memory" in result.output
+    assert max(len(line) for line in result.output.splitlines() if "satseg train" not in line) <= 80

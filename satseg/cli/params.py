@@ -52,6 +52,9 @@ def params(
             "memory grows with the voxels).",
         ),
     ] = None,
+    low_memory: Annotated[
+        bool, typer.Option("--low-memory", help="With --budget: for `segment --low-memory` (its lower peaks).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare skip gates: parameters, channels and bytes the skips transfer, FLOPs, peak memory.
@@ -63,7 +66,7 @@ def params(
         from satseg.tables import budget_table
         from satseg.zoo import fit_budget, load_frontier
 
-        rows = fit_budget(load_frontier(), budget)
+        rows = fit_budget(load_frontier(), budget, low_memory=low_memory)
         if as_json:
             print_json(rows)
             return
