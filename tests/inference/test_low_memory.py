@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hostile import scan, write_nifti
 from tiny_models import mri_plan, save_model
 from typer.testing import CliRunner
 
@@ -27,7 +28,6 @@ from satseg.data.io import read_image
 from satseg.export.onnx import export_onnx
 from satseg.nn import build_model
 from satseg.nn.lean import make_lean
-from tests.hostile import scan, write_nifti
 
 REPO = Path(satseg.__file__).resolve().parents[1]
 GLIBC = platform.libc_ver()[0] == "glibc"
