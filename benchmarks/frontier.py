@@ -471,7 +471,7 @@ def _rounded_mib(size: int | None) -> float | None:
 def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
     """The measured frontier as ``satseg params --budget`` reads it (``models/frontier.json``): every point with
     its Dice over the seeds, its rise from half to full training budget, its measured peak and the options that
-    train it. Points without a cost are left out."""
+    train it. Points without a cost, or with fewer seeds than the profile's (still training), are left out."""
     points = [
         {
             "dataset": r["dataset"], "dims": IO[r["dataset"]][0], "width": r["width"], "variant": r["variant"],
@@ -482,7 +482,7 @@ def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
             "half_to_full": None if math.isnan(r.get("half_to_full", math.nan)) else round(r["half_to_full"], 4),
         }
         for r in rows
-        if r["peak_bytes"]
+        if r["peak_bytes"] and len(r["seeds"]) >= profile.seeds
     ]  # fmt: skip
     return {
         "about": "Dice against peak inference memory (benchmarks/results/frontier, issue 23): one CPU forward "
