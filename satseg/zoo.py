@@ -131,6 +131,8 @@ def load_frontier(path: Path | None = None) -> dict[str, Any]:
         raise CheckpointError(f"`{path}`: every frontier point needs {', '.join(FRONTIER_FIELDS)}")
     for point in points:
         numbers = [point[k] for k in ("dims", "width", "dice", "dice_std", "seeds", "peak_mib")]
+        if point.get("peak_low_memory_mib") is not None:  # measured for `--low-memory` (optional)
+            numbers.append(point["peak_low_memory_mib"])
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
             raise CheckpointError(f"`{path}`: a frontier point has a non-numeric figure: {point}")
     return data

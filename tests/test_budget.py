@@ -45,9 +45,12 @@ def test_a_frontier_without_the_fields_is_refused_in_one_line(tmp_path):
     broken.write_text(json.dumps({"points": [{"dataset": "ph2"}]}))
     with pytest.raises(CheckpointError, match="every frontier point needs"):
         load_frontier(broken)
-    broken.write_text(json.dumps({"points": [POINTS[0] | {"dice": "0.9"}]}))
-    with pytest.raises(CheckpointError, match="non-numeric figure"):
-        load_frontier(broken)
+    for bad in ({"dice": "0.9"}, {"peak_low_memory_mib": float("nan")}, {"peak_low_memory_mib": True}):
+        broken.write_text(json.dumps({"points": [POINTS[0] | bad]}))
+        with pytest.raises(CheckpointError, match="non-numeric figure"):
+            load_frontier(broken)
+    broken.write_text(json.dumps({"points": [POINTS[0] | {"peak_low_memory_mib": None}]}))  # not measured: fine
+    assert load_frontier(broken)["points"][0]["peak_low_memory_mib"] is None
     broken.write_text("{")
     with pytest.raises(CheckpointError, match="cannot read the measured frontier"):
         load_frontier(broken)
