@@ -490,11 +490,12 @@ def load_segmenter(
         raise ConfigError("--amp autocasts PyTorch; ONNX Runtime runs the float32 export", hint="use --backend torch")
     models = expand_models(model)
     if len(models) > 1:
-        # An ensemble runs on PyTorch unless --backend onnx says otherwise: torch frees each member's
-        # activations before the next member runs, whereas every ONNX Runtime session keeps its own memory
-        # arena at its peak, so N sessions on the large CPU windows would need about N times the memory.
+        # An ensemble runs on PyTorch unless --backend onnx or --low-memory says otherwise: torch frees each
+        # member's activations before the next member runs, whereas every ONNX Runtime session keeps its own
+        # memory arena at its peak, so N sessions on the large CPU windows would need about N times the memory.
+        # Without the arena (low_memory) a session returns its activations after each window as torch does.
         name = str(model) if isinstance(model, (str, Path)) else None
-        members = [_load_one(m, device, backend, amp, low_memory, cpu_onnx=False) for m in models]
+        members = [_load_one(m, device, backend, amp, low_memory, cpu_onnx=low_memory) for m in models]
         return ensemble(members, name)
     return _load_one(models[0], device, backend, amp, low_memory)
 

@@ -48,6 +48,24 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(runs):
     np.testing.assert_allclose(folder.segment(image, probabilities=True).probabilities.array, mean, atol=2e-6)
 
 
+def test_a_low_memory_ensemble_runs_its_members_on_onnx_runtime_with_the_same_mean(runs, monkeypatch):
+    """With --low-memory the members run on ONNX Runtime without its arena (each session returns its
+    activations after every window, as PyTorch does): the same mean probabilities as the PyTorch ensemble.
+    glibc's process-wide setting is recorded, not made, in this shared test process."""
+    import satseg.inference.backends as backends
+
+    calls = []
+    monkeypatch.setattr(backends, "unmap_freed_blocks", lambda: calls.append(1) or True)
+    image = _scan()
+    reference = load_segmenter(runs, device="cpu")
+    assert reference.backend == "torch"  # the default ensemble: PyTorch members
+    low = load_segmenter(runs, device="cpu", low_memory=True)
+    assert low.backend == "onnx" and low.members == 2 and len(calls) == 2
+    assert not any(p.session.get_session_options().enable_cpu_mem_arena for p in (m.predict for m in low.parts))
+    expected = reference.segment(image, probabilities=True).probabilities.array
+    np.testing.assert_allclose(low.segment(image, probabilities=True).probabilities.array, expected, atol=1e-5)
+
+
 def test_models_with_other_preprocessing_are_not_averaged(runs, tmp_path):
     other = save_model(tmp_path / "other", mri_plan(spacing=(1.0, 1.0, 1.0)), seed=3)
     with pytest.raises(ConfigError, match="plans differ in spacing"):
