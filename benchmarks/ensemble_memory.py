@@ -85,6 +85,7 @@ def main() -> None:
     variants = {"default (PyTorch members)": (HERE, []), "--low-memory": (HERE, ["--low-memory"])}
     if args.before:
         variants = {"before": (args.before.resolve(), [])} | variants
+    commits = {name: git_commit(tree) for name, (tree, _) in variants.items()}  # the code that runs
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     loads = []
     with tempfile.TemporaryDirectory(prefix="ensemble-memory-") as tmp:
@@ -100,7 +101,7 @@ def main() -> None:
                 runs[name].append(run_once(tree, [*common, "-o", str(work / f"{round_}.nii.gz"), *extra], env))
                 print(f"round {round_ + 1}: {name}: {runs[name][-1]}", flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-              "commits": {name: git_commit(tree) for name, (tree, _) in variants.items()},
+              "commits": commits,
               "members": MEMBERS, "features": FEATURES, "side": SIDE, "loads": loads + [list(os.getloadavg())],
               "runs": runs}  # fmt: skip
     base = runs["default (PyTorch members)"]
