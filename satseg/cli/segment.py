@@ -38,7 +38,7 @@ def segment(
         typer.Option(
             "--low-memory",
             help="CPU: the lowest peak memory (no ONNX Runtime arena, freed memory returned at once); windows "
-            "run ~1.05-1.1x (3D U-Net) to ~1.6x (thin 2D nets) as long.",
+            "run ~1.1x (3D U-Net) to ~1.6x (thin 2D nets) as long.",
         ),
     ] = False,
     overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
