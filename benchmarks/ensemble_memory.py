@@ -12,9 +12,7 @@ command from another checkout. The peak is the child's ``ru_maxrss`` (its parent
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,22 +55,6 @@ def make_inputs(folder: Path) -> tuple[list[Path], Path]:
     return runs, scan
 
 
-def run_once(tree: Path, args: list[str], env: dict[str, str]) -> dict:
-    """One ``segment`` process from ``tree``: wall seconds, its own peak RSS (``wait4``), the backend it used."""
-    command = [sys.executable, "-m", "satseg", "segment", *args, "--json"]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=tree, env={**env, "PYTHONPATH": str(tree)})
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"segment failed in {tree}: {err.read().decode(errors='replace')[-2000:]}")
-        result = json.loads(out.read())["results"][0]
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "backend": result["backend"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -81,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE / "benchmarks"))
     from runner import git_commit
+    from segment_startup import run_once  # one `segment` process: wall s, its own peak RSS, its backend
 
     variants = {"default (PyTorch members)": (HERE, []), "--low-memory": (HERE, ["--low-memory"])}
     if args.before:
@@ -92,7 +75,7 @@ def main() -> None:
         work = Path(tmp)
         members, scan = make_inputs(work)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "SATSEG_CACHE": str(work / "cache")}
-        common = [str(scan), *[f"--model={m}" for m in members], "--device", "cpu", "--overwrite"]
+        common = [str(scan), *[f"--model={m}" for m in members], "--device", "cpu", "--overwrite", "--json"]
         for tree, extra in variants.values():  # caches the exports; not timed
             run_once(tree, [*common, "-o", str(work / "warm.nii.gz"), *extra], env)
         for round_ in range(args.rounds):

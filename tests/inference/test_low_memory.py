@@ -34,14 +34,18 @@ GLIBC = platform.libc_ver()[0] == "glibc"
 runner = CliRunner()
 
 
-def _python(code: str, *args: str) -> str:
-    """Run ``code`` in a fresh one-thread interpreter on this source tree; its stdout."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _python(args: list[str], **env: str) -> str:
+    """``python ARGS`` in a fresh one-thread interpreter on this source tree (``env`` added); its stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, capture_output=True,
-                            encoding="utf-8", errors="replace", timeout=600, cwd=REPO)  # fmt: skip
+    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=600, cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def _run_code(code: str, *args: str) -> str:
+    return _python(["-c", textwrap.dedent(code), *args])
 
 
 PEAKS = """
@@ -77,8 +81,8 @@ def test_repeated_windows_do_not_raise_the_cpu_session_s_peak(tmp_path):
     model = build_model("unet2d", "org", 1, 3, features=(8, 16, 32, 64)).eval()
     path = tmp_path / "unet.onnx"
     export_onnx(make_lean(model), path, example_shape=(1, 1, 64, 64), metadata={}, check=False)
-    default = json.loads(_python(PEAKS, str(path), "ort"))
-    ours = json.loads(_python(PEAKS, str(path), "satseg"))
+    default = json.loads(_run_code(PEAKS, str(path), "ort"))
+    ours = json.loads(_run_code(PEAKS, str(path), "satseg"))
     assert default[1] - default[0] > 10  # MiB: the reference shows the pattern's growth (29 MiB when written)
     assert ours[2] - ours[0] < 2
 
@@ -106,8 +110,8 @@ MAPPED = """
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt and mallinfo2 are glibc's")
 def test_unmap_freed_blocks_keeps_glibc_s_mmap_threshold_fixed():
-    assert _python(MAPPED, "dynamic").strip() == "0"  # glibc's own behaviour: the reference
-    assert _python(MAPPED, "fixed").strip() == "1"
+    assert _run_code(MAPPED, "dynamic").strip() == "0"  # glibc's own behaviour: the reference
+    assert _run_code(MAPPED, "fixed").strip() == "1"
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +123,7 @@ def run_and_scan(tmp_path_factory):
 
 
 def _segment_json(args: list[str], cache: Path) -> dict:
-    env = {**os.environ, "SATSEG_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = subprocess.run([sys.executable, "-m", "satseg", "segment", *args, "--json"], env=env,
-                            capture_output=True, encoding="utf-8", errors="replace", timeout=600, cwd=REPO)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)["results"][0]
+    return json.loads(_python(["-m", "satseg", "segment", *args, "--json"], SATSEG_CACHE=str(cache)))["results"][0]
 
 
 @pytest.mark.slow
