@@ -82,6 +82,8 @@ def architectures(profile: Profile, datasets: list[str], variants: list[str]) ->
         dims, in_ch, classes = IO[ds]
         for net_key, net in profile.nets[ds].items():
             for name in variants:
+                if net.skips and name not in net.skips:
+                    continue
                 variant = VARIANTS[name]
                 options = dict(net.options) | variant.model
                 if variant.gate:
@@ -229,6 +231,17 @@ def _width(net: str) -> int:
     return int(net.rsplit("w", 1)[1])
 
 
+def _levels(net: str) -> int:
+    """U-Net levels from the net key: ``unet-w8`` has the study's 4, ``unet5-w16`` (the default U-Net) 5."""
+    prefix = net.rsplit("-w", 1)[0]
+    return int(prefix[len("unet"):] or 4)
+
+
+def _width_label(net: str) -> str:
+    """``8`` for the study's 4-level nets, ``16x5`` for a 5-level one."""
+    return f"{_width(net)}" + (f"x{_levels(net)}" if _levels(net) != 4 else "")
+
+
 def _variant_key(run: dict) -> tuple[str, str, str]:
     return run["dataset"], run["net"], run.get("variant", run["skip"])
 
@@ -237,12 +250,14 @@ def frontier_rows(runs: list[dict], costs: dict[str, dict]) -> list[dict[str, An
     """One row per (dataset, width, variant): Dice, convergence, paired tests, inference cost."""
     agg = aggregate(runs)
     rows = []
-    for (ds, net, variant), entry in sorted(agg.items(), key=lambda kv: (kv[0][0], _width(kv[0][1]), kv[0][2])):
+    order = sorted(agg.items(), key=lambda kv: (kv[0][0], _levels(kv[0][1]), _width(kv[0][1]), kv[0][2]))
+    for (ds, net, variant), entry in order:
         group = [r for r in runs if _variant_key(r) == (ds, net, variant)]
         halves = [r["half_budget"]["dice"] for r in group if r.get("half_budget")]
         cost = costs.get(f"{ds}-{net}-{variant}", {})
         row: dict[str, Any] = {
-            "dataset": ds, "net": net, "width": _width(net), "variant": variant, "seeds": entry["seeds"],
+            "dataset": ds, "net": net, "width": _width(net), "levels": _levels(net), "variant": variant,
+            "seeds": entry["seeds"],
             "dice": entry["over_seeds"]["dice"], "dice_per_seed": entry["seed_means"]["dice"],
             "dice_half": float(np.mean(halves)) if halves else math.nan,
             "steps": sorted({r["steps_done"] for r in group}), "commits": sorted({r["commit"] for r in group}),
@@ -326,7 +341,7 @@ def budget_check_markdown(rows: list[dict[str, Any]], short: Profile, long: Prof
     for r in rows:
         (s_steps, l_steps) = ("/".join(map(str, x)) for x in r["steps"])
         lines.append(
-            f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {s_steps} "
+            f"| {r['dataset']} | {_width_label(r['net'])} | `{r['variant']}` | {len(r['seeds'])} | {s_steps} "
             f"| {r['dice_short']:.3f} | {l_steps} | {r['dice_long']:.3f} | {_test(r['long_vs_short'])} "
             f"| {_test(r.get('gap_short'))} | {_test(r.get('gap_long'))} |"
         )
@@ -361,7 +376,9 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
     ]
     for r in rows:
         mean, std = r["dice"]
-        near = f"w{_width(r['nearest_org'])}: {_test(r.get('vs_org_nearest_memory'))}" if r.get("nearest_org") else "–"
+        near = "–"
+        if r.get("nearest_org"):
+            near = f"w{_width_label(r['nearest_org'])}: {_test(r.get('vs_org_nearest_memory'))}"
         half = "–" if math.isnan(r["dice_half"]) else f"{r['dice_half']:.3f} ({r['half_to_full']:+.3f})"
         seconds = "–" if r["seconds"] is None else f"{r['seconds']:.2f}"
         lines.append(
@@ -409,14 +426,19 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]], x_key: str, x_title: 
     variants = [v for v in _COLOURS if any(r["variant"] == v for r in points)]
     for k, v in enumerate(variants):
         colour = _COLOURS[v]
-        curve = sorted((r for r in points if r["variant"] == v), key=lambda r: r[x_key])
+        mine = sorted((r for r in points if r["variant"] == v), key=lambda r: r[x_key])
+        curve = [r for r in mine if r.get("levels", 4) == 4]  # another depth is a marker off the curve
         pixels = [px(math.log2(r[x_key] / 2**20), r["dice"][0]) for r in curve]
         if len(pixels) > 1:
             draw.line(pixels, fill=colour, width=2)
-        for r, (x, y) in zip(curve, pixels, strict=True):
+        for r in mine:
+            x, y = px(math.log2(r[x_key] / 2**20), r["dice"][0])
             draw.line((x, px(0, r["dice"][0] + r["dice"][1])[1], x, px(0, r["dice"][0] - r["dice"][1])[1]), fill=colour)
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-            draw.text((x + 4, y - 12), f"w{r['width']}", fill=colour, font=font)
+            if r in curve:
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+            else:
+                draw.rectangle((x - 4, y - 4, x + 4, y + 4), outline=colour, width=2)
+            draw.text((x + 4, y - 12), f"w{_width_label(r['net'])}", fill=colour, font=font)
         draw.line((x1 + 10, y0 + 14 * k + 6, x1 + 28, y0 + 14 * k + 6), fill=colour, width=3)
         draw.text((x1 + 34, y0 + 14 * k), v, fill="black", font=font)
     return panel
@@ -474,7 +496,8 @@ def advice(rows: list[dict[str, Any]], profile: Profile) -> dict[str, Any]:
     train it. Points without a cost, or with fewer seeds than the profile's (still training), are left out."""
     points = [
         {
-            "dataset": r["dataset"], "dims": IO[r["dataset"]][0], "width": r["width"], "variant": r["variant"],
+            "dataset": r["dataset"], "dims": IO[r["dataset"]][0], "width": r["width"], "levels": _levels(r["net"]),
+            "variant": r["variant"],
             "train_options": train_options(profile, r["dataset"], r["net"], r["variant"]),
             "dice": round(r["dice"][0], 4), "dice_std": round(r["dice"][1], 4), "seeds": len(r["seeds"]),
             "peak_mib": round(r["peak_bytes"] / 2**20, 1), "seconds": r["seconds"], "params": r["params"],

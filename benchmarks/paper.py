@@ -66,8 +66,10 @@ def plan_jobs(
                     continue
                 if seed >= (spec.seeds or profile.seeds):
                     continue
-                default = profile.tiramisu_skips if net_key == "tiramisu" else profile.skips or SKIPS
+                default = spec.skips or (profile.tiramisu_skips if net_key == "tiramisu" else profile.skips or SKIPS)
                 for skip in skips or default:
+                    if spec.skips and skip not in spec.skips:  # a net trained with some variants only
+                        continue
                     trains.append(("train", ds, net_key, skip, seed))
     if profile.net_major:  # stable: within a net, still seed by seed
         nets = [(ds, n) for ds in datasets for n in profile.nets[ds]]

@@ -109,6 +109,7 @@ class NetSpec:
     key: str  # "unet", "vnet", "tiramisu"
     options: dict[str, Any]
     seeds: int | None = None  # None: the profile's seeds
+    skips: tuple[str, ...] | None = None  # None: the profile's skips
 
 
 @dataclass(frozen=True)
@@ -258,10 +259,17 @@ def frontier_nets(widths: tuple[int, ...] = FRONTIER_WIDTHS) -> dict[str, NetSpe
     return {f"unet-w{w}": NetSpec("unet", {"features": [w, 2 * w, 4 * w, 8 * w], "gate_levels": "all"}) for w in widths}
 
 
+FRONTIER_DEFAULT_NET = NetSpec(
+    "unet", {"features": [16, 32, 64, 128, 256], "gate_levels": "all"}, skips=("org", "sat-fine1")
+)
+"""`build_model`'s default U-Net (16-256, 5 levels) plain and as shipped (finest skip gated): is the default on
+the frontier? On PH2 only: hippocampus's 24 x 32 x 24 patch cannot be halved four times."""
+
+
 PROFILES["frontier"] = replace(
     PROFILES["cpu-conv-long"],
     name="frontier",
-    nets={"ph2": frontier_nets(), "hippocampus": frontier_nets()},
+    nets={"ph2": frontier_nets() | {"unet5-w16": FRONTIER_DEFAULT_NET}, "hippocampus": frontier_nets()},
     datasets={"ph2": PROFILES["cpu"].datasets["ph2"], "hippocampus": PROFILES["cpu"].datasets["hippocampus"]},
     train={"ph2": PROFILES["cpu-conv"].train["ph2"], "hippocampus": PROFILES["cpu-conv-long"].train["hippocampus"]},
     seeds=3,
@@ -275,7 +283,8 @@ PROFILES["frontier"] = replace(
         "`cpu-conv`'s 2,400 steps on PH2 (64 x 64, batch 8) and `cpu-conv-long`'s 6,000 on hippocampus (patch "
         "24 x 32 x 24, batch 2); each run is also scored at half its budget (the convergence check). Runs go "
         "width by width, narrowest first, so complete comparisons arrive first. Inference cost per architecture: "
-        "`benchmarks/frontier.py --cost`.",
+        "`benchmarks/frontier.py --cost`. On PH2 also `build_model`'s default U-Net (16-256, 5 levels: width "
+        "`16x5`), plain and with the default gate.",
         *PROFILES["cpu"].notes[1:],
     ],
 )

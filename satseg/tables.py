@@ -189,20 +189,28 @@ def params_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
+def _has_levels(row: Mapping[str, Any]) -> bool:
+    return any(point and point.get("levels") for point in (row["best"], row["best_org"]))
+
+
 def budget_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """What fits a memory budget, per measured dataset (rows from :func:`satseg.zoo.fit_budget`)."""
     table = Table(
         title=f"Best measured Dice within {rows[0]['budget_mib']:g} MiB" if rows else "Best measured Dice",
-        caption="peak: one CPU forward of the volume with --low-memory; Dice: mean of the seeds"
-        if rows and rows[0].get("low_memory")
-        else "peak: one CPU forward (ONNX Runtime) of the volume; Dice: mean of the seeds",
+        caption=("peak: one CPU forward of the volume with --low-memory" if rows and rows[0].get("low_memory")
+                 else "peak: one CPU forward (ONNX Runtime) of the volume")
+        + "; Dice: mean of the seeds"
+        + ("\nw8x4: base width 8 (doubling per level), 4 levels" if any(_has_levels(r) for r in rows) else ""),
         pad_edge=False,
     )
     for title in ("data", "best fit", "Dice", "peak\nMiB", "best org", "Dice"):
         table.add_column(title, justify="right" if title in ("Dice", "peak\nMiB") else "left")
 
-    def name(point: Mapping[str, Any] | None) -> str:
-        return "-" if point is None else f"w{point['width']} {point['variant']}"
+    def name(point: Mapping[str, Any] | None) -> str:  # w8x4: base width 8, 4 levels
+        if point is None:
+            return "-"
+        depth = f"x{point['levels']}" if point.get("levels") else ""
+        return f"w{point['width']}{depth} {point['variant']}"
 
     def dice(point: Mapping[str, Any] | None) -> str:
         return "-" if point is None else f"{point['dice']:.3f}"

@@ -112,7 +112,7 @@ def default_model_for(spatial_dims: int, num_channels: int, models_dir: Path | N
 
 
 FRONTIER_FIELDS = ("dataset", "dims", "width", "variant", "train_options", "dice", "dice_std", "seeds", "peak_mib")
-"""What every point of ``frontier.json`` must give (it may give more: seconds, params, skip MiB)."""
+"""What every point of ``frontier.json`` must give (it may give more: seconds, params, skip MiB, levels)."""
 
 
 def load_frontier(path: Path | None = None) -> dict[str, Any]:
@@ -131,8 +131,8 @@ def load_frontier(path: Path | None = None) -> dict[str, Any]:
         raise CheckpointError(f"`{path}`: every frontier point needs {', '.join(FRONTIER_FIELDS)}")
     for point in points:
         numbers = [point[k] for k in ("dims", "width", "dice", "dice_std", "seeds", "peak_mib")]
-        if point.get("peak_low_memory_mib") is not None:  # measured for `--low-memory` (optional)
-            numbers.append(point["peak_low_memory_mib"])
+        # optional: the peak of `--low-memory`, and the U-Net's levels
+        numbers += [point[k] for k in ("peak_low_memory_mib", "levels") if point.get(k) is not None]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
             raise CheckpointError(f"`{path}`: a frontier point has a non-numeric figure: {point}")
     return data

@@ -20,12 +20,32 @@ def test_frontier_nets_double_per_level_and_the_run_order_is_width_by_width():
     assert profile.nets["ph2"]["unet-w6"].options["features"] == [6, 12, 24, 48]
     jobs = paper.plan_jobs(profile, ["ph2", "hippocampus"], None, timing=True)
     assert all(kind == "train" for kind, *_ in jobs)  # the profile plans no timing sets
-    assert len(jobs) == 2 * 5 * len(FRONTIER_SKIPS) * 3
+    assert len(jobs) == 2 * 5 * len(FRONTIER_SKIPS) * 3 + 2 * 3  # and the default U-Net on PH2, two variants
     # every seed of the narrowest PH2 net first, seed by seed, the four variants within a seed
     first = [(ds, net, skip, seed) for _, ds, net, skip, seed in jobs[:12]]
     assert first == [("ph2", "unet-w4", skip, seed) for seed in range(3) for skip in FRONTIER_SKIPS]
     assert jobs[12][1:3] == ("ph2", "unet-w6")
     assert jobs[-1][1:3] == ("hippocampus", "unet-w16")
+
+
+def test_the_default_unet_point_is_what_satseg_train_builds_by_default_plain_and_gated():
+    """The frontier's `16x5` PH2 point is `build_model`'s default U-Net: trained as `org` and as shipped
+    (finest skip gated) only, and its advised options build the very model `satseg train --net unet2d` does."""
+    from satseg.nn import build_model
+
+    profile = PROFILES["frontier"]
+    jobs = paper.plan_jobs(profile, ["ph2"], ["unet5-w16"], timing=False)
+    assert [(j[3], j[4]) for j in jobs] == [(skip, seed) for seed in range(3) for skip in ("org", "sat-fine1")]
+    assert paper.plan_jobs(profile, ["ph2"], ["unet5-w16"], ["sat"], timing=False) == []  # not a variant it has
+    specs = [s for s in frontier.architectures(profile, ["ph2"], list(FRONTIER_SKIPS)) if s["net"] == "unet5-w16"]
+    assert [s["variant"] for s in specs] == ["org", "sat-fine1"]
+    for spec in specs:
+        default = build_model("unet2d", spec["skip"], 3, 2)
+        assert repr(frontier._build(spec)) == repr(default)
+    assert frontier.train_options(profile, "ph2", "unet5-w16", "sat-fine1") == (
+        "--net unet2d --skip sat --features 16,32,64,128,256"
+    )
+    assert (frontier._width_label("unet5-w16"), frontier._width_label("unet-w16")) == ("16x5", "16")
 
 
 def test_relaunched_shards_never_run_the_same_job_twice():
@@ -194,7 +214,7 @@ def test_the_advice_file_holds_every_costed_point_and_what_trains_it(tmp_path):
     assert [p["variant"] for p in data["points"]] == ["org"]
     point = data["points"][0]
     assert (point["dims"], point["peak_mib"], point["seeds"], point["dice"]) == (2, 100.0, 3, 0.9)
-    assert point["peak_low_memory_mib"] == 60.0
+    assert point["peak_low_memory_mib"] == 60.0 and point["levels"] == 4
     assert point["train_options"] == "--net unet2d --skip org --features 4,8,16,32"
     assert data["reference"] == {"2": 1024, "3": 256}
 

@@ -112,3 +112,17 @@ def test_a_low_memory_budget_is_judged_by_the_low_memory_peaks(tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert "w6 sat" in result.output and "--low-memory" in result.output
     assert max(len(line) for line in result.output.splitlines() if "satseg train" not in line) <= 80
+
+
+def test_points_that_give_their_levels_are_named_width_x_levels(tmp_path, monkeypatch):
+    """A frontier with U-Nets of two depths (the study's 4 levels, the default's 5) names each by both."""
+    points = [p | {"levels": 4} for p in POINTS] + [_point("ph2", 2, 16, "org", 0.95, 150.0) | {"levels": 5}]
+    (tmp_path / "frontier.json").write_text(json.dumps({"reference": FRONTIER["reference"], "points": points}))
+    monkeypatch.setattr(satseg.zoo, "MODELS_DIR", tmp_path)
+    result = runner.invoke(app, ["params", "--budget", "155"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "w16x5 org" in result.output and "4 levels" in result.output  # the best fit (and best org), a legend
+    assert max(len(line) for line in result.output.splitlines() if "satseg train" not in line) <= 80
+    (tmp_path / "frontier.json").write_text(json.dumps({"points": [points[0] | {"levels": "four"}]}))
+    with pytest.raises(CheckpointError, match="non-numeric"):
+        load_frontier(tmp_path / "frontier.json")
