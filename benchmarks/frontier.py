@@ -341,7 +341,7 @@ def budget_check_markdown(rows: list[dict[str, Any]], short: Profile, long: Prof
     for r in rows:
         (s_steps, l_steps) = ("/".join(map(str, x)) for x in r["steps"])
         lines.append(
-            f"| {r['dataset']} | {_width_label(r['net'])} | `{r['variant']}` | {len(r['seeds'])} | {s_steps} "
+            f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {s_steps} "
             f"| {r['dice_short']:.3f} | {l_steps} | {r['dice_long']:.3f} | {_test(r['long_vs_short'])} "
             f"| {_test(r.get('gap_short'))} | {_test(r.get('gap_long'))} |"
         )
@@ -382,7 +382,8 @@ def frontier_markdown(rows: list[dict[str, Any]], profile: Profile) -> str:
         half = "–" if math.isnan(r["dice_half"]) else f"{r['dice_half']:.3f} ({r['half_to_full']:+.3f})"
         seconds = "–" if r["seconds"] is None else f"{r['seconds']:.2f}"
         lines.append(
-            f"| {r['dataset']} | {r['width']} | `{r['variant']}` | {len(r['seeds'])} | {mean:.3f} ± {std:.3f} "
+            f"| {r['dataset']} | {_width_label(r['net'])} | `{r['variant']}` | {len(r['seeds'])} "
+            f"| {mean:.3f} ± {std:.3f} "
             f"| {half} | {_test(r.get('vs_org_same_width'))} | {near} | {_mib(r['peak_bytes'])} "
             f"| {_mib(r.get('peak_bytes_low_memory'))} | {_mib(r.get('activation_bytes'))} | {seconds} "
             f"| {r['params'] or '–'} | {_mib(r['skip_bytes'])} |"

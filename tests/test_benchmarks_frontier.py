@@ -164,6 +164,18 @@ def test_frontier_rows_pair_against_same_width_and_nearest_memory_org(tmp_path):
     assert Image.open(tmp_path / "low.png").size == (frontier._PANEL[0], frontier._PANEL[1])
 
 
+def test_a_deeper_net_is_labelled_by_its_levels_and_ordered_after_the_study_s(tmp_path):
+    dice = [0.6, 0.7, 0.8]
+    runs = [_run("unet5-w16", "org", 0, dice), _run("unet-w16", "org", 0, dice), _run("unet-w4", "org", 0, dice)]
+    costs = {f"ph2-{n}-org": {"peak_bytes": 2**20 * m, "seconds": 1.0, "params": 1, "skip_bytes": 1}
+             for n, m in (("unet5-w16", 100), ("unet-w16", 200), ("unet-w4", 50))}  # fmt: skip
+    rows = frontier.frontier_rows(runs, costs)
+    assert [(r["net"], r["levels"]) for r in rows] == [("unet-w4", 4), ("unet-w16", 4), ("unet5-w16", 5)]
+    md = frontier.frontier_markdown(rows, PROFILES["frontier"])
+    assert "| ph2 | 16x5 | `org` |" in md and "| ph2 | 16 | `org` |" in md
+    frontier.frontier_png(rows, tmp_path / "f.png")  # the deeper point is drawn as a marker off the curve
+
+
 def test_activation_bytes_scale_the_small_volume_peak_to_the_reference_volume():
     spec = frontier.architectures(PROFILES["frontier"], ["ph2"], ["org"])[0]
     side = frontier.ACTIVATION_SIDE[2]
