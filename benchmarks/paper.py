@@ -66,7 +66,7 @@ def plan_jobs(
                     continue
                 if seed >= (spec.seeds or profile.seeds):
                     continue
-                default = spec.skips or (profile.tiramisu_skips if net_key == "tiramisu" else profile.skips or SKIPS)
+                default = profile.tiramisu_skips if net_key == "tiramisu" else profile.skips or SKIPS
                 for skip in skips or default:
                     if spec.skips and skip not in spec.skips:  # a net trained with some variants only
                         continue
