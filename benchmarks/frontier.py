@@ -231,15 +231,20 @@ def _width(net: str) -> int:
     return int(net.rsplit("w", 1)[1])
 
 
+STUDY_LEVELS = 4
+"""Levels of the study's U-Nets (``unet-w<width>``); another depth is named in the key (``unet5-w16``)."""
+
+
 def _levels(net: str) -> int:
     """U-Net levels from the net key: ``unet-w8`` has the study's 4, ``unet5-w16`` (the default U-Net) 5."""
     prefix = net.rsplit("-w", 1)[0]
-    return int(prefix[len("unet"):] or 4)
+    return int(prefix[len("unet"):] or STUDY_LEVELS)
 
 
 def _width_label(net: str) -> str:
     """``8`` for the study's 4-level nets, ``16x5`` for a 5-level one."""
-    return f"{_width(net)}" + (f"x{_levels(net)}" if _levels(net) != 4 else "")
+    levels = _levels(net)
+    return f"{_width(net)}" + (f"x{levels}" if levels != STUDY_LEVELS else "")
 
 
 def _variant_key(run: dict) -> tuple[str, str, str]:
@@ -428,14 +433,14 @@ def _frontier_panel(ds: str, points: list[dict[str, Any]], x_key: str, x_title: 
     for k, v in enumerate(variants):
         colour = _COLOURS[v]
         mine = sorted((r for r in points if r["variant"] == v), key=lambda r: r[x_key])
-        curve = [r for r in mine if r.get("levels", 4) == 4]  # another depth is a marker off the curve
+        curve = [r for r in mine if r.get("levels", STUDY_LEVELS) == STUDY_LEVELS]  # another depth: a marker
         pixels = [px(math.log2(r[x_key] / 2**20), r["dice"][0]) for r in curve]
         if len(pixels) > 1:
             draw.line(pixels, fill=colour, width=2)
         for r in mine:
             x, y = px(math.log2(r[x_key] / 2**20), r["dice"][0])
             draw.line((x, px(0, r["dice"][0] + r["dice"][1])[1], x, px(0, r["dice"][0] - r["dice"][1])[1]), fill=colour)
-            if r in curve:
+            if r.get("levels", STUDY_LEVELS) == STUDY_LEVELS:
                 draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
             else:
                 draw.rectangle((x - 4, y - 4, x + 4, y + 4), outline=colour, width=2)
